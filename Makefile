@@ -1,0 +1,33 @@
+# Two commands are all a new user needs: `make train` and `make test`.
+# Both create .venv and install wmjax into it when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+ENV    ?= CartPole-v1
+PRESET ?= size1m
+STEPS  ?= 50000
+SEEDS  ?= 1
+LOGDIR ?= runs/default
+
+.PHONY: train test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m wmjax train --env $(ENV) --preset $(PRESET) --steps $(STEPS) --seeds $(SEEDS) --logdir $(LOGDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/learning.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

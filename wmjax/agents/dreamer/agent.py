@@ -1,0 +1,290 @@
+"""The DreamerV3 agent as three pure functions: `init`, `act`, `update`.
+
+    agent = Dreamer(DreamerConfig.preset("size1m"), env.spec)
+    state = agent.init(key)
+    carry = agent.initial_carry(num_envs)
+    action, carry = agent.act(state, carry, obs, is_first, key, mode="train")
+    state, metrics = agent.update(state, batch, key)
+
+`Dreamer` only holds the static config, the env spec and the Flax modules; every function takes
+and returns explicit state, so they jit, vmap (many seeds) and scan freely.
+
+One loss, one optimizer (as in DreamerV3): world-model loss + imagination actor-critic loss +
+replay value loss. Imagination runs on stop-gradient states and parameters, so the rollout is a
+forward pass only and the actor-critic sends no gradient into the world model; the replay value
+loss does (DreamerV3's `repval_grad`).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from wmjax.agents.dreamer.losses import (
+    RetNormState,
+    lambda_return,
+    retnorm_scale,
+    retnorm_update,
+)
+from wmjax.agents.dreamer.optim import dreamer_optimizer
+from wmjax.config import DreamerConfig
+from wmjax.envs.core import EnvSpec
+from wmjax.models.heads import VectorDecoder, VectorEncoder
+from wmjax.models.rssm import RSSM, RSSMState, kl_loss
+from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, twohot_bins
+from wmjax.nn.layers import MLP
+
+sg = jax.lax.stop_gradient
+
+WORLD_MODEL = ("encoder", "rssm", "decoder", "reward", "cont")
+BEHAVIOUR = ("actor", "critic")
+
+
+class AgentState(NamedTuple):
+    params: dict  # {encoder, rssm, decoder, reward, cont, actor, critic}
+    slow_critic: Any  # EMA of params["critic"]
+    opt_state: Any
+    retnorm: RetNormState
+    step: jax.Array  # number of updates done
+
+
+class Carry(NamedTuple):
+    """What acting carries between env steps: the posterior latent and the previous action."""
+
+    latent: RSSMState
+    action: jax.Array  # (batch, action_size), one-hot for discrete actions
+
+
+class Batch(NamedTuple):
+    """A replayed batch, every leaf (B, T, ...). action[t] is the action taken at obs[t]."""
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    is_first: jax.Array
+    is_last: jax.Array
+    is_terminal: jax.Array
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class Dreamer:
+    def __init__(self, config: DreamerConfig, spec: EnvSpec):
+        self.config = c = config
+        self.spec = spec
+        dtype = _DTYPES[c.compute_dtype]
+        self.encoder = VectorEncoder(c.enc_layers, c.units, dtype)
+        self.rssm = RSSM(c.deter, c.hidden, c.stoch, c.classes, c.blocks, c.unimix, dtype=dtype)
+        self.decoder = VectorDecoder(spec.obs_shape[-1], c.dec_layers, c.units, dtype)
+        self.reward = MLP(c.reward_layers, c.units, c.num_bins, outscale=0.0, dtype=dtype)
+        self.cont = MLP(c.cont_layers, c.units, 1, outscale=1.0, dtype=dtype)
+        policy_out = spec.num_actions if spec.discrete else 2 * spec.num_actions
+        self.actor = MLP(c.actor_layers, c.units, policy_out, outscale=0.01, dtype=dtype)
+        self.critic = MLP(c.critic_layers, c.units, c.num_bins, outscale=0.0, dtype=dtype)
+        self.twohot = TwoHot(twohot_bins(c.num_bins))
+        self.optimizer = dreamer_optimizer(c.lr, c.warmup, c.agc, c.beta1, c.beta2, c.eps)
+
+    # ------------------------------------------------------------------ state
+
+    def init(self, key: jax.Array) -> AgentState:
+        c, spec = self.config, self.spec
+        keys = jax.random.split(key, 8)
+        obs = jnp.zeros((1, 2) + spec.obs_shape, jnp.float32)
+        action = jnp.zeros((1, 2, spec.action_size), jnp.float32)
+        first = jnp.ones((1, 2), bool)
+        feat = jnp.zeros((1, c.feat_size), jnp.float32)
+        enc = self.encoder.init(keys[0], obs)["params"]
+        embed = self.encoder.apply({"params": enc}, obs)
+        params = {
+            "encoder": enc,
+            "rssm": self.rssm.init(keys[1], embed, action, first, keys[7])["params"],
+            "decoder": self.decoder.init(keys[2], feat)["params"],
+            "reward": self.reward.init(keys[3], feat)["params"],
+            "cont": self.cont.init(keys[4], feat)["params"],
+            "actor": self.actor.init(keys[5], feat)["params"],
+            "critic": self.critic.init(keys[6], feat)["params"],
+        }
+        return AgentState(
+            params=params,
+            slow_critic=params["critic"],
+            opt_state=self.optimizer.init(params),
+            retnorm=RetNormState.create(),
+            step=jnp.zeros((), jnp.int32),
+        )
+
+    def initial_carry(self, batch: int) -> Carry:
+        stoch = jnp.zeros((batch, self.config.stoch, self.config.classes), jnp.float32)
+        latent = RSSMState(jnp.zeros((batch, self.config.deter), jnp.float32), stoch, stoch)
+        return Carry(latent, jnp.zeros((batch, self.spec.action_size), jnp.float32))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _policy(self, actor_params: Any, feat: jax.Array):
+        raw = self.actor.apply({"params": actor_params}, feat)
+        if self.spec.discrete:
+            return Categorical(raw)
+        return BoundedNormal.from_raw(raw, self.config.minstd, self.config.maxstd)
+
+    def action_vector(self, action: jax.Array) -> jax.Array:
+        """The env action as the world model sees it: one-hot (discrete) or clipped to [-1, 1]."""
+        if self.spec.discrete:
+            return jax.nn.one_hot(action, self.spec.num_actions, dtype=jnp.float32)
+        return jnp.clip(action, -1.0, 1.0)
+
+    def _apply(self, params: dict, name: str, *args, **kwargs):
+        return getattr(self, name).apply({"params": params[name]}, *args, **kwargs)
+
+    # ------------------------------------------------------------------ act
+
+    def act(
+        self,
+        state: AgentState,
+        carry: Carry,
+        obs: jax.Array,
+        is_first: jax.Array,
+        key: jax.Array,
+        mode: str = "train",
+    ) -> tuple[jax.Array, Carry]:
+        """Choose actions for a batch of observations. mode "train" samples, "eval" takes the mode."""
+        if mode not in ("train", "eval"):
+            raise ValueError(f"act: mode must be 'train' or 'eval', got {mode!r}")
+        chex.assert_rank(is_first, 1)
+        chex.assert_shape(obs, (is_first.shape[0],) + self.spec.obs_shape)
+        key_latent, key_action = jax.random.split(key)
+        p = state.params
+        embed = self._apply(p, "encoder", obs)
+        latent = self._apply(
+            p, "rssm", carry.latent, carry.action, embed, is_first, key_latent,
+            method=RSSM.obs_step,
+        )
+        feat = self._apply(p, "rssm", latent, method=RSSM.feat)
+        dist = self._policy(p["actor"], feat)
+        action = dist.sample(key_action) if mode == "train" else dist.mode()
+        return action, Carry(latent, self.action_vector(action))
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, state: AgentState, batch: Batch, key: jax.Array) -> tuple[AgentState, dict]:
+        """One gradient step on a replayed batch; returns the new state and scalar metrics."""
+        c = self.config
+        chex.assert_rank(batch.is_first, 2)
+        chex.assert_shape(batch.obs, batch.is_first.shape + self.spec.obs_shape)
+        chex.assert_shape(batch.action, batch.is_first.shape + (self.spec.action_size,))
+        grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+        (_, (metrics, retnorm)), grads = grad_fn(state.params, state.slow_critic, state.retnorm, batch, key)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        slow = jax.tree.map(
+            lambda s, p: (1.0 - c.slow_rate) * s + c.slow_rate * p, state.slow_critic, params["critic"]
+        )
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["update_norm"] = optax.global_norm(updates)
+        return AgentState(params, slow, opt_state, retnorm, state.step + 1), metrics
+
+    def loss(
+        self, params: dict, slow_critic: Any, retnorm: RetNormState, batch: Batch, key: jax.Array
+    ) -> tuple[jax.Array, tuple[dict, RetNormState]]:
+        """DreamerV3's total loss on one batch; aux is (metrics, updated return-norm stats)."""
+        c = self.config
+        key_obs, key_img = jax.random.split(key)
+        B, T = batch.is_first.shape
+        # Every replayed window starts from a fresh state.
+        is_first = batch.is_first.at[:, 0].set(True)
+        prev_action = jnp.concatenate(
+            [jnp.zeros_like(batch.action[:, :1]), batch.action[:, :-1]], 1
+        )
+
+        # ---- world model
+        embed = self._apply(params, "encoder", batch.obs)
+        _, post, prior_logits = self._apply(params, "rssm", embed, prev_action, is_first, key_obs)
+        feat = self._apply(params, "rssm", post, method=RSSM.feat)
+        dyn, rep = kl_loss(post.logits, prior_logits, c.free_nats)
+        rec = VectorDecoder.loss(self._apply(params, "decoder", feat), batch.obs)
+        rew_loss = self.twohot.loss(self._apply(params, "reward", feat), batch.reward)
+        con_logit = self._apply(params, "cont", feat)[..., 0]
+        con_target = (1.0 - batch.is_terminal.astype(jnp.float32)) * c.gamma
+        con_loss = optax.sigmoid_binary_cross_entropy(con_logit, con_target)
+        wm_loss = (
+            c.rec_scale * rec + c.reward_scale * rew_loss + c.cont_scale * con_loss
+            + c.dyn_scale * dyn + c.rep_scale * rep
+        ).mean()
+
+        # ---- imagination (forward only: stop-gradient starts and parameters)
+        frozen = sg(params)
+        starts = jax.tree.map(lambda x: sg(x).reshape((B * T,) + x.shape[2:]), post)
+        if c.imag_starts:
+            idx = jax.random.choice(key_img, B * T, (c.imag_starts,), replace=False)
+            starts = jax.tree.map(lambda x: x[idx], starts)
+        key_img = jax.random.fold_in(key_img, 1)
+
+        def policy(f, k):
+            return self.action_vector(self._policy(frozen["actor"], f).sample(k))
+
+        traj, img_action = self._apply(
+            frozen, "rssm", starts, policy, c.imag_horizon, key_img, method=RSSM.imagine
+        )
+        img_feat = sg(self._apply(frozen, "rssm", traj, method=RSSM.feat))
+        img_rew = self.twohot.mean(self._apply(frozen, "reward", img_feat))
+        img_con = jax.nn.sigmoid(self._apply(frozen, "cont", img_feat)[..., 0])
+
+        # ---- actor-critic on the imagined trajectories
+        critic_logits = self._apply(params, "critic", img_feat)
+        value = self.twohot.mean(critic_logits)
+        slow_value = self.twohot.mean(self.critic.apply({"params": slow_critic}, img_feat))
+        weight = sg(jnp.cumprod(img_con, 1))
+        ret = sg(lambda_return(jnp.zeros_like(img_con), 1.0 - img_con, img_rew, sg(value), 1.0, c.lam))
+        retnorm = retnorm_update(retnorm, ret, c.retnorm_rate, c.retnorm_low, c.retnorm_high)
+        scale = retnorm_scale(retnorm, c.retnorm_limit)
+        adv = sg((ret - value[:, :-1]) / scale)
+        dist = self._policy(params["actor"], img_feat[:, :-1])
+        if self.spec.discrete:
+            taken = jnp.argmax(img_action[:, :-1], -1)
+        else:
+            taken = img_action[:, :-1]
+        logpi = dist.log_prob(sg(taken))
+        entropy = dist.entropy()
+        policy_loss = (weight[:, :-1] * -(logpi * adv + c.actent * entropy)).mean()
+        value_loss = (weight[:, :-1] * (
+            self.twohot.loss(critic_logits[:, :-1], ret)
+            + c.slowreg * self.twohot.loss(critic_logits[:, :-1], sg(slow_value[:, :-1]))
+        )).mean()
+
+        # ---- replay value loss: lambda-returns on the real sequence, bootstrapped from imagination
+        rep_logits = self._apply(params, "critic", feat)  # gradient reaches the world model
+        rep_slow = self.twohot.mean(self.critic.apply({"params": slow_critic}, sg(feat)))
+        if c.imag_starts:
+            boot = sg(self.twohot.mean(rep_logits))
+        else:
+            boot = ret[:, 0].reshape(B, T)
+        rep_ret = sg(lambda_return(batch.is_last, batch.is_terminal, batch.reward, boot, c.gamma, c.lam))
+        rep_weight = 1.0 - batch.is_last[:, :-1].astype(jnp.float32)
+        repval_loss = (rep_weight * (
+            self.twohot.loss(rep_logits[:, :-1], rep_ret)
+            + c.slowreg * self.twohot.loss(rep_logits[:, :-1], sg(rep_slow[:, :-1]))
+        )).mean()
+
+        total = wm_loss + c.policy_scale * policy_loss + c.value_scale * value_loss \
+            + c.repval_scale * repval_loss
+        metrics = {
+            "loss/total": total,
+            "loss/world_model": wm_loss,
+            "loss/rec": rec.mean(),
+            "loss/reward": rew_loss.mean(),
+            "loss/cont": con_loss.mean(),
+            "loss/dyn": dyn.mean(),
+            "loss/rep": rep.mean(),
+            "loss/policy": policy_loss,
+            "loss/value": value_loss,
+            "loss/repval": repval_loss,
+            "imag/return": ret.mean(),
+            "imag/reward": img_rew.mean(),
+            "imag/cont": img_con.mean(),
+            "imag/entropy": entropy.mean(),
+            "imag/retnorm_scale": scale,
+        }
+        return total, (metrics, retnorm)

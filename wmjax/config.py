@@ -1,0 +1,183 @@
+"""Frozen, validated configs and DreamerV3's size presets.
+
+`DreamerConfig` holds the agent (model sizes, losses, imagination, optimizer); `TrainConfig` holds
+the run (environment, number of envs and seeds, train ratio, replay size, steps). Both are frozen
+dataclasses checked at construction: a bad value raises `ValueError` naming the field and what is
+allowed. Shape-deciding fields are plain Python values, so they are static under jit.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Sizes of DreamerV3's `sizeXm` presets (dreamerv3/configs.yaml), plus `tiny` for tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(deter=64, hidden=32, classes=4, stoch=8, blocks=4, units=32,
+                 batch_size=8, batch_length=16, imag_horizon=5, num_bins=63),
+    "size1m": dict(deter=512, hidden=64, classes=4, units=64),
+    "size12m": dict(deter=2048, hidden=256, classes=16, units=256),
+    "size25m": dict(deter=3072, hidden=384, classes=24, units=384),
+    "size50m": dict(deter=4096, hidden=512, classes=32, units=512),
+    "size100m": dict(deter=6144, hidden=768, classes=48, units=768),
+    "size200m": dict(deter=8192, hidden=1024, classes=64, units=1024),
+    "size400m": dict(deter=12288, hidden=1536, classes=96, units=1536),
+}
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ValueError(f"invalid config: {name}={value!r}; allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class DreamerConfig:
+    """DreamerV3 hyperparameters. Defaults are the official ones (size200m model sizes aside:
+    the default sizes here are size1m, the preset that fits a CPU)."""
+
+    # RSSM and networks
+    deter: int = 512
+    hidden: int = 64
+    stoch: int = 32
+    classes: int = 4
+    blocks: int = 8
+    units: int = 64
+    enc_layers: int = 3
+    dec_layers: int = 3
+    reward_layers: int = 1
+    cont_layers: int = 1
+    actor_layers: int = 3
+    critic_layers: int = 3
+    num_bins: int = 255
+    unimix: float = 0.01
+    free_nats: float = 1.0
+    minstd: float = 0.1
+    maxstd: float = 1.0
+    compute_dtype: str = "float32"
+    # world-model and actor-critic loss scales
+    rec_scale: float = 1.0
+    reward_scale: float = 1.0
+    cont_scale: float = 1.0
+    dyn_scale: float = 1.0
+    rep_scale: float = 0.1
+    policy_scale: float = 1.0
+    value_scale: float = 1.0
+    repval_scale: float = 0.3
+    # imagination and returns
+    imag_horizon: int = 15
+    imag_starts: int = 0  # 0 = every posterior state of the batch (DreamerV3's default)
+    horizon: float = 333.0  # discount gamma = 1 - 1/horizon
+    lam: float = 0.95
+    actent: float = 3e-4
+    slow_rate: float = 0.02
+    slowreg: float = 1.0
+    retnorm_rate: float = 0.01
+    retnorm_limit: float = 1.0
+    retnorm_low: float = 5.0
+    retnorm_high: float = 95.0
+    # optimizer (LaProp + adaptive gradient clipping, one optimizer for everything)
+    lr: float = 4e-5
+    warmup: int = 1000
+    agc: float = 0.3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-20
+    # replayed batch
+    batch_size: int = 16
+    batch_length: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("deter", "hidden", "stoch", "classes", "blocks", "units", "num_bins",
+                     "imag_horizon", "batch_size", "batch_length"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, name, v, "an integer >= 1")
+        for name in ("enc_layers", "dec_layers", "reward_layers", "cont_layers",
+                     "actor_layers", "critic_layers", "warmup", "imag_starts"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 0, name, v, "an integer >= 0")
+        _check(self.deter % self.blocks == 0, "deter", self.deter,
+               f"a multiple of blocks={self.blocks}")
+        _check(self.num_bins % 2 == 1 and self.num_bins >= 3, "num_bins", self.num_bins,
+               "an odd integer >= 3")
+        _check(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype", self.compute_dtype,
+               f"one of {COMPUTE_DTYPES}")
+        _check(0.0 <= self.unimix < 1.0, "unimix", self.unimix, "0 <= unimix < 1")
+        _check(self.horizon > 1.0, "horizon", self.horizon, "> 1 (gamma = 1 - 1/horizon)")
+        _check(0.0 <= self.lam <= 1.0, "lam", self.lam, "0 <= lam <= 1")
+        _check(self.lr > 0.0, "lr", self.lr, "> 0")
+        _check(0.0 < self.slow_rate <= 1.0, "slow_rate", self.slow_rate, "0 < slow_rate <= 1")
+        _check(0.0 < self.retnorm_rate <= 1.0, "retnorm_rate", self.retnorm_rate, "(0, 1]")
+        _check(0.0 <= self.retnorm_low < self.retnorm_high <= 100.0, "retnorm_low/high",
+               (self.retnorm_low, self.retnorm_high), "0 <= low < high <= 100")
+        _check(0.0 < self.minstd <= self.maxstd, "minstd/maxstd", (self.minstd, self.maxstd),
+               "0 < minstd <= maxstd")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            _check(0.0 <= v < 1.0, name, v, "0 <= beta < 1")
+        for name in ("rec_scale", "reward_scale", "cont_scale", "dyn_scale", "rep_scale",
+                     "policy_scale", "value_scale", "repval_scale", "actent", "slowreg",
+                     "free_nats", "agc", "eps"):
+            v = getattr(self, name)
+            _check(v >= 0.0, name, v, ">= 0")
+        starts = self.batch_size * self.batch_length
+        _check(self.imag_starts <= starts, "imag_starts", self.imag_starts,
+               f"0 (all) or at most batch_size*batch_length={starts}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "DreamerConfig":
+        """A preset's sizes with optional overrides, e.g. `DreamerConfig.preset('size1m', lr=1e-4)`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> "DreamerConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def gamma(self) -> float:
+        return 1.0 - 1.0 / self.horizon
+
+    @property
+    def feat_size(self) -> int:
+        return self.deter + self.stoch * self.classes
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of the fused loop: environment, parallelism, budget and train ratio.
+
+    train_ratio is DreamerV3's: replayed steps (batch_size * batch_length per update) per env
+    step, counted over all vectorised envs of one seed.
+    """
+
+    env: str = "CartPole-v1"
+    num_envs: int = 16
+    seeds: int = 1
+    seed: int = 0
+    steps: int = 50_000  # env steps per seed
+    train_ratio: float = 32.0
+    replay_size: int = 1_000_000  # steps per seed, split evenly over the envs
+    chunk_steps: int = 2048  # env steps per seed between host callbacks (logging)
+    agent: DreamerConfig = field(default_factory=DreamerConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("num_envs", "seeds", "steps", "replay_size", "chunk_steps"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, name, v, "an integer >= 1")
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check(self.train_ratio > 0, "train_ratio", self.train_ratio, "> 0")
+        _check(isinstance(self.agent, DreamerConfig), "agent", type(self.agent).__name__,
+               "a DreamerConfig")
+        per_env = self.replay_size // self.num_envs
+        _check(per_env >= self.agent.batch_length + 1, "replay_size", self.replay_size,
+               f">= num_envs * (batch_length + 1) = {self.num_envs * (self.agent.batch_length + 1)}")
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def iters_per_chunk(self) -> int:
+        """Vector-env steps per chunk (each steps every env once)."""
+        return max(1, self.chunk_steps // self.num_envs)

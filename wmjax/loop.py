@@ -1,0 +1,176 @@
+"""The fused training loop: acting, replay, world-model and actor-critic updates in one program.
+
+    trainer = make_train(TrainConfig(env="CartPole-v1", seeds=4))
+    state = trainer.init(jax.random.key(0))          # batched over seeds
+    state, metrics = trainer.train_chunk(state)      # jitted, state donated
+
+One chunk is a `lax.scan` over `iters_per_chunk` iterations; an iteration acts in every env, writes
+the records to replay, steps the vmapped envs, and runs as many updates as keep the train ratio
+exact (a `while_loop` over an integer credit of replayed steps, so any ratio and any number of envs
+work). Seeds are a `vmap` over the whole program. Metrics are reduced inside the scan: sums and
+counts, never per-step stacks. The host sees the state only between chunks.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from wmjax import replay as rb
+from wmjax.agents.dreamer.agent import AgentState, Batch, Carry, Dreamer
+from wmjax.config import TrainConfig
+from wmjax.envs.core import EnvAdapter, EnvState, Timestep, make_env
+
+
+class TrainState(NamedTuple):
+    agent: AgentState
+    env_state: EnvState  # batched over envs
+    timestep: Timestep  # the newest record of every env, acted on next
+    carry: Carry
+    replay: rb.ReplayState
+    key: jax.Array
+    env_steps: jax.Array  # env steps taken by this seed, over all its envs
+    updates: jax.Array
+    credit: jax.Array  # replayed steps owed, in units of 1/ratio_den
+
+
+class Trainer(NamedTuple):
+    """Pure functions of one fused training run; `init` and `train_chunk` are batched over seeds."""
+
+    config: TrainConfig
+    env: EnvAdapter
+    agent: Dreamer
+    init: Callable[[jax.Array], TrainState]
+    train_chunk: Callable[[TrainState], tuple[TrainState, dict]]
+    init_one: Callable[[jax.Array], TrainState]
+    chunk_one: Callable[[TrainState], tuple[TrainState, dict]]
+    updates_per_env_step: float
+
+
+def ratio_fraction(train_ratio: float) -> Fraction:
+    return Fraction(train_ratio).limit_denominator(1000)
+
+
+def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
+    env = env or make_env(config.env)
+    agent = Dreamer(config.agent, env.spec)
+    c = config.agent
+    E, B, T = config.num_envs, c.batch_size, c.batch_length
+    ratio = ratio_fraction(config.train_ratio)
+    credit_per_step = E * ratio.numerator  # per vector step, in units of 1/den replayed steps
+    credit_per_update = ratio.denominator * B * T
+    capacity = config.replay_size // E
+
+    def init_one(key: jax.Array) -> TrainState:
+        k_agent, k_env, k_loop = jax.random.split(key, 3)
+        env_state, timestep = jax.vmap(env.reset)(jax.random.split(k_env, E))
+        carry = agent.initial_carry(E)
+        example = _record(jax.tree.map(lambda x: x[0], timestep), carry.action[0])
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(agent.init(k_agent), env_state, timestep, carry,
+                          rb.init(example, E, capacity), k_loop, zero, zero, zero)
+
+    def update_many(agent_state, replay, key, n):
+        """Run n updates (n traced), returning metric sums."""
+        zeros = {k: jnp.zeros((), jnp.float32) for k in _metric_names(agent, env)}
+
+        def body(i, carry):
+            state, sums = carry
+            k_sample, k_update = jax.random.split(jax.random.fold_in(key, i))
+            batch = Batch(**rb.sample(replay, k_sample, B, T))
+            state, metrics = agent.update(state, batch, k_update)
+            return state, jax.tree.map(jnp.add, sums, metrics)
+
+        return jax.lax.fori_loop(0, n, body, (agent_state, zeros))
+
+    def iteration(state: TrainState, _):
+        key, k_act, k_env, k_update = jax.random.split(state.key, 4)
+        ts = state.timestep
+        action, carry = agent.act(state.agent, state.carry, ts.obs, ts.is_first, k_act)
+        replay = rb.add(state.replay, _record(ts, carry.action))
+        env_state, timestep = jax.vmap(env.step)(jax.random.split(k_env, E), state.env_state, action)
+        ready = jnp.logical_and(rb.can_sample(replay, T), replay.count * E >= B * T)
+        credit = state.credit + jnp.where(ready, credit_per_step, 0)
+        n = credit // credit_per_update
+        agent_state, sums = update_many(state.agent, replay, k_update, n)
+        done = timestep.is_last
+        stats = {
+            "episode_return_sum": jnp.where(done, env_state.episode_return, 0.0).sum(),
+            "episode_length_sum": jnp.where(done, env_state.episode_length, 0).sum().astype(jnp.float32),
+            "episodes": done.sum().astype(jnp.float32),
+            "num_updates": n.astype(jnp.float32),
+            **sums,
+        }
+        new = TrainState(agent_state, env_state, timestep, carry, replay, key,
+                         state.env_steps + E, state.updates + n, credit - n * credit_per_update)
+        return new, stats
+
+    def chunk_one(state: TrainState) -> tuple[TrainState, dict]:
+        state, stats = jax.lax.scan(iteration, state, None, length=config.iters_per_chunk)
+        stats = jax.tree.map(lambda x: x.sum(0), stats)  # reduce over the chunk's iterations
+        return state, _summarise(stats, state)
+
+    batched_init = jax.jit(jax.vmap(init_one))
+    batched_chunk = jax.jit(jax.vmap(chunk_one), donate_argnums=0)
+
+    def init(key: jax.Array) -> TrainState:
+        keys = jax.random.split(jax.random.fold_in(key, config.seed), config.seeds)
+        return batched_init(keys)
+
+    return Trainer(config, env, agent, init, batched_chunk, init_one, chunk_one,
+                   float(ratio) / (B * T))
+
+
+def _record(ts: Timestep, action: jax.Array) -> dict:
+    """What replay stores per step: the observation record and the action taken at it."""
+    return dict(obs=ts.obs, action=action, reward=ts.reward, is_first=ts.is_first,
+                is_last=ts.is_last, is_terminal=ts.is_terminal)
+
+
+def _metric_names(agent: Dreamer, env: EnvAdapter) -> list[str]:
+    """Names of the update's metrics, found by tracing it abstractly once (no compute)."""
+    c = agent.config
+    state = jax.eval_shape(agent.init, jax.random.key(0))
+    shape = lambda *s, d=jnp.float32: jax.ShapeDtypeStruct(s, d)
+    B, T = c.batch_size, c.batch_length
+    batch = Batch(shape(B, T, *env.spec.obs_shape), shape(B, T, env.spec.action_size),
+                  shape(B, T), shape(B, T, d=bool), shape(B, T, d=bool), shape(B, T, d=bool))
+    _, metrics = jax.eval_shape(agent.update, state, batch, jax.random.key(0))
+    return sorted(metrics)
+
+
+def _summarise(stats: dict, state: TrainState) -> dict:
+    eps = stats.pop("episodes")
+    n = stats.pop("num_updates")
+    out = {
+        "env_step": state.env_steps,
+        "updates": state.updates,
+        "episodes": eps,
+        "episode_return": jnp.where(eps > 0, stats.pop("episode_return_sum") / jnp.maximum(eps, 1), jnp.nan),
+        "episode_length": jnp.where(eps > 0, stats.pop("episode_length_sum") / jnp.maximum(eps, 1), jnp.nan),
+        "chunk_updates": n,
+    }
+    for k, v in stats.items():
+        out[k] = jnp.where(n > 0, v / jnp.maximum(n, 1), jnp.nan)
+    return out
+
+
+def num_chunks(config: TrainConfig) -> int:
+    per_chunk = config.iters_per_chunk * config.num_envs
+    return -(-config.steps // per_chunk)
+
+
+def host_metrics(metrics: dict) -> list[dict[str, Any]]:
+    """Split batched chunk metrics into one plain dict per seed (NaN -> None)."""
+    metrics = jax.device_get(metrics)
+    seeds = len(metrics["env_step"])
+    rows = []
+    for s in range(seeds):
+        row = {"seed": s}
+        for k, v in metrics.items():
+            x = v[s].item()
+            row[k] = None if isinstance(x, float) and x != x else x
+        rows.append(row)
+    return rows

@@ -1,0 +1,209 @@
+"""DreamerV3's recurrent state-space model (RSSM) as a Flax linen module.
+
+State: a deterministic vector `deter` (block GRU) and a stochastic part `stoch` of `stoch`
+categorical latents with `classes` classes each (one-hot samples, straight-through gradients).
+
+Methods, all pure given params and explicit PRNG keys:
+- `initial(batch)`            zero state (DreamerV3 has no learned initial state)
+- `img_step(state, action, key)`          prior step: h' = GRU(h, z, a); z' ~ p(z' | h')
+- `obs_step(state, action, embed, is_first, key)`  posterior step; resets state and action on is_first
+- `observe(embed, action, is_first, key, state)`  scan of obs_step over time (batch-major)
+- `imagine(state, policy, horizon, key)`  scan of img_step under `policy(feat, key) -> action`
+- `__call__(embed, action, is_first, key)` observe plus prior logits, the training pass (and init)
+- `prior_logits(deter)`, `feat(state)`, and `kl_loss(post_logits, prior_logits)` for training.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wmjax.nn.dists import categorical_kl, mode_onehot, sample_onehot, unimix_logits
+from wmjax.nn.layers import BlockLinear, Linear, NormAct, RMSNorm
+
+sg = jax.lax.stop_gradient
+
+
+class RSSMState(NamedTuple):
+    deter: jax.Array  # (..., deter)
+    stoch: jax.Array  # (..., stoch, classes) one-hot sample
+    logits: jax.Array  # (..., stoch, classes) unimixed log-probs it was sampled from
+
+
+def _reset(state: Any, is_first: jax.Array) -> Any:
+    """Zero every leaf of `state` where is_first is set (is_first has the batch shape)."""
+
+    def zero(x):
+        mask = is_first.reshape(is_first.shape + (1,) * (x.ndim - is_first.ndim))
+        return jnp.where(mask, jnp.zeros_like(x), x)
+
+    return jax.tree.map(zero, state)
+
+
+class RSSM(nn.Module):
+    deter: int = 512
+    hidden: int = 64
+    stoch: int = 32
+    classes: int = 4
+    blocks: int = 8
+    unimix: float = 0.01
+    img_layers: int = 2
+    obs_layers: int = 1
+    dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        if self.deter % self.blocks:
+            raise ValueError(f"RSSM: deter={self.deter} must be a multiple of blocks={self.blocks}")
+        self.in_deter = NormAct(self.hidden, dtype=self.dtype)
+        self.in_stoch = NormAct(self.hidden, dtype=self.dtype)
+        self.in_action = NormAct(self.hidden, dtype=self.dtype)
+        self.dyn_hidden = BlockLinear(self.deter, self.blocks, dtype=self.dtype)
+        self.dyn_norm = RMSNorm()
+        self.dyn_gates = BlockLinear(3 * self.deter, self.blocks, dtype=self.dtype)
+        self.prior_hidden = [NormAct(self.hidden, dtype=self.dtype) for _ in range(self.img_layers)]
+        self.prior_out = Linear(self.stoch * self.classes, dtype=self.dtype)
+        self.post_hidden = [NormAct(self.hidden, dtype=self.dtype) for _ in range(self.obs_layers)]
+        self.post_out = Linear(self.stoch * self.classes, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ pieces
+
+    def initial(self, batch: int) -> RSSMState:
+        zeros = jnp.zeros((batch, self.stoch, self.classes), jnp.float32)
+        return RSSMState(jnp.zeros((batch, self.deter), jnp.float32), zeros, zeros)
+
+    def feat(self, state: RSSMState) -> jax.Array:
+        """Features every head reads: concat(deter, flatten(stoch))."""
+        stoch = state.stoch.reshape(*state.stoch.shape[:-2], -1)
+        return jnp.concatenate([state.deter, stoch], -1)
+
+    def _core(self, deter: jax.Array, stoch: jax.Array, action: jax.Array) -> jax.Array:
+        """Block GRU: each of `blocks` groups sees its deter slice and all three input projections."""
+        action = action / sg(jnp.maximum(1.0, jnp.abs(action)))
+        stoch = stoch.reshape(*stoch.shape[:-2], -1)
+        x = jnp.concatenate(
+            [self.in_deter(deter), self.in_stoch(stoch), self.in_action(action)], -1
+        )
+        g = self.blocks
+        x = jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], g, x.shape[-1]))
+        x = jnp.concatenate([deter.reshape(*deter.shape[:-1], g, -1).astype(x.dtype), x], -1)
+        x = x.reshape(*x.shape[:-2], -1)
+        x = nn.silu(self.dyn_norm(self.dyn_hidden(x)))
+        x = self.dyn_gates(x).astype(jnp.float32)
+        x = x.reshape(*x.shape[:-1], g, -1)
+        reset, cand, update = [
+            y.reshape(*y.shape[:-2], -1) for y in jnp.split(x, 3, -1)
+        ]
+        reset = jax.nn.sigmoid(reset)
+        cand = jnp.tanh(reset * cand)
+        update = jax.nn.sigmoid(update - 1.0)
+        return update * cand + (1.0 - update) * deter
+
+    def _logits(self, x: jax.Array, hidden: list, out: nn.Module) -> jax.Array:
+        for layer in hidden:
+            x = layer(x)
+        logits = out(x).astype(jnp.float32)
+        logits = logits.reshape(*logits.shape[:-1], self.stoch, self.classes)
+        return unimix_logits(logits, self.unimix)
+
+    def prior_logits(self, deter: jax.Array) -> jax.Array:
+        return self._logits(deter, self.prior_hidden, self.prior_out)
+
+    def post_logits(self, deter: jax.Array, embed: jax.Array) -> jax.Array:
+        return self._logits(jnp.concatenate([deter, embed], -1), self.post_hidden, self.post_out)
+
+    # ------------------------------------------------------------------ steps
+
+    def img_step(self, state: RSSMState, action: jax.Array, key: jax.Array | None) -> RSSMState:
+        """One prior step; `key=None` takes the mode instead of sampling."""
+        deter = self._core(state.deter, state.stoch, action)
+        logits = self.prior_logits(deter)
+        stoch = mode_onehot(logits) if key is None else sample_onehot(key, logits)
+        return RSSMState(deter, stoch, logits)
+
+    def obs_step(
+        self,
+        state: RSSMState,
+        action: jax.Array,
+        embed: jax.Array,
+        is_first: jax.Array,
+        key: jax.Array | None,
+    ) -> RSSMState:
+        """One posterior step. `action` is the previous action; both it and the state are zeroed
+        where `is_first` is set, so episodes never leak into each other."""
+        state, action = _reset((state, action), is_first)
+        deter = self._core(state.deter, state.stoch, action)
+        logits = self.post_logits(deter, embed)
+        stoch = mode_onehot(logits) if key is None else sample_onehot(key, logits)
+        return RSSMState(deter, stoch, logits)
+
+    # ------------------------------------------------------------------ sequences
+
+    def __call__(self, embed, action, is_first, key, state=None):
+        """Training pass: posterior states over a sequence and the prior logits at each step.
+        Also the method `init` uses, since it touches every parameter."""
+        last, post = self.observe(embed, action, is_first, key, state)
+        return last, post, self.prior_logits(post.deter)
+
+    def observe(
+        self,
+        embed: jax.Array,
+        action: jax.Array,
+        is_first: jax.Array,
+        key: jax.Array,
+        state: RSSMState | None = None,
+    ) -> tuple[RSSMState, RSSMState]:
+        """Posterior states for a batch-major sequence: embed (B, T, E), previous actions
+        (B, T, A), is_first (B, T). Returns (last state, states with a (B, T) prefix)."""
+        batch, length = is_first.shape
+        if state is None:
+            state = self.initial(batch)
+        keys = jax.random.split(key, length)
+        xs = (jnp.swapaxes(embed, 0, 1), jnp.swapaxes(action, 0, 1), is_first.T, keys)
+
+        def step(mdl, carry, x):
+            new = mdl.obs_step(carry, x[1], x[0], x[2], x[3])
+            return new, new
+
+        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False})
+        last, states = scan(self, state, xs)
+        return last, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), states)
+
+    def imagine(
+        self,
+        state: RSSMState,
+        policy: Callable[[jax.Array, jax.Array], jax.Array],
+        horizon: int,
+        key: jax.Array,
+    ) -> tuple[RSSMState, jax.Array]:
+        """Roll the prior forward `horizon` steps from `state` (batch B) under `policy`.
+
+        Returns the trajectory including the start, shape (B, horizon + 1, ...), and the actions
+        taken at each of those states (B, horizon + 1, A); the last action is never executed.
+        """
+        keys = jax.random.split(key, horizon + 1)
+
+        def step(mdl, carry, k):
+            ka, ks = jax.random.split(k)
+            action = policy(mdl.feat(carry), ka)
+            new = mdl.img_step(carry, action, ks)
+            return new, (carry, action)
+
+        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False})
+        last, (states, actions) = scan(self, state, keys[:-1])
+        final_action = policy(self.feat(last), keys[-1])
+        traj = jax.tree.map(lambda s, l: jnp.concatenate([s, l[None]], 0), states, last)
+        actions = jnp.concatenate([actions, final_action[None]], 0)
+        swap = lambda x: jnp.swapaxes(x, 0, 1)
+        return jax.tree.map(swap, traj), swap(actions)
+
+
+def kl_loss(post_logits: jax.Array, prior_logits: jax.Array, free_nats: float) -> tuple[jax.Array, jax.Array]:
+    """DreamerV3's dynamics and representation losses, each max(free_nats, KL summed over latents).
+
+    dyn = KL(sg(post) || prior) trains the prior; rep = KL(post || sg(prior)) trains the encoder.
+    """
+    dyn = categorical_kl(sg(post_logits), prior_logits).sum(-1)
+    rep = categorical_kl(post_logits, sg(prior_logits)).sum(-1)
+    return jnp.maximum(dyn, free_nats), jnp.maximum(rep, free_nats)

@@ -1,0 +1,20 @@
+"""Network building blocks: layers with DreamerV3's init, and DreamerV3's distributions."""
+from wmjax.nn.dists import (
+    BoundedNormal,
+    Categorical,
+    TwoHot,
+    categorical_kl,
+    mode_onehot,
+    sample_onehot,
+    symexp,
+    symlog,
+    twohot_bins,
+    unimix_logits,
+)
+from wmjax.nn.layers import MLP, BlockLinear, Linear, NormAct, RMSNorm, dreamer_init
+
+__all__ = [
+    "BlockLinear", "BoundedNormal", "Categorical", "Linear", "MLP", "NormAct", "RMSNorm", "TwoHot",
+    "categorical_kl", "dreamer_init", "mode_onehot", "sample_onehot", "symexp", "symlog",
+    "twohot_bins", "unimix_logits",
+]

@@ -1,0 +1,152 @@
+"""Distributions and transforms used by DreamerV3.
+
+- symlog / symexp: squash targets of any scale into a range networks can fit.
+- TwoHot: a 255-bin categorical over symexp-spaced bins, trained with two-hot targets that are
+  interpolated linearly in raw space, read out as a probability-weighted bin sum that is exactly
+  zero at initialisation.
+- Categorical latents with unimix and straight-through sampling, and their KL.
+- Policy distributions: categorical for discrete actions, DreamerV3's bounded normal for continuous.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+sg = jax.lax.stop_gradient
+
+
+def symlog(x: jax.Array) -> jax.Array:
+    return jnp.sign(x) * jnp.log1p(jnp.abs(x))
+
+
+def symexp(x: jax.Array) -> jax.Array:
+    return jnp.sign(x) * jnp.expm1(jnp.abs(x))
+
+
+def twohot_bins(num_bins: int = 255, limit: float = 20.0) -> jax.Array:
+    """Bins at symexp(linspace(-limit, limit, n)): symmetric, 0 in the middle, ~±4.85e8 at the ends."""
+    if num_bins % 2 == 0:
+        raise ValueError(f"num_bins must be odd so that 0 is a bin, got {num_bins}")
+    half = symexp(jnp.linspace(0.0, limit, (num_bins + 1) // 2, dtype=jnp.float32))[1:]
+    # Mirror exactly: a float linspace over [-limit, limit] is not symmetric, and at these
+    # magnitudes the asymmetry would make the zero-init readout far from zero.
+    return jnp.concatenate([-half[::-1], jnp.zeros((1,), jnp.float32), half])
+
+
+class TwoHot(NamedTuple):
+    """Reading and training a two-hot categorical head. `logits` have `len(bins)` on the last axis."""
+
+    bins: jax.Array
+
+    def mean(self, logits: jax.Array) -> jax.Array:
+        """Probability-weighted bin sum, added from the outside in so that uniform probs give 0."""
+        probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+        m = (self.bins.shape[0] - 1) // 2
+        below = (probs[..., :m] * self.bins[:m])[..., ::-1]
+        above = probs[..., m + 1 :] * self.bins[m + 1 :]
+        return (below + above).sum(-1) + probs[..., m] * self.bins[m]
+
+    def target(self, x: jax.Array) -> jax.Array:
+        """Two-hot encoding of raw values x, linear interpolation between the two nearest bins."""
+        x = x.astype(jnp.float32)
+        n = self.bins.shape[0]
+        below = jnp.clip(jnp.sum(self.bins <= x[..., None], -1) - 1, 0, n - 1)
+        above = jnp.clip(below + 1, 0, n - 1)
+        lo, hi = self.bins[below], self.bins[above]
+        dist_lo, dist_hi = jnp.abs(lo - x), jnp.abs(hi - x)
+        same = below == above
+        total = jnp.where(same, 1.0, dist_lo + dist_hi)
+        w_lo = jnp.where(same, 1.0, dist_hi / total)
+        w_hi = jnp.where(same, 0.0, dist_lo / total)
+        return jax.nn.one_hot(below, n) * w_lo[..., None] + jax.nn.one_hot(above, n) * w_hi[..., None]
+
+    def loss(self, logits: jax.Array, x: jax.Array) -> jax.Array:
+        """Cross-entropy of the logits against the two-hot encoding of x."""
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        return -(sg(self.target(x)) * logp).sum(-1)
+
+
+# ---------------------------------------------------------------- categorical latents
+
+
+def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:
+    """Mix `unimix` of a uniform distribution into softmax(logits); return the mixed log-probs."""
+    logits = logits.astype(jnp.float32)
+    if unimix <= 0.0:
+        return jax.nn.log_softmax(logits, -1)
+    probs = jax.nn.softmax(logits, -1)
+    probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
+    return jnp.log(probs)
+
+
+def sample_onehot(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One-hot sample with straight-through gradients to the probabilities."""
+    probs = jax.nn.softmax(logits, -1)
+    idx = jax.random.categorical(key, logits, -1)
+    onehot = jax.nn.one_hot(idx, logits.shape[-1], dtype=probs.dtype)
+    return onehot + probs - sg(probs)
+
+
+def mode_onehot(logits: jax.Array) -> jax.Array:
+    probs = jax.nn.softmax(logits, -1)
+    onehot = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=probs.dtype)
+    return onehot + probs - sg(probs)
+
+
+def categorical_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
+    """KL(p || q) per categorical, over the last axis. Inputs are normalised log-probs or logits."""
+    logp = jax.nn.log_softmax(logits_p, -1)
+    logq = jax.nn.log_softmax(logits_q, -1)
+    return (jnp.exp(logp) * (logp - logq)).sum(-1)
+
+
+# ---------------------------------------------------------------- policy distributions
+
+
+class Categorical(NamedTuple):
+    logits: jax.Array
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        return jax.random.categorical(key, self.logits, -1)
+
+    def mode(self) -> jax.Array:
+        return jnp.argmax(self.logits, -1)
+
+    def log_prob(self, action: jax.Array) -> jax.Array:
+        logp = jax.nn.log_softmax(self.logits, -1)
+        return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), -1)[..., 0]
+
+    def entropy(self) -> jax.Array:
+        logp = jax.nn.log_softmax(self.logits, -1)
+        return -(jnp.exp(logp) * logp).sum(-1)
+
+
+class BoundedNormal(NamedTuple):
+    """DreamerV3's continuous policy: mean = tanh(x), std in [minstd, maxstd], samples unsquashed.
+
+    The environment wrapper clips actions to [-1, 1]; log-probs are of the unclipped sample.
+    """
+
+    mean_: jax.Array
+    std: jax.Array
+
+    @classmethod
+    def from_raw(cls, raw: jax.Array, minstd: float = 0.1, maxstd: float = 1.0) -> "BoundedNormal":
+        x, s = jnp.split(raw.astype(jnp.float32), 2, -1)
+        return cls(jnp.tanh(x), (maxstd - minstd) * jax.nn.sigmoid(s + 2.0) + minstd)
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        return self.mean_ + self.std * jax.random.normal(key, self.mean_.shape)
+
+    def mode(self) -> jax.Array:
+        return self.mean_
+
+    def log_prob(self, action: jax.Array) -> jax.Array:
+        z = (action - self.mean_) / self.std
+        return (-0.5 * z**2 - jnp.log(self.std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self) -> jax.Array:
+        return (0.5 * math.log(2 * math.pi * math.e) + jnp.log(self.std)).sum(-1)
