@@ -1,0 +1,21 @@
+"""wmjax: world-model reinforcement learning in JAX.
+
+A DreamerV3-class agent whose whole training run is one jit-compiled XLA program, built from parts
+(RSSM, heads, distributions, replay, loop) that can be imported into other JAX code.
+"""
+from wmjax import nn, replay
+from wmjax.agents.dreamer import AgentState, Batch, Carry, Dreamer
+from wmjax.config import PRESETS, DreamerConfig, TrainConfig
+from wmjax.envs import EnvSpec, Timestep, make_env
+from wmjax.loop import TrainState, make_train
+from wmjax.models import RSSM, RSSMState
+from wmjax.run import train
+
+__version__ = "0.1.0"
+
+
+__all__ = [
+    "AgentState", "Batch", "Carry", "Dreamer", "DreamerConfig", "EnvSpec", "PRESETS", "RSSM",
+    "RSSMState", "Timestep", "TrainConfig", "TrainState", "make_env", "make_train", "nn", "replay",
+    "train",
+]

@@ -11,10 +11,10 @@ from wmjax.nn.dists import (
     twohot_bins,
     unimix_logits,
 )
-from wmjax.nn.layers import MLP, BlockLinear, Linear, NormAct, RMSNorm, dreamer_init
+from wmjax.nn.layers import MLP, Linear, NormAct, RMSNorm, dreamer_init
 
 __all__ = [
-    "BlockLinear", "BoundedNormal", "Categorical", "Linear", "MLP", "NormAct", "RMSNorm", "TwoHot",
+    "BoundedNormal", "Categorical", "Linear", "MLP", "NormAct", "RMSNorm", "TwoHot",
     "categorical_kl", "dreamer_init", "mode_onehot", "sample_onehot", "symexp", "symlog",
     "twohot_bins", "unimix_logits",
 ]

@@ -13,11 +13,16 @@ import jax
 import jax.numpy as jnp
 
 
-def dreamer_init(outscale: float = 1.0) -> nn.initializers.Initializer:
-    """Truncated-normal fan-in init (std 1/sqrt(fan_in)) times `outscale`; zeros when outscale is 0."""
+def dreamer_init(outscale: float = 1.0, batch_axis: tuple[int, ...] = ()) -> nn.initializers.Initializer:
+    """Truncated-normal fan-in init (std 1/sqrt(fan_in)) times `outscale`; zeros when outscale is 0.
+
+    `batch_axis` names leading axes of independent blocks, which must not count into fan_in.
+    """
     if outscale == 0.0:
         return nn.initializers.zeros_init()
-    return nn.initializers.variance_scaling(outscale**2, "fan_in", "truncated_normal")
+    return nn.initializers.variance_scaling(
+        outscale**2, "fan_in", "truncated_normal", batch_axis=batch_axis
+    )
 
 
 class Linear(nn.Module):
@@ -34,31 +39,6 @@ class Linear(nn.Module):
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
-
-
-class BlockLinear(nn.Module):
-    """Block-diagonal dense layer: input and output split into `groups` independent blocks."""
-
-    features: int
-    groups: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        *batch, width = x.shape
-        if width % self.groups or self.features % self.groups:
-            raise ValueError(
-                f"BlockLinear: input width {width} and features {self.features} "
-                f"must both divide by groups={self.groups}"
-            )
-        gin, gout = width // self.groups, self.features // self.groups
-        kernel = self.param(
-            "kernel", dreamer_init(1.0), (self.groups, gin, gout), jnp.float32
-        )
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        x = x.reshape(*batch, self.groups, gin).astype(self.dtype)
-        y = jnp.einsum("...gi,gio->...go", x, kernel.astype(self.dtype))
-        return y.reshape(*batch, self.features) + bias.astype(self.dtype)
 
 
 class RMSNorm(nn.Module):

@@ -111,7 +111,7 @@ class Dreamer:
         }
         return AgentState(
             params=params,
-            slow_critic=params["critic"],
+            slow_critic=jax.tree.map(jnp.copy, params["critic"]),  # no aliasing: state is donated
             opt_state=self.optimizer.init(params),
             retnorm=RetNormState.create(),
             step=jnp.zeros((), jnp.int32),

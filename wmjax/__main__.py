@@ -1,0 +1,5 @@
+import sys
+
+from wmjax.cli import main
+
+sys.exit(main())
