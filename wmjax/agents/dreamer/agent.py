@@ -70,6 +70,10 @@ class Batch(NamedTuple):
     is_terminal: jax.Array
 
 
+def _global_norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -182,8 +186,8 @@ class Dreamer:
         slow = jax.tree.map(
             lambda s, p: (1.0 - c.slow_rate) * s + c.slow_rate * p, state.slow_critic, params["critic"]
         )
-        metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["update_norm"] = optax.global_norm(updates)
+        metrics["grad_norm"] = _global_norm(grads)
+        metrics["update_norm"] = _global_norm(updates)
         return AgentState(params, slow, opt_state, retnorm, state.step + 1), metrics
 
     def loss(

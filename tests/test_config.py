@@ -1,0 +1,45 @@
+import pytest
+
+from wmjax.config import PRESETS, DreamerConfig, TrainConfig
+
+
+def test_presets_match_dreamerv3_sizes():
+    c = DreamerConfig.preset("size1m")
+    assert (c.deter, c.hidden, c.classes, c.units, c.stoch, c.blocks) == (512, 64, 4, 64, 32, 8)
+    c = DreamerConfig.preset("size12m")
+    assert (c.deter, c.hidden, c.classes, c.units) == (2048, 256, 16, 256)
+    d = DreamerConfig()
+    assert (d.lr, d.warmup, d.agc, d.eps, d.imag_horizon, d.lam, d.actent) == \
+        (4e-5, 1000, 0.3, 1e-20, 15, 0.95, 3e-4)
+    assert (d.dyn_scale, d.rep_scale, d.repval_scale, d.slow_rate) == (1.0, 0.1, 0.3, 0.02)
+    assert abs(d.gamma - (1 - 1 / 333)) < 1e-12
+    assert set(PRESETS) >= {"tiny", "size1m", "size12m", "size25m", "size50m", "size100m",
+                            "size200m", "size400m"}
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(imag_horizon=0), "imag_horizon"),
+    (dict(lr=-1.0), "lr"),
+    (dict(deter=100, blocks=8), "deter"),
+    (dict(num_bins=254), "num_bins"),
+    (dict(compute_dtype="float64"), "compute_dtype"),
+    (dict(imag_starts=10_000), "imag_starts"),
+])
+def test_bad_agent_config_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DreamerConfig(**kwargs)
+
+
+def test_unknown_preset_lists_known():
+    with pytest.raises(ValueError, match="unknown preset 'huge'.*size1m"):
+        DreamerConfig.preset("huge")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(train_ratio=-2.0), "train_ratio"),
+    (dict(num_envs=0), "num_envs"),
+    (dict(replay_size=100, num_envs=16), "replay_size"),
+])
+def test_bad_train_config_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)

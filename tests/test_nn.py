@@ -1,0 +1,109 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wmjax.agents.dreamer.losses import lambda_return
+from wmjax.models.rssm import kl_loss
+from wmjax.nn import (BoundedNormal, Categorical, MLP, TwoHot, symexp, symlog, twohot_bins,
+                      unimix_logits)
+
+
+def test_symlog_symexp_are_inverse():
+    x = jnp.array([-1e6, -123.4, -1.0, -1e-3, 0.0, 1e-3, 0.5, 7.0, 1e6])
+    np.testing.assert_allclose(symexp(symlog(x)), x, rtol=1e-5)
+    np.testing.assert_allclose(symlog(symexp(symlog(x))), symlog(x), rtol=1e-6)
+    assert symlog(jnp.array(0.0)) == 0.0
+
+
+def test_twohot_bins_are_symmetric_and_official():
+    bins = twohot_bins(255)
+    assert bins.shape == (255,)
+    assert bins[127] == 0.0
+    np.testing.assert_array_equal(bins[:127], -bins[128:][::-1])
+    np.testing.assert_allclose(bins[-1], symexp(20.0), rtol=1e-6)  # ~4.85e8
+    assert bool(jnp.all(jnp.diff(bins) > 0))
+
+
+def test_twohot_roundtrip_and_interpolation_in_raw_space():
+    th = TwoHot(twohot_bins(255))
+    x = jnp.array([0.0, 1.0, -3.7, 123.4, -5e4, 1e5])
+    target = th.target(x)
+    np.testing.assert_allclose(target.sum(-1), 1.0, rtol=1e-6)
+    assert int((target > 0).sum(-1).max()) <= 2
+    # The target's expectation over bins is x itself: interpolation is linear in raw space.
+    np.testing.assert_allclose((target * th.bins).sum(-1), x, rtol=1e-5, atol=1e-5)
+    # Decoding logits that put all mass on the target gives x back.
+    np.testing.assert_allclose(th.mean(jnp.log(target + 1e-38)), x, rtol=1e-4, atol=1e-4)
+
+
+def test_twohot_mean_is_exactly_zero_at_init():
+    th = TwoHot(twohot_bins(255))
+    assert float(th.mean(jnp.zeros((3, 255)))[0]) == 0.0
+    head = MLP(1, 16, 255, outscale=0.0)
+    params = head.init(jax.random.key(0), jnp.ones((4, 8)))
+    out = head.apply(params, jax.random.normal(jax.random.key(1), (4, 8)))
+    np.testing.assert_array_equal(th.mean(out), jnp.zeros(4))
+
+
+def test_unimix_keeps_one_percent_floor():
+    logits = jnp.array([[100.0, -100.0, -100.0, -100.0]])
+    probs = jnp.exp(unimix_logits(logits, 0.01))
+    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs[0, 1:], 0.0025, rtol=1e-3)
+
+
+def test_free_bits_apply_after_summing_over_latents():
+    # 4 latents each with a small KL: the sum is above 1, each one is below.
+    post = jnp.log(jnp.array([[[0.6, 0.4]] * 4]))
+    prior = jnp.log(jnp.array([[[0.1, 0.9]] * 4]))
+    dyn, rep = kl_loss(post, prior, free_nats=1.0)
+    per_latent = float(0.6 * jnp.log(6.0) + 0.4 * jnp.log(0.4 / 0.9))
+    assert per_latent < 1.0 < 4 * per_latent
+    np.testing.assert_allclose(dyn, 4 * per_latent, rtol=1e-5)
+    np.testing.assert_allclose(rep, 4 * per_latent, rtol=1e-5)
+    same = kl_loss(post, post, free_nats=1.0)[0]
+    np.testing.assert_allclose(same, 1.0)  # clipped from below at free_nats
+
+
+def test_kl_gradients_are_split_between_dyn_and_rep():
+    post = jnp.log(jnp.array([[[0.6, 0.4]] * 8]))
+    prior = jnp.log(jnp.array([[[0.1, 0.9]] * 8]))
+    g_dyn_post = jax.grad(lambda p: kl_loss(p, prior, 0.0)[0].sum())(post)
+    g_rep_prior = jax.grad(lambda q: kl_loss(post, q, 0.0)[1].sum())(prior)
+    assert float(jnp.abs(g_dyn_post).max()) == 0.0  # dyn trains only the prior
+    assert float(jnp.abs(g_rep_prior).max()) == 0.0  # rep trains only the posterior
+
+
+def test_lambda_return_matches_hand_computation():
+    rew = jnp.array([[0.0, 1.0, 2.0, 3.0]])
+    boot = jnp.array([[10.0, 20.0, 30.0, 40.0]])
+    term = jnp.array([[0.0, 0.0, 0.0, 0.0]])
+    last = jnp.zeros_like(term)
+    disc, lam = 0.9, 0.5
+    r2 = 3.0 + disc * 40.0
+    r1 = 2.0 + disc * ((1 - lam) * 30.0 + lam * r2)
+    r0 = 1.0 + disc * ((1 - lam) * 20.0 + lam * r1)
+    out = lambda_return(last, term, rew, boot, disc, lam)
+    np.testing.assert_allclose(out, [[r0, r1, r2]], rtol=1e-6)
+    # A terminal at step 2 stops bootstrapping beyond it.
+    term = jnp.array([[0.0, 0.0, 1.0, 0.0]])
+    out = lambda_return(last, term, rew, boot, disc, lam)
+    r1 = 2.0
+    r0 = 1.0 + disc * ((1 - lam) * 20.0 + lam * r1)
+    np.testing.assert_allclose(out[0, :2], [r0, r1], rtol=1e-6)
+    # An episode end at step 2 bootstraps fully there instead of continuing the recursion.
+    last = jnp.array([[0.0, 0.0, 1.0, 0.0]])
+    out = lambda_return(last, jnp.zeros_like(term), rew, boot, disc, lam)
+    np.testing.assert_allclose(out[0, 1], 2.0 + disc * 30.0, rtol=1e-6)
+
+
+def test_policy_distributions():
+    cat = Categorical(jnp.log(jnp.array([[0.25, 0.75]])))
+    np.testing.assert_allclose(cat.log_prob(jnp.array([1])), jnp.log(0.75), rtol=1e-6)
+    np.testing.assert_allclose(cat.entropy(), -(0.25 * np.log(0.25) + 0.75 * np.log(0.75)), rtol=1e-5)
+    dist = BoundedNormal.from_raw(jnp.array([[100.0, -100.0]]))
+    assert float(dist.mode()[0, 0]) == pytest.approx(1.0)
+    assert float(dist.std[0, 0]) == pytest.approx(0.1, rel=1e-4)  # minstd
+    wide = BoundedNormal.from_raw(jnp.array([[0.0, 100.0]]))
+    assert float(wide.std[0, 0]) == pytest.approx(1.0, rel=1e-4)  # maxstd

@@ -1,0 +1,61 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wmjax.models import RSSM
+
+
+@pytest.fixture(scope="module")
+def rssm_and_params():
+    m = RSSM(deter=32, hidden=16, stoch=4, classes=3, blocks=4)
+    B, T = 3, 6
+    k = jax.random.key(0)
+    params = m.init(k, jnp.zeros((B, T, 5)), jnp.zeros((B, T, 2)), jnp.ones((B, T), bool), k)
+    return m, params
+
+
+def test_observe_equals_loop_of_obs_step(rssm_and_params):
+    m, params = rssm_and_params
+    B, T = 3, 6
+    embed = jax.random.normal(jax.random.key(1), (B, T, 5))
+    action = jax.random.normal(jax.random.key(2), (B, T, 2))
+    is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 3].set(True)
+    key = jax.random.key(3)
+    _, states = m.apply(params, embed, action, is_first, key, method=RSSM.observe)
+    keys = jax.random.split(key, T)
+    state = m.apply(params, B, method=RSSM.initial)
+    for t in range(T):
+        state = m.apply(params, state, action[:, t], embed[:, t], is_first[:, t], keys[t],
+                        method=RSSM.obs_step)
+        np.testing.assert_allclose(states.deter[:, t], state.deter, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(states.stoch[:, t], state.stoch, atol=1e-6)
+
+
+def test_is_first_resets_the_state(rssm_and_params):
+    m, params = rssm_and_params
+    B, T = 3, 6
+    embed = jax.random.normal(jax.random.key(1), (B, T, 5))
+    action = jax.random.normal(jax.random.key(2), (B, T, 2))
+    is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[:, 3].set(True)
+    key = jax.random.key(4)
+    _, full = m.apply(params, embed, action, is_first, key, method=RSSM.observe)
+    # Restarting the sequence at t=3 from scratch gives the same states: nothing leaks across.
+    keys = jax.random.split(key, T)
+    state = m.apply(params, B, method=RSSM.initial)
+    for t in range(3, T):
+        state = m.apply(params, state, action[:, t], embed[:, t], is_first[:, t], keys[t],
+                        method=RSSM.obs_step)
+        np.testing.assert_allclose(full.deter[:, t], state.deter, rtol=1e-5, atol=1e-6)
+
+
+def test_imagine_shapes(rssm_and_params):
+    m, params = rssm_and_params
+    start = m.apply(params, 7, method=RSSM.initial)
+    policy = lambda feat, k: jax.nn.one_hot(jax.random.randint(k, feat.shape[:-1], 0, 2), 2)
+    traj, actions = m.apply(params, start, policy, 5, jax.random.key(0), method=RSSM.imagine)
+    assert traj.deter.shape == (7, 6, 32)
+    assert traj.stoch.shape == (7, 6, 4, 3)
+    assert actions.shape == (7, 6, 2)
+    np.testing.assert_array_equal(traj.deter[:, 0], start.deter)
+    np.testing.assert_allclose(traj.stoch[:, 1:].sum(-1), 1.0, rtol=1e-6)  # one-hot samples
