@@ -43,3 +43,11 @@ def test_unknown_preset_lists_known():
 def test_bad_train_config_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_compute_dtype_auto_is_float32_on_cpu_bfloat16_on_accelerators():
+    c = DreamerConfig()
+    assert c.compute_dtype == "auto"
+    assert c.resolved_dtype("cpu") == "float32"
+    assert c.resolved_dtype("gpu") == "bfloat16" and c.resolved_dtype("tpu") == "bfloat16"
+    assert DreamerConfig(compute_dtype="bfloat16").resolved_dtype("cpu") == "bfloat16"

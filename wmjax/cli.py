@@ -51,9 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = dict(_parse_override(s) for s in args.set)
         agent = DreamerConfig.preset(args.preset, **overrides)
+        # A replay larger than the run is never filled; keep it at least one window per env.
+        min_replay = max(1, args.envs) * (agent.batch_length + 1)
+        replay_size = max(min(args.replay_size, args.steps), min_replay)
         config = TrainConfig(
             env=args.env, num_envs=args.envs, seeds=args.seeds, seed=args.seed, steps=args.steps,
-            train_ratio=args.train_ratio, replay_size=min(args.replay_size, max(args.steps, 1)),
+            train_ratio=args.train_ratio, replay_size=replay_size,
             chunk_steps=args.chunk_steps, agent=agent,
         )
         if args.env not in REGISTRY:

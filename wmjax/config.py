@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "size400m": dict(deter=12288, hidden=1536, classes=96, units=1536),
 }
 
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
@@ -55,7 +55,8 @@ class DreamerConfig:
     free_nats: float = 1.0
     minstd: float = 0.1
     maxstd: float = 1.0
-    compute_dtype: str = "float32"
+    # "auto": bfloat16 on GPU/TPU (as DreamerV3), float32 on CPU, where bfloat16 is ~2x slower.
+    compute_dtype: str = "auto"
     # world-model and actor-critic loss scales
     rec_scale: float = 1.0
     reward_scale: float = 1.0
@@ -134,6 +135,16 @@ class DreamerConfig:
 
     def replace(self, **changes: Any) -> "DreamerConfig":
         return dataclasses.replace(self, **changes)
+
+    def resolved_dtype(self, backend: str | None = None) -> str:
+        """The compute dtype to use on `backend` (default: JAX's default backend)."""
+        if self.compute_dtype != "auto":
+            return self.compute_dtype
+        if backend is None:
+            import jax
+
+            backend = jax.default_backend()
+        return "float32" if backend == "cpu" else "bfloat16"
 
     @property
     def gamma(self) -> float:

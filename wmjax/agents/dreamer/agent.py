@@ -81,7 +81,7 @@ class Dreamer:
     def __init__(self, config: DreamerConfig, spec: EnvSpec):
         self.config = c = config
         self.spec = spec
-        dtype = _DTYPES[c.compute_dtype]
+        dtype = _DTYPES[c.resolved_dtype()]
         self.encoder = VectorEncoder(c.enc_layers, c.units, dtype)
         self.rssm = RSSM(c.deter, c.hidden, c.stoch, c.classes, c.blocks, c.unimix, dtype=dtype)
         self.decoder = VectorDecoder(spec.obs_shape[-1], c.dec_layers, c.units, dtype)

@@ -1,0 +1,146 @@
+"""Throughput of the fused DreamerV3 loop on this machine.
+
+For each (preset, train ratio, seeds): env steps/s and updates/s of the fused loop (replay
+already holding enough data, so every timed chunk trains), the time of one bare jitted update of
+the same model vmapped over the same seeds (so the loop's overhead shows as a ratio), and the
+update's achieved GFLOP/s (XLA's cost analysis of the compiled single-seed update divided by its
+time) beside this machine's float32 matmul peak measured in the same run.
+
+    python benchmarks/throughput.py                       # size1m and size12m, ratios 32/512, 1/8 seeds
+    python benchmarks/throughput.py --presets size1m --seeds 1 --ratios 32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+from wmjax.agents.dreamer import Batch, Dreamer
+from wmjax.config import DreamerConfig, TrainConfig
+from wmjax.envs import make_env
+from wmjax.loop import make_train
+
+
+def _timed(fn, *args, repeats=3):
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn(*args)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def matmul_peak(n: int = 2048) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    t, _ = _timed(f, a, repeats=5)
+    return 2 * n**3 / t / 1e9
+
+
+def bare_update(agent: Dreamer, seeds: int, repeats: int) -> tuple[float, float]:
+    """(seconds per vmapped update over `seeds`, GFLOP of one single-seed update)."""
+    c = agent.config
+    B, T = c.batch_size, c.batch_length
+    spec = agent.spec
+    k = jax.random.key(0)
+    batch = Batch(jax.random.normal(k, (B, T) + spec.obs_shape),
+                  jax.nn.one_hot(jnp.zeros((B, T), jnp.int32), spec.num_actions),
+                  jnp.ones((B, T)), jnp.zeros((B, T), bool), jnp.zeros((B, T), bool),
+                  jnp.zeros((B, T), bool))
+    single = jax.jit(agent.update).lower(agent.init(k), batch, k).compile()
+    cost = single.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    gflop = float(cost.get("flops", float("nan"))) / 1e9
+    states = jax.vmap(agent.init)(jax.random.split(k, seeds))
+    batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), batch)
+    keys = jax.random.split(k, seeds)
+    step = jax.jit(jax.vmap(agent.update))
+    t, _ = _timed(lambda s: step(s, batches, keys), states, repeats=repeats)
+    return t, gflop
+
+
+def loop_throughput(preset: str, ratio: float, seeds: int, envs: int, min_updates: int) -> dict:
+    agent_cfg = DreamerConfig.preset(preset)
+    B, T = agent_cfg.batch_size, agent_cfg.batch_length
+    upd_per_vec_step = envs * ratio / (B * T)
+    iters = max(1, math.ceil(min_updates / upd_per_vec_step))
+    cfg = TrainConfig(env="CartPole-v1", num_envs=envs, seeds=seeds, steps=10**9,
+                      train_ratio=ratio, replay_size=max(envs * (T + 1), 64 * 1024),
+                      chunk_steps=iters * envs, agent=agent_cfg)
+    trainer = make_train(cfg)
+    state = trainer.init(jax.random.key(0))
+    t0 = time.perf_counter()
+    state, m = trainer.train_chunk(state)
+    jax.block_until_ready(m)
+    first_chunk = time.perf_counter() - t0
+    while int(m["updates"][0]) == 0 or int(m["chunk_updates"][0]) < int(
+            math.floor(upd_per_vec_step * iters)):  # fill replay until every chunk trains fully
+        state, m = trainer.train_chunk(state)
+    updates_before = int(m["updates"][0])
+    t0 = time.perf_counter()
+    state, m = trainer.train_chunk(state)
+    jax.block_until_ready(m)
+    dt = time.perf_counter() - t0
+    updates = int(m["updates"][0]) - updates_before
+    steps = iters * envs
+    return dict(first_chunk_s=round(first_chunk, 2), chunk_s=dt, env_steps_per_seed=steps,
+                updates_per_seed=updates, env_steps_per_s=steps * seeds / dt,
+                updates_per_s=updates * seeds / dt)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["size1m", "size12m"])
+    ap.add_argument("--ratios", nargs="+", type=float, default=[32.0, 512.0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--envs", type=int, default=16)
+    ap.add_argument("--min-updates", type=int, default=4, help="updates per seed in the timed chunk")
+    ap.add_argument("--out", default="benchmarks/results/throughput.json")
+    args = ap.parse_args()
+
+    peak = matmul_peak()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"jax {jax.__version__} ({jax.default_backend()}); float32 matmul peak {peak:.1f} GFLOP/s")
+    print(f"reference (official DreamerV3, size1m f32, CartPole, ratio 32, this machine): "
+          f"1.39 updates/s, 45 env steps/s, ~19 GFLOP/update (~14% of peak)")
+    header = (f"{'preset':8s} {'ratio':>5s} {'seeds':>5s} | {'env st/s':>9s} {'upd/s':>7s} | "
+              f"{'bare upd s':>10s} {'overhead':>8s} | {'GFLOP/upd':>9s} {'GFLOP/s':>8s} {'% peak':>6s}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    spec = make_env("CartPole-v1").spec
+    for preset in args.presets:
+        agent = Dreamer(DreamerConfig.preset(preset), spec)
+        single_t, gflop = bare_update(agent, 1, repeats=3)
+        for seeds in args.seeds:
+            bare_t = single_t if seeds == 1 else bare_update(agent, seeds, repeats=2)[0]
+            for ratio in args.ratios:
+                r = loop_throughput(preset, ratio, seeds, args.envs, args.min_updates)
+                per_update = r["chunk_s"] / max(1, r["updates_per_seed"])
+                overhead = per_update / bare_t - 1.0
+                achieved = gflop / single_t
+                row = dict(preset=preset, train_ratio=ratio, seeds=seeds, envs=args.envs, **r,
+                           bare_update_s=bare_t, loop_overhead=overhead, gflop_per_update=gflop,
+                           update_gflops=achieved, peak_gflops=peak,
+                           pct_of_peak=100 * achieved / peak)
+                rows.append(row)
+                print(f"{preset:8s} {ratio:5.0f} {seeds:5d} | {r['env_steps_per_s']:9.1f} "
+                      f"{r['updates_per_s']:7.2f} | {bare_t:10.3f} {100 * overhead:7.1f}% | "
+                      f"{gflop:9.2f} {achieved:8.1f} {100 * achieved / peak:5.1f}%", flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(dict(peak_gflops=peak, jax=jax.__version__, rows=rows), f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
