@@ -136,10 +136,14 @@ def main() -> None:
                 print(f"{preset:8s} {ratio:5.0f} {seeds:5d} | {r['env_steps_per_s']:9.1f} "
                       f"{r['updates_per_s']:7.2f} | {bare_t:10.3f} {100 * overhead:7.1f}% | "
                       f"{gflop:9.2f} {achieved:8.1f} {100 * achieved / peak:5.1f}%", flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(dict(peak_gflops=peak, jax=jax.__version__, rows=rows), f, indent=2)
+                _save(args.out, peak, rows)  # after every row, so a stopped run keeps its rows
     print(f"wrote {args.out}")
+
+
+def _save(path: str, peak: float, rows: list) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(dict(peak_gflops=peak, jax=jax.__version__, rows=rows), f, indent=2)
 
 
 if __name__ == "__main__":

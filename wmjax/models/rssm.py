@@ -31,6 +31,12 @@ class RSSMState(NamedTuple):
     stoch: jax.Array  # (..., stoch, classes) one-hot sample
     logits: jax.Array  # (..., stoch, classes) unimixed log-probs it was sampled from
 
+    @classmethod
+    def zeros(cls, batch: int, deter: int, stoch: int, classes: int) -> "RSSMState":
+        """The initial state: all zeros (DreamerV3 has no learned initial state)."""
+        latents = jnp.zeros((batch, stoch, classes), jnp.float32)
+        return cls(jnp.zeros((batch, deter), jnp.float32), latents, latents)
+
 
 def _reset(state: Any, is_first: jax.Array) -> Any:
     """Zero every leaf of `state` where is_first is set (is_first has the batch shape)."""
@@ -77,8 +83,7 @@ class RSSM(nn.Module):
     # ------------------------------------------------------------------ pieces
 
     def initial(self, batch: int) -> RSSMState:
-        zeros = jnp.zeros((batch, self.stoch, self.classes), jnp.float32)
-        return RSSMState(jnp.zeros((batch, self.deter), jnp.float32), zeros, zeros)
+        return RSSMState.zeros(batch, self.deter, self.stoch, self.classes)
 
     def feat(self, state: RSSMState) -> jax.Array:
         """Features every head reads: concat(deter, flatten(stoch))."""

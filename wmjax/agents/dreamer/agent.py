@@ -122,8 +122,8 @@ class Dreamer:
         )
 
     def initial_carry(self, batch: int) -> Carry:
-        stoch = jnp.zeros((batch, self.config.stoch, self.config.classes), jnp.float32)
-        latent = RSSMState(jnp.zeros((batch, self.config.deter), jnp.float32), stoch, stoch)
+        c = self.config
+        latent = RSSMState.zeros(batch, c.deter, c.stoch, c.classes)
         return Carry(latent, jnp.zeros((batch, self.spec.action_size), jnp.float32))
 
     # ------------------------------------------------------------------ helpers
