@@ -109,3 +109,17 @@ def test_wrong_batch_shape_is_rejected(setup):
     bad = batch._replace(obs=batch.obs[..., :1])
     with pytest.raises(AssertionError):
         agent.update(state, bad, jax.random.key(0))
+
+
+def test_imagined_continuous_actions_are_scored_unclipped():
+    """REINFORCE must use log pi of the sample actually drawn, not of its clipped value."""
+    env = make_env("Pendulum-v1")
+    agent = Dreamer(DreamerConfig.preset("tiny", maxstd=1.0, minstd=1.0), env.spec)
+    state = agent.init(jax.random.key(0))
+    starts = agent.initial_carry(512).latent
+    feat, actions = jax.jit(agent.imagine)(state.params, starts, jax.random.key(1))
+    H = agent.config.imag_horizon
+    assert feat.shape == (512, H + 1, agent.config.feat_size)
+    assert actions.shape == (512, H + 1, 1)
+    # std 1 around a mean near 0: a good share of the samples lies outside [-1, 1].
+    assert float(jnp.mean(jnp.abs(actions) > 1.0)) > 0.1

@@ -190,6 +190,23 @@ class Dreamer:
         metrics["update_norm"] = _global_norm(updates)
         return AgentState(params, slow, opt_state, retnorm, state.step + 1), metrics
 
+    def imagine(self, params: dict, starts: RSSMState, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Roll the world model forward `imag_horizon` steps from `starts` (batch N) under the actor.
+
+        Returns features (N, H + 1, feat) and actions (N, H + 1, A): one-hot for discrete
+        actions, the raw unclipped samples for continuous ones (REINFORCE scores the sample
+        that was drawn; the RSSM bounds its action input by a / max(1, |a|), as DreamerV3).
+        """
+
+        def policy(f, k):
+            sample = self._policy(params["actor"], f).sample(k)
+            return jax.nn.one_hot(sample, self.spec.num_actions) if self.spec.discrete else sample
+
+        traj, actions = self._apply(
+            params, "rssm", starts, policy, self.config.imag_horizon, key, method=RSSM.imagine
+        )
+        return self._apply(params, "rssm", traj, method=RSSM.feat), actions
+
     def loss(
         self, params: dict, slow_critic: Any, retnorm: RetNormState, batch: Batch, key: jax.Array
     ) -> tuple[jax.Array, tuple[dict, RetNormState]]:
@@ -224,15 +241,8 @@ class Dreamer:
         if c.imag_starts:
             idx = jax.random.choice(key_img, B * T, (c.imag_starts,), replace=False)
             starts = jax.tree.map(lambda x: x[idx], starts)
-        key_img = jax.random.fold_in(key_img, 1)
-
-        def policy(f, k):
-            return self.action_vector(self._policy(frozen["actor"], f).sample(k))
-
-        traj, img_action = self._apply(
-            frozen, "rssm", starts, policy, c.imag_horizon, key_img, method=RSSM.imagine
-        )
-        img_feat = sg(self._apply(frozen, "rssm", traj, method=RSSM.feat))
+        img_feat, img_action = self.imagine(frozen, starts, jax.random.fold_in(key_img, 1))
+        img_feat = sg(img_feat)
         img_rew = self.twohot.mean(self._apply(frozen, "reward", img_feat))
         img_con = jax.nn.sigmoid(self._apply(frozen, "cont", img_feat)[..., 0])
 
