@@ -26,9 +26,9 @@ RANDOM = {"CartPole-v1": 22.2, "Acrobot-v1": -499.7, "Pendulum-v1": -1224.0}
 
 
 def parse_overrides(items: list[str]) -> dict:
-    from wmjax.cli import _parse_override
+    from wmjax.cli import parse_override
 
-    return dict(_parse_override(s) for s in items)
+    return dict(parse_override(s) for s in items)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from wmjax.config import PRESETS, DreamerConfig, TrainConfig
 from wmjax.envs import REGISTRY
 
 
-def _parse_override(text: str) -> tuple[str, typing.Any]:
+def parse_override(text: str) -> tuple[str, typing.Any]:
     """`name=value` for a DreamerConfig field, value converted to the field's type."""
     if "=" not in text:
         raise ValueError(f"--set expects name=value, got {text!r}")
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides = dict(_parse_override(s) for s in args.set)
+        overrides = dict(parse_override(s) for s in args.set)
         agent = DreamerConfig.preset(args.preset, **overrides)
         # A replay larger than the run is never filled; keep it at least one window per env.
         min_replay = max(1, args.envs) * (agent.batch_length + 1)

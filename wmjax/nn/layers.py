@@ -6,7 +6,7 @@ DreamerV3 initialises every weight from a truncated normal whose standard deviat
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -83,8 +83,3 @@ class MLP(nn.Module):
         if self.out is not None:
             x = Linear(self.out, outscale=self.outscale, dtype=self.dtype)(x)
         return x.astype(jnp.float32)
-
-
-def flatten_last(x: jax.Array, dims: Sequence[int]) -> jax.Array:
-    """Merge the trailing `len(dims)` axes of x into one."""
-    return x.reshape(*x.shape[: x.ndim - len(dims)], -1)
