@@ -7,7 +7,7 @@ import sys
 import typing
 
 from wmjax.config import PRESETS, DreamerConfig, TrainConfig
-from wmjax.envs import REGISTRY
+from wmjax.envs import REGISTRY, check_env_name
 
 
 def parse_override(text: str) -> tuple[str, typing.Any]:
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             train_ratio=args.train_ratio, replay_size=replay_size,
             chunk_steps=args.chunk_steps, agent=agent,
         )
-        if args.env not in REGISTRY:
-            raise ValueError(f"unknown env {args.env!r}; known envs: {', '.join(sorted(REGISTRY))}")
+        check_env_name(args.env)
     except ValueError as e:
         print(f"wmjax: error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
 """Environments: the Dreamer record layout over gymnax, and `make_env(name)`."""
-from wmjax.envs.core import REGISTRY, EnvAdapter, EnvSpec, EnvState, Timestep, make_env
+from wmjax.envs.core import REGISTRY, EnvAdapter, EnvSpec, EnvState, Timestep, check_env_name, make_env
 
-__all__ = ["REGISTRY", "EnvAdapter", "EnvSpec", "EnvState", "Timestep", "make_env"]
+__all__ = ["REGISTRY", "EnvAdapter", "EnvSpec", "EnvState", "Timestep", "check_env_name", "make_env"]

@@ -118,10 +118,15 @@ REGISTRY = {
 }
 
 
-def make_env(name: str) -> EnvAdapter:
-    """Build an environment by name; an unknown name raises with the list of known ones."""
+def check_env_name(name: str) -> None:
+    """Raise ValueError naming the known envs if `name` is not one of them."""
     if name not in REGISTRY:
         raise ValueError(f"unknown env {name!r}; known envs: {', '.join(sorted(REGISTRY))}")
+
+
+def make_env(name: str) -> EnvAdapter:
+    """Build an environment by name; an unknown name raises with the list of known ones."""
+    check_env_name(name)
     adapter = REGISTRY[name](name)
     chex.assert_equal(len(adapter.spec.obs_shape), 1)
     return adapter

