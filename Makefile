@@ -9,7 +9,7 @@ ENV    ?= CartPole-v1
 PRESET ?= size1m
 STEPS  ?= 50000
 SEEDS  ?= 1
-LOGDIR ?= runs/default
+LOGDIR ?=
 
 .PHONY: train test bench clean
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(PY) -m wmjax train --env $(ENV) --preset $(PRESET) --steps $(STEPS) --seeds $(SEEDS) --logdir $(LOGDIR)
+	$(PY) -m wmjax train --env $(ENV) --preset $(PRESET) --steps $(STEPS) --seeds $(SEEDS) $(if $(LOGDIR),--logdir $(LOGDIR),)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

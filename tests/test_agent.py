@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,9 +42,14 @@ def _grads_of_loss_subset(agent, state, batch, **scales):
     """Gradients of the loss with the named loss scales only (all others zero), jitted."""
     names = ("rec_scale", "reward_scale", "cont_scale", "dyn_scale", "rep_scale", "policy_scale",
              "value_scale", "repval_scale")
-    subset = Dreamer(agent.config.replace(**{n: scales.get(n, 0.0) for n in names}), agent.spec)
-    loss = lambda p: subset.loss(p, state.slow_critic, state.retnorm, batch, jax.random.key(3))[0]
-    return jax.jit(jax.grad(loss))(state.params)
+    hyper = agent.hyper({n: scales.get(n, 0.0) for n in names})  # traced: one compile per agent
+    return _loss_grad(agent)(state.params, state.slow_critic, state.retnorm, hyper, batch)
+
+
+@functools.lru_cache(maxsize=None)
+def _loss_grad(agent):
+    loss = lambda p, slow, rn, h, b: agent.loss(p, slow, rn, h, b, jax.random.key(3))[0]
+    return jax.jit(jax.grad(loss))
 
 
 def _max_abs(tree):

@@ -9,13 +9,14 @@ from wmjax.config import PRESETS, DreamerConfig, TrainConfig
 from wmjax.envs import EnvSpec, Timestep, make_env
 from wmjax.loop import TrainState, make_train
 from wmjax.models import RSSM, RSSMState
-from wmjax.run import train
+from wmjax.policy import Policy, evaluate, load_policy
+from wmjax.run import load_config, train
 
 __version__ = "0.1.0"
 
 
 __all__ = [
-    "AgentState", "Batch", "Carry", "Dreamer", "DreamerConfig", "EnvSpec", "PRESETS", "RSSM",
-    "RSSMState", "Timestep", "TrainConfig", "TrainState", "make_env", "make_train", "nn", "replay",
-    "train",
+    "AgentState", "Batch", "Carry", "Dreamer", "DreamerConfig", "EnvSpec", "PRESETS", "Policy",
+    "RSSM", "RSSMState", "Timestep", "TrainConfig", "TrainState", "evaluate", "load_config",
+    "load_policy", "make_env", "make_train", "nn", "replay", "train",
 ]

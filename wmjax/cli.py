@@ -1,13 +1,27 @@
-"""Command line: `python -m wmjax train ...` (also installed as `wmjax`)."""
+"""Command line (also installed as `wmjax`):
+
+    python -m wmjax train --env CartPole-v1 --steps 50000 --logdir runs/cartpole [--wandb]
+    python -m wmjax train --resume runs/cartpole            # continue from the newest checkpoint
+    python -m wmjax eval runs/cartpole --episodes 20
+    python -m wmjax plot runs/cartpole runs/other --out plots/
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
+import time
 import typing
 
 from wmjax.config import PRESETS, DreamerConfig, TrainConfig
 from wmjax.envs import REGISTRY, check_env_name
+
+# TrainConfig flags and their defaults. They parse to None so that with --resume we can tell
+# which ones were given (and must then match the saved run).
+TRAIN_DEFAULTS = dict(env="CartPole-v1", preset="size1m", steps=50_000, seeds=1, seed=0,
+                      envs=16, train_ratio=32.0, replay_size=1_000_000, chunk_steps=2048)
 
 
 def parse_override(text: str) -> tuple[str, typing.Any]:
@@ -25,46 +39,144 @@ def parse_override(text: str) -> tuple[str, typing.Any]:
         raise ValueError(f"--set {name}: {value!r} is not a valid {kind.__name__}") from None
 
 
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed `train` flags (defaults filled in); raises ValueError."""
+    get = lambda name: TRAIN_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
+    overrides = dict(parse_override(s) for s in args.set)
+    agent = DreamerConfig.preset(get("preset"), **overrides)
+    steps, envs = get("steps"), get("envs")
+    # A replay larger than the run is never filled; keep it at least one window per env.
+    replay_size = max(min(get("replay_size"), steps), max(1, envs) * (agent.batch_length + 1))
+    check_env_name(get("env"))
+    return TrainConfig(env=get("env"), num_envs=envs, seeds=get("seeds"), seed=get("seed"),
+                       steps=steps, train_ratio=get("train_ratio"), replay_size=replay_size,
+                       chunk_steps=get("chunk_steps"), agent=agent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wmjax", description="World-model RL in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train DreamerV3 in one fused XLA program")
-    t.add_argument("--env", default="CartPole-v1", help=f"one of: {', '.join(sorted(REGISTRY))}")
-    t.add_argument("--preset", default="size1m", help=f"one of: {', '.join(PRESETS)}")
-    t.add_argument("--steps", type=int, default=50_000, help="env steps per seed")
-    t.add_argument("--seeds", type=int, default=1, help="seeds trained at once (vmapped)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--envs", type=int, default=16, help="vectorised envs per seed")
-    t.add_argument("--train-ratio", type=float, default=32.0,
-                   help="replayed steps per env step (DreamerV3's train_ratio)")
-    t.add_argument("--replay-size", type=int, default=1_000_000, help="replay capacity per seed")
-    t.add_argument("--chunk-steps", type=int, default=2048,
-                   help="env steps per seed between log points")
-    t.add_argument("--logdir", default="runs/default")
+    d = TRAIN_DEFAULTS
+    t.add_argument("--env", help=f"one of: {', '.join(sorted(REGISTRY))} (default {d['env']})")
+    t.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (default {d['preset']})")
+    t.add_argument("--steps", type=int, help=f"env steps per seed (default {d['steps']})")
+    t.add_argument("--seeds", type=int, help="seeds trained at once, vmapped (default 1)")
+    t.add_argument("--seed", type=int, help="base PRNG seed (default 0)")
+    t.add_argument("--envs", type=int, help="vectorised envs per seed (default 16)")
+    t.add_argument("--train-ratio", type=float,
+                   help="replayed steps per env step, DreamerV3's train_ratio (default 32)")
+    t.add_argument("--replay-size", type=int, help="replay capacity per seed (default 1M)")
+    t.add_argument("--chunk-steps", type=int,
+                   help="env steps per seed between log points (default 2048)")
     t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override an agent config field, e.g. --set lr=1e-4 (repeatable)")
+    t.add_argument("--logdir", help="run folder (default: runs/ENV-DATE-TIME); must not hold a run")
+    t.add_argument("--resume", metavar="DIR",
+                   help="continue the run in DIR from its newest checkpoint; flags given must "
+                        "match its config (except --steps, which may extend it)")
+    t.add_argument("--checkpoint-every", type=int, default=10,
+                   help="checkpoint every N chunks and at the end (0: only at the end)")
+    t.add_argument("--wandb", action="store_true",
+                   help="also log to Weights & Biases (offline unless WANDB_MODE is set)")
+    t.add_argument("--wandb-project", default="wmjax")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+
+    e = sub.add_parser("eval", help="mean return of a trained run's policy")
+    e.add_argument("run_dir")
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--seed-index", type=int, default=0, help="which of the run's seeds")
+    e.add_argument("--mode", default="eval", choices=["eval", "train"],
+                   help="eval: the policy's mode; train: sample as in training")
+    e.add_argument("--key", type=int, default=0, help="PRNG seed of the evaluation episodes")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("plot", help="learning curves and the open-loop imagination report")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: the first run dir)")
+    p.add_argument("--metric", default="episode_return")
+    p.add_argument("--no-openloop", action="store_true", help="only the learning curves")
+    p.add_argument("--seed-index", type=int, default=0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides = dict(parse_override(s) for s in args.set)
-        agent = DreamerConfig.preset(args.preset, **overrides)
-        # A replay larger than the run is never filled; keep it at least one window per env.
-        min_replay = max(1, args.envs) * (agent.batch_length + 1)
-        replay_size = max(min(args.replay_size, args.steps), min_replay)
-        config = TrainConfig(
-            env=args.env, num_envs=args.envs, seeds=args.seeds, seed=args.seed, steps=args.steps,
-            train_ratio=args.train_ratio, replay_size=replay_size,
-            chunk_steps=args.chunk_steps, agent=agent,
-        )
-        check_env_name(args.env)
-    except ValueError as e:
+        return {"train": _train, "eval": _eval, "plot": _plot}[args.command](args)
+    except ValueError as e:  # includes config, run-folder and checkpoint errors
         print(f"wmjax: error: {e}", file=sys.stderr)
         return 2
+
+
+def _train(args: argparse.Namespace) -> int:
     from wmjax.run import train
 
-    train(config, args.logdir)
-    print(f"wrote {args.logdir}/metrics.jsonl")
+    if args.resume:
+        config = _resume_config(args)
+        logdir = args.resume
+    else:
+        config = build_config(args)
+        logdir = args.logdir or os.path.join(
+            "runs", f"{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
+    train(config, logdir, resume=bool(args.resume), checkpoint_every=args.checkpoint_every,
+          wandb=args.wandb, wandb_project=args.wandb_project, verbose=not args.quiet)
+    print(f"wrote {logdir}/metrics.jsonl")
+    return 0
+
+
+def _resume_config(args: argparse.Namespace) -> TrainConfig:
+    """The saved config with the flags given on this command line applied on top, so that
+    `train` can name any that differ from the saved run."""
+    from wmjax.run import load_config
+
+    saved = load_config(args.resume)
+    agent = dict(parse_override(s) for s in args.set)
+    if args.preset is not None:
+        if args.preset not in PRESETS:
+            raise ValueError(f"unknown preset {args.preset!r}; known presets: {', '.join(PRESETS)}")
+        agent = {**PRESETS[args.preset], **agent}
+    flag = lambda name, saved_value: saved_value if getattr(args, name) is None else getattr(args, name)
+    return saved.replace(
+        env=flag("env", saved.env), num_envs=flag("envs", saved.num_envs),
+        seeds=flag("seeds", saved.seeds), seed=flag("seed", saved.seed),
+        steps=flag("steps", saved.steps), train_ratio=flag("train_ratio", saved.train_ratio),
+        replay_size=flag("replay_size", saved.replay_size),
+        chunk_steps=flag("chunk_steps", saved.chunk_steps), agent=saved.agent.replace(**agent),
+    )
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from wmjax.policy import evaluate, load_policy
+
+    policy = load_policy(args.run_dir, seed=args.seed_index, mode=args.mode)
+    returns = np.asarray(evaluate(policy, args.episodes, jax.random.key(args.key)))
+    result = dict(run_dir=args.run_dir, env=policy.config.env, seed=args.seed_index,
+                  chunk=policy.chunk, mode=args.mode, episodes=args.episodes,
+                  mean_return=float(returns.mean()), std_return=float(returns.std()),
+                  returns=[float(r) for r in returns])
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.run_dir} ({policy.config.env}, seed {args.seed_index}, checkpoint after "
+              f"chunk {policy.chunk}): mean return {result['mean_return']:.2f} ± "
+              f"{result['std_return']:.2f} over {args.episodes} episodes ({args.mode} mode)")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from wmjax.plots import plot_curves, plot_openloop
+
+    out = args.out or args.run_dirs[0]
+    path = plot_curves(args.run_dirs, os.path.join(out, "curves.png"), args.metric)
+    print(f"wrote {path}")
+    if not args.no_openloop:
+        for run_dir in args.run_dirs:
+            name = os.path.basename(os.path.normpath(run_dir))
+            path = plot_openloop(run_dir, os.path.join(out, f"{name}_openloop.png"),
+                                 seed=args.seed_index)
+            print(f"wrote {path}")
     return 0

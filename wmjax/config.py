@@ -188,7 +188,43 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Inverse of `to_dict` (e.g. a run's config.json); unknown or invalid fields raise."""
+        data = dict(data)
+        agent = data.pop("agent", {})
+        _check_fields(cls, data, "TrainConfig")
+        _check_fields(DreamerConfig, agent, "DreamerConfig")
+        return cls(**data, agent=DreamerConfig(**agent))
+
+    def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = ()) -> list[str]:
+        """Fields whose values differ, as 'name: mine != other' lines (agent fields as agent.x)."""
+        mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
+        return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in sorted(mine)
+                if k not in ignore and mine[k] != theirs[k]]
+
     @property
     def iters_per_chunk(self) -> int:
         """Vector-env steps per chunk (each steps every env once)."""
         return max(1, self.chunk_steps // self.num_envs)
+
+
+def _check_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"invalid config: unknown {what} field(s) {unknown}; "
+                         f"allowed: {', '.join(sorted(known))}")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out

@@ -42,7 +42,7 @@ class Trainer(NamedTuple):
     config: TrainConfig
     env: EnvAdapter
     agent: Dreamer
-    init: Callable[[jax.Array], TrainState]
+    init: Callable[..., TrainState]  # (key, hyper=None) -> batched TrainState
     train_chunk: Callable[[TrainState], tuple[TrainState, dict]]
     init_one: Callable[[jax.Array], TrainState]
     chunk_one: Callable[[TrainState], tuple[TrainState, dict]]
@@ -63,13 +63,13 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
     credit_per_update = ratio.denominator * B * T
     capacity = config.replay_size // E
 
-    def init_one(key: jax.Array) -> TrainState:
+    def init_one(key: jax.Array, hyper: dict | None = None) -> TrainState:
         k_agent, k_env, k_loop = jax.random.split(key, 3)
         env_state, timestep = jax.vmap(env.reset)(jax.random.split(k_env, E))
         carry = agent.initial_carry(E)
         example = _record(jax.tree.map(lambda x: x[0], timestep), carry.action[0])
         zero = jnp.zeros((), jnp.int32)
-        return TrainState(agent.init(k_agent), env_state, timestep, carry,
+        return TrainState(agent.init(k_agent, hyper), env_state, timestep, carry,
                           rb.init(example, E, capacity), k_loop, zero, zero, zero)
 
     def update_many(agent_state, replay, key, n):
@@ -115,12 +115,28 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
     batched_init = jax.jit(jax.vmap(init_one))
     batched_chunk = jax.jit(jax.vmap(chunk_one), donate_argnums=0)
 
-    def init(key: jax.Array) -> TrainState:
+    def init(key: jax.Array, hyper: dict | None = None) -> TrainState:
+        """Initial state of every seed. `hyper` maps tunables (TUNABLES) to one value for all
+        seeds or a sequence of one value per seed, so a grid is one vmapped program."""
         keys = jax.random.split(jax.random.fold_in(key, config.seed), config.seeds)
-        return batched_init(keys)
+        return batched_init(keys, seed_hyper(agent, hyper, config.seeds))
 
     return Trainer(config, env, agent, init, batched_chunk, init_one, chunk_one,
                    float(ratio) / (B * T))
+
+
+def seed_hyper(agent: Dreamer, hyper: dict | None, seeds: int) -> dict:
+    """Tunables as float32 arrays of shape (seeds,); scalars are broadcast to every seed."""
+    out = {}
+    for name, value in agent.hyper(hyper).items():  # validates the names
+        given = jnp.asarray((hyper or {}).get(name, value), jnp.float32)
+        if given.ndim == 0:
+            given = jnp.broadcast_to(given, (seeds,))
+        if given.shape != (seeds,):
+            raise ValueError(f"hyper[{name!r}] has {given.shape[0] if given.ndim else 1} values; "
+                             f"give one value or one per seed ({seeds})")
+        out[name] = given
+    return out
 
 
 def _record(ts: Timestep, action: jax.Array) -> dict:

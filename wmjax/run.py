@@ -1,53 +1,206 @@
-"""Host driver: build the fused program, run it chunk by chunk, log between chunks."""
+"""Host driver: build the fused program, run it chunk by chunk, log and checkpoint between chunks.
+
+A run folder holds:
+    config.json      the resolved TrainConfig
+    hyper.json       per-seed tunables, when a grid of them is trained as one program
+    metrics.jsonl    one JSON object per seed per log point
+    checkpoints/     orbax checkpoints of the whole TrainState, numbered by chunks done
+    wandb/           when wandb logging is on
+"""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
 from typing import Any
 
 import jax
+import numpy as np
 
+from wmjax.checkpoint import CheckpointError, Checkpointer, checkpoint_dir
 from wmjax.config import TrainConfig
-from wmjax.logging import JsonlWriter, Progress
+from wmjax.logging import JsonlWriter, Progress, WandbLogger
 from wmjax.loop import host_metrics, make_train, num_chunks
 
+CONFIG_FILE = "config.json"
+HYPER_FILE = "hyper.json"
+METRICS_FILE = "metrics.jsonl"
 
-def train(config: TrainConfig, logdir: str | None = None, verbose: bool = True) -> tuple[Any, list[dict]]:
-    """Train `config.seeds` seeds for `config.steps` env steps each.
 
-    Writes `logdir/config.json` and `logdir/metrics.jsonl` (one object per seed per chunk, with
-    env_step, seed, episode_return — the mean return of episodes finished in that chunk, or null).
-    Returns the final (batched) TrainState and the logged rows.
+class RunDirError(ValueError):
+    """A run folder that cannot be used as asked (already holds a run, or holds none to resume)."""
+
+
+def holds_run(logdir: str) -> bool:
+    return any(os.path.exists(os.path.join(logdir, name))
+               for name in (CONFIG_FILE, METRICS_FILE, checkpoint_dir(logdir)))
+
+
+def load_config(run_dir: str) -> TrainConfig:
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise RunDirError(f"{run_dir} holds no run ({CONFIG_FILE} is missing)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return TrainConfig.from_dict(json.load(f))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise RunDirError(f"{path} is not a valid config: {e}") from None
+
+
+def load_hyper(run_dir: str) -> dict[str, list[float]] | None:
+    path = os.path.join(run_dir, HYPER_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def train(
+    config: TrainConfig | None,
+    logdir: str | None = None,
+    *,
+    resume: bool = False,
+    hyper: dict[str, Any] | None = None,
+    checkpoint_every: int = 10,
+    wandb: bool = False,
+    wandb_project: str = "wmjax",
+    wandb_group: str | None = None,
+    verbose: bool = True,
+) -> tuple[Any, list[dict]]:
+    """Train `config.seeds` seeds for `config.steps` env steps each; returns the final batched
+    TrainState and the metric rows logged by this call.
+
+    - `hyper`: tunables (see `wmjax.agents.dreamer.TUNABLES`), one value or one per seed.
+    - `checkpoint_every`: save the whole state every this many chunks (0: only at the end).
+    - `resume`: continue the run in `logdir` from its newest checkpoint. `config` may be None
+      (use the saved one) or must equal the saved one except for `steps`; otherwise nothing is
+      written and a RunDirError names the differing fields. The continuation is bit-exact.
+    - A new run refuses a `logdir` that already holds a run, so nothing saved is overwritten.
     """
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every={checkpoint_every}; allowed: >= 0 (0 = only at the end)")
+    if resume:
+        if not logdir:
+            raise RunDirError("resume needs the run folder (logdir)")
+        config, hyper = _check_resume(logdir, config, hyper)
+    elif logdir and holds_run(logdir):
+        raise RunDirError(f"{logdir} already holds a run; resume it (--resume {logdir}) or choose "
+                          f"another --logdir")
+    if config is None:
+        raise ValueError("train: config is required for a new run")
+
     trainer = make_train(config)
-    writer = None
-    if logdir:
-        os.makedirs(logdir, exist_ok=True)
-        with open(os.path.join(logdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(dataclasses.asdict(config), f, indent=2)
-        writer = JsonlWriter(os.path.join(logdir, "metrics.jsonl"))
     log = print if verbose else (lambda *a, **k: None)
+    key = jax.random.key(config.seed)
+    done = 0
+    ckpt = None
+    if resume:
+        ckpt = Checkpointer(logdir)
+        done, state = ckpt.restore(jax.eval_shape(lambda k: trainer.init(k, hyper), key))
+        log(f"wmjax: resuming {logdir} after chunk {done}")
+    else:
+        state = trainer.init(key, hyper)
+        if logdir:
+            _write_json(os.path.join(logdir, CONFIG_FILE), config.to_dict())
+            if hyper:
+                _write_json(os.path.join(logdir, HYPER_FILE), _hyper_lists(hyper, config.seeds))
+            ckpt = Checkpointer(logdir)
+
     chunks = num_chunks(config)
-    total = chunks * config.iters_per_chunk * config.num_envs
+    per_chunk = config.iters_per_chunk * config.num_envs
+    total = chunks * per_chunk
     log(f"wmjax: {config.env}, {config.seeds} seed(s) x {config.num_envs} envs, "
         f"{total:,d} env steps per seed in {chunks} chunks, train ratio {config.train_ratio:g} "
         f"({trainer.updates_per_env_step:.4f} updates per env step)")
-    state = trainer.init(jax.random.key(config.seed))
-    progress = Progress(total, log)
+    writer = JsonlWriter(os.path.join(logdir, METRICS_FILE)) if logdir else None
+    logged_up_to = _last_logged_step(os.path.join(logdir, METRICS_FILE)) if resume else -1
+    wb = WandbLogger(logdir or "runs/wandb", config.to_dict(), wandb_project, wandb_group,
+                     resume=resume, out=log) if wandb else None
+    progress = Progress(total, log, start_step=done * per_chunk)
     rows: list[dict] = []
     start = time.time()
-    for _ in range(chunks):
-        state, metrics = trainer.train_chunk(state)
-        chunk_rows = host_metrics(metrics)
-        for row in chunk_rows:
-            row["wall_time"] = round(time.time() - start, 3)
-            if writer:
-                writer.write(row)
-        rows.extend(chunk_rows)
-        progress.report(int(chunk_rows[0]["env_step"]), [r["episode_return"] for r in chunk_rows],
-                        f"  updates {int(chunk_rows[0]['updates']):,d}")
-    if writer:
-        writer.close()
+    try:
+        for i in range(done, chunks):
+            state, metrics = trainer.train_chunk(state)
+            chunk_rows = host_metrics(metrics)
+            for row in chunk_rows:
+                row["wall_time"] = round(time.time() - start, 3)
+            # After a resume, the chunks since the checkpoint are re-run bit-exactly; their rows
+            # are already in metrics.jsonl.
+            if writer and chunk_rows[0]["env_step"] > logged_up_to:
+                for row in chunk_rows:
+                    writer.write(row)
+            if wb:
+                wb.log(chunk_rows)
+            rows.extend(chunk_rows)
+            progress.report(int(chunk_rows[0]["env_step"]),
+                            [r["episode_return"] for r in chunk_rows],
+                            f"  updates {int(chunk_rows[0]['updates']):,d}")
+            if ckpt and ((checkpoint_every and (i + 1) % checkpoint_every == 0) or i + 1 == chunks):
+                ckpt.save(i + 1, state)
+    finally:
+        if writer:
+            writer.close()
+        if wb:
+            wb.close()
+        if ckpt:
+            ckpt.close()
     return state, rows
+
+
+def _check_resume(logdir: str, config: TrainConfig | None, hyper: dict | None):
+    saved = load_config(logdir)
+    if config is not None:
+        diffs = saved.differences(config, ignore=("steps",))
+        if diffs:
+            raise RunDirError(f"cannot resume {logdir}: the config differs from the saved one "
+                              f"(saved != requested): {'; '.join(diffs)}")
+        saved = saved.replace(steps=config.steps)
+    saved_hyper = load_hyper(logdir)
+    if hyper is not None and _hyper_lists(hyper, saved.seeds) != saved_hyper:
+        raise RunDirError(f"cannot resume {logdir}: tunables {hyper} differ from the saved "
+                          f"{saved_hyper}")
+    latest = Checkpointer(logdir, read_only=True).latest() if os.path.isdir(checkpoint_dir(logdir)) else None
+    if latest is None:
+        raise CheckpointError(f"cannot resume {logdir}: it has no complete checkpoint")
+    if saved.steps != load_config(logdir).steps:
+        _write_json(os.path.join(logdir, CONFIG_FILE), saved.to_dict())
+    return saved, saved_hyper
+
+
+def _hyper_lists(hyper: dict[str, Any], seeds: int) -> dict[str, list[float]]:
+    out = {}
+    for k, v in sorted(hyper.items()):
+        vals = np.asarray(v, np.float32).reshape(-1).tolist()
+        out[k] = vals * seeds if len(vals) == 1 else vals
+    return out
+
+
+def _last_logged_step(path: str) -> int:
+    """The newest env_step in metrics.jsonl (-1 if none). A line cut short by a kill is dropped."""
+    if not os.path.exists(path):
+        return -1
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    last, keep = -1, []
+    for line in lines:
+        try:
+            last = max(last, int(json.loads(line)["env_step"]))
+            keep.append(line)
+        except (json.JSONDecodeError, KeyError, ValueError):
+            break
+    if len(keep) != len(lines):  # a torn last line: rewrite without it, atomically
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+    return last
+
+
+def _write_json(path: str, data: Any) -> None:
+    """Write atomically: a kill mid-write never leaves a half-written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)

@@ -35,7 +35,7 @@ from wmjax.config import DreamerConfig
 from wmjax.envs.core import EnvSpec
 from wmjax.models.heads import VectorDecoder, VectorEncoder
 from wmjax.models.rssm import RSSM, RSSMState, kl_loss
-from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, twohot_bins
+from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, symexp, twohot_bins
 from wmjax.nn.layers import MLP
 
 sg = jax.lax.stop_gradient
@@ -50,6 +50,13 @@ class AgentState(NamedTuple):
     opt_state: Any
     retnorm: RetNormState
     step: jax.Array  # number of updates done
+    hyper: dict  # the tunable hyperparameters (TUNABLES) as traced scalars
+
+
+# Config fields read from `AgentState.hyper` rather than from the static config, so that a grid
+# over them is a vmap over states of one compiled program (see experiments/lr_entropy.py).
+TUNABLES = ("lr", "actent", "rec_scale", "reward_scale", "cont_scale", "dyn_scale", "rep_scale",
+            "policy_scale", "value_scale", "repval_scale", "slowreg")
 
 
 class Carry(NamedTuple):
@@ -91,12 +98,16 @@ class Dreamer:
         self.actor = MLP(c.actor_layers, c.units, policy_out, outscale=0.01, dtype=dtype)
         self.critic = MLP(c.critic_layers, c.units, c.num_bins, outscale=0.0, dtype=dtype)
         self.twohot = TwoHot(twohot_bins(c.num_bins))
-        self.optimizer = dreamer_optimizer(c.lr, c.warmup, c.agc, c.beta1, c.beta2, c.eps)
+        # Unit learning rate: `update` multiplies by the traced hyper["lr"].
+        self.optimizer = dreamer_optimizer(1.0, c.warmup, c.agc, c.beta1, c.beta2, c.eps)
 
     # ------------------------------------------------------------------ state
 
-    def init(self, key: jax.Array) -> AgentState:
+    def init(self, key: jax.Array, hyper: dict | None = None) -> AgentState:
+        """Fresh parameters and optimizer state. `hyper` overrides tunables (names in TUNABLES)
+        for this state only; the rest come from the config."""
         c, spec = self.config, self.spec
+        hyper = self.hyper(hyper)
         keys = jax.random.split(key, 8)
         obs = jnp.zeros((1, 2) + spec.obs_shape, jnp.float32)
         action = jnp.zeros((1, 2, spec.action_size), jnp.float32)
@@ -119,7 +130,17 @@ class Dreamer:
             opt_state=self.optimizer.init(params),
             retnorm=RetNormState.create(),
             step=jnp.zeros((), jnp.int32),
+            hyper=hyper,
         )
+
+    def hyper(self, overrides: dict | None = None) -> dict:
+        """The tunables as float32 scalars: the config's values, replaced by `overrides`."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(TUNABLES))
+        if unknown:
+            raise ValueError(f"unknown tunable(s) {unknown}; tunables are: {', '.join(TUNABLES)}")
+        return {name: jnp.asarray(overrides.get(name, getattr(self.config, name)), jnp.float32)
+                for name in TUNABLES}
 
     def initial_carry(self, batch: int) -> Carry:
         c = self.config
@@ -180,15 +201,18 @@ class Dreamer:
         chex.assert_shape(batch.obs, batch.is_first.shape + self.spec.obs_shape)
         chex.assert_shape(batch.action, batch.is_first.shape + (self.spec.action_size,))
         grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-        (_, (metrics, retnorm)), grads = grad_fn(state.params, state.slow_critic, state.retnorm, batch, key)
+        (_, (metrics, retnorm)), grads = grad_fn(
+            state.params, state.slow_critic, state.retnorm, state.hyper, batch, key
+        )
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: state.hyper["lr"] * u, updates)
         params = optax.apply_updates(state.params, updates)
         slow = jax.tree.map(
             lambda s, p: (1.0 - c.slow_rate) * s + c.slow_rate * p, state.slow_critic, params["critic"]
         )
         metrics["grad_norm"] = _global_norm(grads)
         metrics["update_norm"] = _global_norm(updates)
-        return AgentState(params, slow, opt_state, retnorm, state.step + 1), metrics
+        return AgentState(params, slow, opt_state, retnorm, state.step + 1, state.hyper), metrics
 
     def imagine(self, params: dict, starts: RSSMState, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Roll the world model forward `imag_horizon` steps from `starts` (batch N) under the actor.
@@ -207,11 +231,40 @@ class Dreamer:
         )
         return self._apply(params, "rssm", traj, method=RSSM.feat), actions
 
+    def open_loop(self, params: dict, batch: Batch, context: int, key: jax.Array) -> jax.Array:
+        """DreamerV3's open-loop report: observe the first `context` steps of each sequence, then
+        predict the rest from the prior alone under the recorded actions (the mode of each
+        latent). Returns decoded observations (B, T, ...): reconstructions for the context
+        steps, open-loop predictions after it."""
+        B, T = batch.is_first.shape
+        if not 1 <= context < T:
+            raise ValueError(f"open_loop: context={context}; allowed: 1 <= context < {T}")
+        is_first = batch.is_first.at[:, 0].set(True)
+        prev_action = jnp.concatenate(
+            [jnp.zeros_like(batch.action[:, :1]), batch.action[:, :-1]], 1
+        )
+        embed = self._apply(params, "encoder", batch.obs[:, :context])
+        last, post, _ = self._apply(
+            params, "rssm", embed, prev_action[:, :context], is_first[:, :context], key
+        )
+
+        def step(state, action):
+            new = self._apply(params, "rssm", state, action, None, method=RSSM.img_step)
+            return new, new
+
+        _, prior = jax.lax.scan(step, last, jnp.swapaxes(prev_action[:, context:], 0, 1))
+        prior = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prior)
+        states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), post, prior)
+        feat = self._apply(params, "rssm", states, method=RSSM.feat)
+        return symexp(self._apply(params, "decoder", feat))
+
     def loss(
-        self, params: dict, slow_critic: Any, retnorm: RetNormState, batch: Batch, key: jax.Array
+        self, params: dict, slow_critic: Any, retnorm: RetNormState, hyper: dict, batch: Batch,
+        key: jax.Array,
     ) -> tuple[jax.Array, tuple[dict, RetNormState]]:
-        """DreamerV3's total loss on one batch; aux is (metrics, updated return-norm stats)."""
-        c = self.config
+        """DreamerV3's total loss on one batch; aux is (metrics, updated return-norm stats).
+        Loss scales and the entropy bonus come from `hyper` (see TUNABLES)."""
+        c, h = self.config, hyper
         key_obs, key_img = jax.random.split(key)
         B, T = batch.is_first.shape
         # Every replayed window starts from a fresh state.
@@ -231,8 +284,8 @@ class Dreamer:
         con_target = (1.0 - batch.is_terminal.astype(jnp.float32)) * c.gamma
         con_loss = optax.sigmoid_binary_cross_entropy(con_logit, con_target)
         wm_loss = (
-            c.rec_scale * rec + c.reward_scale * rew_loss + c.cont_scale * con_loss
-            + c.dyn_scale * dyn + c.rep_scale * rep
+            h["rec_scale"] * rec + h["reward_scale"] * rew_loss + h["cont_scale"] * con_loss
+            + h["dyn_scale"] * dyn + h["rep_scale"] * rep
         ).mean()
 
         # ---- imagination (forward only: stop-gradient starts and parameters)
@@ -262,10 +315,10 @@ class Dreamer:
             taken = img_action[:, :-1]
         logpi = dist.log_prob(sg(taken))
         entropy = dist.entropy()
-        policy_loss = (weight[:, :-1] * -(logpi * adv + c.actent * entropy)).mean()
+        policy_loss = (weight[:, :-1] * -(logpi * adv + h["actent"] * entropy)).mean()
         value_loss = (weight[:, :-1] * (
             self.twohot.loss(critic_logits[:, :-1], ret)
-            + c.slowreg * self.twohot.loss(critic_logits[:, :-1], sg(slow_value[:, :-1]))
+            + h["slowreg"] * self.twohot.loss(critic_logits[:, :-1], sg(slow_value[:, :-1]))
         )).mean()
 
         # ---- replay value loss: lambda-returns on the real sequence, bootstrapped from imagination
@@ -279,11 +332,11 @@ class Dreamer:
         rep_weight = 1.0 - batch.is_last[:, :-1].astype(jnp.float32)
         repval_loss = (rep_weight * (
             self.twohot.loss(rep_logits[:, :-1], rep_ret)
-            + c.slowreg * self.twohot.loss(rep_logits[:, :-1], sg(rep_slow[:, :-1]))
+            + h["slowreg"] * self.twohot.loss(rep_logits[:, :-1], sg(rep_slow[:, :-1]))
         )).mean()
 
-        total = wm_loss + c.policy_scale * policy_loss + c.value_scale * value_loss \
-            + c.repval_scale * repval_loss
+        total = wm_loss + h["policy_scale"] * policy_loss + h["value_scale"] * value_loss \
+            + h["repval_scale"] * repval_loss
         metrics = {
             "loss/total": total,
             "loss/world_model": wm_loss,

@@ -1,0 +1,89 @@
+"""Checkpoints of a whole training run with orbax's CheckpointManager.
+
+A checkpoint is the complete `TrainState` of the fused program (parameters, optimizer, return
+normaliser, env states, replay, PRNG keys, counters), batched over seeds, saved under
+`RUN_DIR/checkpoints/<chunk>`. orbax writes each step to a temporary directory and renames it
+when complete, so a run killed mid-save leaves the previous checkpoint intact; incomplete
+directories are ignored and cleaned up. Restoring needs the state's abstract structure, which
+`make_train(config)` gives without computing anything, and a mismatch is reported by name.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, broken, or from an incompatible config."""
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    return os.path.join(os.path.abspath(run_dir), CHECKPOINT_DIR)
+
+
+class Checkpointer:
+    """Save and restore numbered checkpoints (the number is the chunks done) of one run."""
+
+    def __init__(self, run_dir: str, max_to_keep: int = 2, read_only: bool = False):
+        self.directory = checkpoint_dir(run_dir)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=not read_only,
+            read_only=read_only,
+            # The train state is donated to the next chunk, so the save must finish first.
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=not read_only,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest(self) -> int | None:
+        """The newest complete checkpoint's chunk number, or None if there is none."""
+        return self._manager.latest_step()
+
+    def save(self, chunk: int, state: Any) -> None:
+        self._manager.save(chunk, args=ocp.args.StandardSave(state), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, like: Any, chunk: int | None = None) -> tuple[int, Any]:
+        """Restore checkpoint `chunk` (default: the newest) into the structure of `like`, a pytree
+        of arrays or ShapeDtypeStructs. Raises CheckpointError naming what does not match."""
+        chunk = self.latest() if chunk is None else chunk
+        if chunk is None:
+            raise CheckpointError(f"no complete checkpoint in {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            restored = self._manager.restore(chunk, args=ocp.args.StandardRestore(abstract))
+        except Exception as e:  # orbax raises many types; report them as one, with the cause
+            raise CheckpointError(
+                f"checkpoint {chunk} in {self.directory} does not match this run's state "
+                f"({type(e).__name__}: {_first_line(e)})"
+            ) from e
+        _check_shapes(abstract, restored, chunk)
+        return chunk, restored
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _check_shapes(expected: Any, restored: Any, chunk: int) -> None:
+    paths = jax.tree_util.tree_flatten_with_path(expected)[0]
+    got = jax.tree.leaves(restored)
+    if len(paths) != len(got):
+        raise CheckpointError(f"checkpoint {chunk} has {len(got)} arrays, expected {len(paths)}")
+    for (path, want), have in zip(paths, got):
+        if tuple(want.shape) != tuple(have.shape) or want.dtype != have.dtype:
+            name = jax.tree_util.keystr(path)
+            raise CheckpointError(
+                f"checkpoint {chunk}: {name} is {have.dtype}{list(have.shape)}, this config "
+                f"needs {want.dtype}{list(want.shape)}"
+            )
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""

@@ -1,0 +1,109 @@
+"""Using a trained agent from other code: load it from a run folder, act, evaluate.
+
+    policy = wmjax.load_policy("runs/cartpole")               # newest checkpoint, seed 0
+    carry = policy.initial_carry(num_envs)
+    action, carry = policy.act(carry, obs, is_first, key)     # jitted; eval mode takes the mode
+    returns = wmjax.evaluate(policy, episodes=10, key=key)    # one episode per vmapped env
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from wmjax.agents.dreamer.agent import AgentState, Carry, Dreamer
+from wmjax.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
+from wmjax.config import TrainConfig
+from wmjax.envs.core import EnvAdapter
+from wmjax.loop import TrainState, make_train
+from wmjax.run import load_config, load_hyper
+
+
+class Policy(NamedTuple):
+    """A trained agent ready to act. `act(carry, obs, is_first, key) -> (action, carry)`."""
+
+    act: Callable[[Carry, jax.Array, jax.Array, jax.Array], tuple[jax.Array, Carry]]
+    initial_carry: Callable[[int], Carry]
+    agent: Dreamer
+    state: AgentState  # one seed's agent state
+    env: EnvAdapter
+    config: TrainConfig
+    chunk: int  # the checkpoint it was loaded from (chunks trained)
+
+
+def load_train_state(run_dir: str, chunk: int | None = None) -> tuple[TrainConfig, int, TrainState]:
+    """The whole batched TrainState of a run folder's checkpoint (default: the newest)."""
+    config = load_config(run_dir)
+    hyper = load_hyper(run_dir)
+    if not os.path.isdir(checkpoint_dir(run_dir)):
+        raise CheckpointError(f"{run_dir} has no checkpoints/ folder")
+    trainer = make_train(config)
+    like = jax.eval_shape(lambda k: trainer.init(k, hyper), jax.random.key(config.seed))
+    ckpt = Checkpointer(run_dir, read_only=True)
+    try:
+        chunk, state = ckpt.restore(like, chunk)
+    finally:
+        ckpt.close()
+    return config, chunk, state
+
+
+def load_policy(run_dir: str, seed: int = 0, mode: str = "eval", chunk: int | None = None) -> Policy:
+    """Load seed `seed` of the run in `run_dir` and return a jitted act function.
+
+    mode "eval" acts with the policy's mode, "train" samples as during training.
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    config, chunk, state = load_train_state(run_dir, chunk)
+    if not 0 <= seed < config.seeds:
+        raise ValueError(f"seed={seed}; this run has seeds 0..{config.seeds - 1}")
+    trainer = make_train(config)
+    agent_state = jax.tree.map(lambda x: x[seed], state.agent)
+    agent = trainer.agent
+
+    @jax.jit
+    def act(carry: Carry, obs: jax.Array, is_first: jax.Array, key: jax.Array):
+        return agent.act(agent_state, carry, obs, is_first, key, mode=mode)
+
+    return Policy(act, agent.initial_carry, agent, agent_state, trainer.env, config, chunk)
+
+
+def evaluate(policy: Policy, episodes: int = 10, key: jax.Array | None = None,
+             max_steps: int = 100_000) -> jax.Array:
+    """Returns of `episodes` episodes, one per vmapped env, run in one jitted loop."""
+    if episodes < 1:
+        raise ValueError(f"episodes={episodes}; allowed: >= 1")
+    key = jax.random.key(0) if key is None else key
+    return _rollout(policy.env, policy.agent, policy.state, episodes, max_steps, key, policy.act)
+
+
+def _rollout(env: EnvAdapter, agent: Dreamer, state: Any, n: int, max_steps: int, key, act) -> jax.Array:
+    @jax.jit
+    def run(key):
+        k_reset, key = jax.random.split(key)
+        env_state, ts = jax.vmap(env.reset)(jax.random.split(k_reset, n))
+        carry = agent.initial_carry(n)
+        finished = jnp.zeros((n,), bool)
+        returns = jnp.zeros((n,), jnp.float32)
+
+        def cond(c):
+            return jnp.logical_and(~c[4].all(), c[6] < max_steps)
+
+        def body(c):
+            env_state, ts, carry, key, finished, returns, t = c
+            key, k_act, k_env = jax.random.split(key, 3)
+            action, carry = act(carry, ts.obs, ts.is_first, k_act)
+            env_state, ts = jax.vmap(env.step)(jax.random.split(k_env, n), env_state, action)
+            newly = ts.is_last & ~finished
+            returns = jnp.where(newly, env_state.episode_return, returns)
+            return env_state, ts, carry, key, finished | ts.is_last, returns, t + 1
+
+        out = jax.lax.while_loop(cond, body, (env_state, ts, carry, key, finished, returns, 0))
+        return out[5], out[4]
+
+    returns, finished = run(key)
+    if not bool(finished.all()):
+        raise RuntimeError(f"evaluate: episodes did not finish within max_steps={max_steps}")
+    return returns
