@@ -2,3 +2,9 @@ import os
 
 # Tests run on the CPU with few threads; keep XLA from grabbing every core per op.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests build the same tiny programs (also in subprocesses, e.g. the SIGKILL resume test):
+# JAX's persistent compilation cache compiles each once per machine.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_ROOT, ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

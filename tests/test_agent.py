@@ -9,6 +9,7 @@ from wmjax.agents.dreamer import Batch, Dreamer
 from wmjax.agents.dreamer.agent import BEHAVIOUR, WORLD_MODEL
 from wmjax.config import DreamerConfig
 from wmjax.envs import make_env
+from wmjax.loop import seed_hyper
 
 
 def _batch(spec, B, T, key):
@@ -130,3 +131,27 @@ def test_imagined_continuous_actions_are_scored_unclipped():
     assert actions.shape == (512, H + 1, 1)
     # std 1 around a mean near 0: a good share of the samples lies outside [-1, 1].
     assert float(jnp.mean(jnp.abs(actions) > 1.0)) > 0.1
+
+
+def test_traced_tunables_equal_the_static_config():
+    """A tunable given per state (how a vmapped grid runs) acts exactly like the config value."""
+    env = make_env("CartPole-v1")
+    base = DreamerConfig.preset("tiny", warmup=0)
+    static = Dreamer(base.replace(lr=3e-3, actent=1e-2), env.spec)
+    traced = Dreamer(base, env.spec)
+    batch = _batch(env.spec, base.batch_size, base.batch_length, jax.random.key(1))
+    k = jax.random.key(0)
+    a, _ = jax.jit(static.update)(static.init(k), batch, k)
+    hyper = seed_hyper(traced, {"lr": [3e-3, 1e-4], "actent": [1e-2, 3e-4]}, 2)
+    grid = jax.vmap(traced.init, in_axes=(None, 0))(k, hyper)
+    b, _ = jax.jit(jax.vmap(traced.update, in_axes=(0, None, None)))(grid, batch, k)
+    first = jax.tree.map(lambda x: x[0], b.params)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(first)):
+        # LaProp's first step is lr * g / |g|: a gradient entry within float noise of zero may
+        # flip sign between the vmapped and the plain program; everything else must agree.
+        same = np.isclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+        assert same.mean() > 0.99, (x.shape, same.mean())
+    changed = jax.tree.map(lambda x: bool(jnp.any(x[0] != x[1])), b.params)
+    assert all(jax.tree.leaves(changed["actor"]))  # the two grid points really differ
+    with pytest.raises(ValueError, match="unknown tunable.*'deter'.*tunables are: lr"):
+        traced.hyper({"deter": 3})

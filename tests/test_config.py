@@ -51,3 +51,19 @@ def test_compute_dtype_auto_is_float32_on_cpu_bfloat16_on_accelerators():
     assert c.resolved_dtype("cpu") == "float32"
     assert c.resolved_dtype("gpu") == "bfloat16" and c.resolved_dtype("tpu") == "bfloat16"
     assert DreamerConfig(compute_dtype="bfloat16").resolved_dtype("cpu") == "bfloat16"
+
+
+def test_config_round_trips_through_dict_and_names_unknown_fields():
+    config = TrainConfig(env="Acrobot-v1", seeds=3, agent=DreamerConfig.preset("tiny", lr=1e-3))
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    data = config.to_dict()
+    data["agent"]["learning_rate"] = 1.0
+    with pytest.raises(ValueError, match="unknown DreamerConfig field.*learning_rate"):
+        TrainConfig.from_dict(data)
+    other = config.replace(train_ratio=64.0, agent=config.agent.replace(lr=2e-3))
+    assert config.differences(other) == ["agent.lr: 0.001 != 0.002", "train_ratio: 32.0 != 64.0"]
+
+
+def test_batch_length_longer_than_replay_is_rejected():
+    with pytest.raises(ValueError, match="replay_size"):
+        TrainConfig(num_envs=1, replay_size=64, agent=DreamerConfig(batch_length=64))

@@ -2,6 +2,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -13,11 +15,67 @@ def _load(name):
 
 
 def test_seeds_experiment_runs_two_seeds_in_one_program(tmp_path):
-    out = _load("seeds").main(["--env", "Pendulum-v1", "--seeds", "2", "--preset", "tiny",
-                               "--steps", "1200", "--envs", "4", "--chunk-steps", "400",
-                               "--logdir", str(tmp_path)])
+    # Same program as the ratio-8 point of the sweep test below, so it is traced once.
+    out = _load("seeds").main(["--seeds", "2", "--preset", "tiny", "--train-ratio", "8",
+                               "--steps", "512", "--envs", "4", "--chunk-steps", "256",
+                               "--logdir", str(tmp_path), "--quiet"])
     rows = [json.loads(line) for line in open(os.path.join(out["logdir"], "metrics.jsonl"))]
     assert sorted({r["seed"] for r in rows}) == [0, 1]
-    assert max(r["env_step"] for r in rows) == 1200
-    # Pendulum episodes are 200 steps: by 1200 steps every seed has finished episodes.
-    assert all(v is not None and -2000 < v < 0 for v in out["finals"])
+    assert max(r["env_step"] for r in rows) == 512
+    # CartPole episodes under an untrained policy last ~20 steps: every seed has finished some.
+    assert all(v is not None and 5 < v < 200 for v in out["finals"])
+    assert out["finals"][0] != out["finals"][1]
+
+
+def test_seeds_ratio_sweep_writes_a_run_folder_per_ratio(tmp_path):
+    argv = ["--preset", "tiny", "--ratios", "8", "16", "--seeds", "2", "--steps", "512",
+            "--envs", "4", "--chunk-steps", "256", "--logdir", str(tmp_path), "--quiet"]
+    results = _load("seeds_ratio").main(argv)
+    assert sorted(results) == ["train_ratio=16", "train_ratio=8"]
+    updates = {}
+    for name in results:
+        folder = os.path.join(tmp_path, name)
+        config = json.load(open(os.path.join(folder, "config.json")))
+        assert config["train_ratio"] == float(name.split("=")[1]) and config["seeds"] == 2
+        rows = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
+        assert sorted({r["seed"] for r in rows}) == [0, 1]
+        updates[name] = max(r["updates"] for r in rows)
+        assert os.path.isdir(os.path.join(folder, "checkpoints"))
+    assert updates["train_ratio=16"] > updates["train_ratio=8"]
+    # --resume skips finished points: nothing is retrained, nothing rewritten.
+    before = {n: os.path.getmtime(os.path.join(tmp_path, n, "metrics.jsonl")) for n in results}
+    assert _load("seeds_ratio").main(argv + ["--resume"]) == results
+    assert before == {n: os.path.getmtime(os.path.join(tmp_path, n, "metrics.jsonl")) for n in results}
+
+
+def test_lr_entropy_grid_is_one_program_with_a_folder_per_point(tmp_path):
+    import wmjax
+
+    results = _load("lr_entropy").main(
+        ["--preset", "tiny", "--lrs", "1e-4", "1e-3", "--actents", "3e-4", "--seeds", "2",
+         "--steps", "512", "--envs", "4", "--chunk-steps", "256", "--logdir", str(tmp_path),
+         "--quiet", "--set", "warmup=10"])
+    assert sorted(results) == ["lr=0.0001,actent=0.0003", "lr=0.001,actent=0.0003"]
+    program = json.load(open(os.path.join(tmp_path, "program", "config.json")))
+    assert program["seeds"] == 4  # 2 points x 2 seeds in one vmapped program
+    hyper = json.load(open(os.path.join(tmp_path, "program", "hyper.json")))
+    assert hyper["lr"] == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
+    for name in results:
+        folder = os.path.join(tmp_path, "points", name)
+        config = json.load(open(os.path.join(folder, "config.json")))
+        assert config["seeds"] == 2 and config["agent"]["warmup"] == 10
+        assert f"lr={config['agent']['lr']:g}" in name
+        rows = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
+        assert sorted({r["seed"] for r in rows}) == [0, 1] and len(rows) == 4
+    # A point folder loads like a run: seed 1 of the second point is member 3 of the program.
+    policy = wmjax.load_policy(os.path.join(tmp_path, "points", "lr=0.001,actent=0.0003"), seed=1)
+    assert float(policy.state.hyper["lr"]) == pytest.approx(1e-3)
+
+
+def test_sweep_rejects_bad_settings(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _load("seeds_ratio").main(["--ratios", "-1", "--logdir", str(tmp_path)])
+    assert "train_ratio" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _load("lr_entropy").main(["--set", "imag_horizon=0", "--logdir", str(tmp_path)])
+    assert "imag_horizon" in capsys.readouterr().err

@@ -92,11 +92,12 @@ def plot_curves(run_dirs: Sequence[str], path: str, metric: str = "episode_retur
 def openloop(run_dir: str, seed: int = 0, sequences: int = 3, key: int = 0):
     """(truth, prediction, context) for `sequences` windows of the run's replay: arrays
     (sequences, T, obs...) with T = the agent's batch_length and context = T // 2."""
-    from wmjax.policy import load_train_state
-    from wmjax.loop import make_train
+    from wmjax.policy import load_train_state, resolve_member
+    from wmjax.run import cached_trainer
 
+    run_dir, seed = resolve_member(run_dir, seed)
     config, _, state = load_train_state(run_dir)
-    agent = make_train(config).agent
+    agent = cached_trainer(config).agent
     T = config.agent.batch_length
     replay = jax.tree.map(lambda x: x[seed], state.replay)
     if int(replay.count) < T:

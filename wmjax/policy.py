@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, NamedTuple
 
@@ -17,8 +18,8 @@ from wmjax.agents.dreamer.agent import AgentState, Carry, Dreamer
 from wmjax.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
 from wmjax.config import TrainConfig
 from wmjax.envs.core import EnvAdapter
-from wmjax.loop import TrainState, make_train
-from wmjax.run import load_config, load_hyper
+from wmjax.loop import TrainState
+from wmjax.run import cached_trainer, load_config, load_hyper
 
 
 class Policy(NamedTuple):
@@ -39,7 +40,7 @@ def load_train_state(run_dir: str, chunk: int | None = None) -> tuple[TrainConfi
     hyper = load_hyper(run_dir)
     if not os.path.isdir(checkpoint_dir(run_dir)):
         raise CheckpointError(f"{run_dir} has no checkpoints/ folder")
-    trainer = make_train(config)
+    trainer = cached_trainer(config)
     like = jax.eval_shape(lambda k: trainer.init(k, hyper), jax.random.key(config.seed))
     ckpt = Checkpointer(run_dir, read_only=True)
     try:
@@ -49,17 +50,31 @@ def load_train_state(run_dir: str, chunk: int | None = None) -> tuple[TrainConfi
     return config, chunk, state
 
 
+def resolve_member(run_dir: str, seed: int) -> tuple[str, int]:
+    """A sweep point's folder (see wmjax.sweep.train_grid) names the program that trained it and
+    which of its members are this point's seeds; other folders are their own program."""
+    path = os.path.join(run_dir, "members.json")
+    if not os.path.exists(path):
+        return run_dir, seed
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    if not 0 <= seed < len(info["members"]):
+        raise ValueError(f"seed={seed}; this sweep point has seeds 0..{len(info['members']) - 1}")
+    return os.path.normpath(os.path.join(run_dir, info["program"])), info["members"][seed]
+
+
 def load_policy(run_dir: str, seed: int = 0, mode: str = "eval", chunk: int | None = None) -> Policy:
-    """Load seed `seed` of the run in `run_dir` and return a jitted act function.
+    """Load seed `seed` of the run (or sweep point) in `run_dir`, return a jitted act function.
 
     mode "eval" acts with the policy's mode, "train" samples as during training.
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    run_dir, seed = resolve_member(run_dir, seed)
     config, chunk, state = load_train_state(run_dir, chunk)
     if not 0 <= seed < config.seeds:
         raise ValueError(f"seed={seed}; this run has seeds 0..{config.seeds - 1}")
-    trainer = make_train(config)
+    trainer = cached_trainer(config)
     agent_state = jax.tree.map(lambda x: x[seed], state.agent)
     agent = trainer.agent
 

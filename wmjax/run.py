@@ -9,6 +9,7 @@ A run folder holds:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -89,7 +90,7 @@ def train(
     if config is None:
         raise ValueError("train: config is required for a new run")
 
-    trainer = make_train(config)
+    trainer = cached_trainer(config)
     log = print if verbose else (lambda *a, **k: None)
     key = jax.random.key(config.seed)
     done = 0
@@ -146,6 +147,18 @@ def train(
         if ckpt:
             ckpt.close()
     return state, rows
+
+
+def cached_trainer(config: TrainConfig):
+    """make_train for a config, kept so that training the same config again in this process
+    (a resume, a longer run, a sweep point, an evaluation) reuses the traced and compiled
+    program. The step budget is not part of the program, so it is not part of the key."""
+    return _trainer(config.replace(steps=1))
+
+
+@functools.lru_cache(maxsize=4)
+def _trainer(config: TrainConfig):
+    return make_train(config)
 
 
 def _check_resume(logdir: str, config: TrainConfig | None, hyper: dict | None):

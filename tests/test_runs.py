@@ -1,0 +1,171 @@
+"""Run folders: checkpoints, exact resume (also after SIGKILL), refusals that overwrite nothing,
+and wandb logging that never stops training."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from wmjax.checkpoint import CheckpointError, Checkpointer
+from wmjax.config import DreamerConfig, TrainConfig
+from wmjax.run import RunDirError, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = TrainConfig(env="CartPole-v1", num_envs=4, steps=4096, chunk_steps=128, train_ratio=32,
+                     replay_size=2048, agent=DreamerConfig.preset("tiny", warmup=10))
+CHUNKS = 32
+CLI_FLAGS = ["--env", "CartPole-v1", "--envs", "4", "--steps", "4096", "--chunk-steps", "128",
+             "--train-ratio", "32", "--replay-size", "2048", "--preset", "tiny", "--set", "warmup=10"]
+
+
+def _leaves_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _rows(logdir):
+    rows = [json.loads(line) for line in open(os.path.join(logdir, "metrics.jsonl"))]
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
+
+
+def _snapshot(folder):
+    """Every file under folder with its content hash: to prove nothing was changed."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(root, f)
+            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run, checkpointed every 8 chunks."""
+    logdir = str(tmp_path_factory.mktemp("reference"))
+    state, _ = train(CONFIG, logdir, checkpoint_every=8, verbose=False)
+    return logdir, state
+
+
+def test_checkpoints_written_and_kept(reference):
+    logdir, _ = reference
+    ckpt = Checkpointer(logdir, read_only=True)
+    assert ckpt.latest() == CHUNKS
+    assert sorted(int(d) for d in os.listdir(os.path.join(logdir, "checkpoints")) if d.isdigit()) \
+        == [24, 32]  # every 8 chunks and at the end, the newest 2 kept
+    ckpt.close()
+
+
+def test_resume_after_sigkill_is_bit_exact(reference, tmp_path):
+    ref_dir, ref_state = reference
+    logdir = str(tmp_path / "killed")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wmjax", "train", *CLI_FLAGS, "--logdir", logdir,
+         "--checkpoint-every", "1", "--quiet"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    ckpt_dir = os.path.join(logdir, "checkpoints")
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        done = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if done and max(done) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = Checkpointer(logdir, read_only=True).latest()
+    assert latest is not None and 3 <= latest < CHUNKS, latest
+
+    state, _ = train(None, logdir, resume=True, verbose=False)
+    _leaves_equal(state, ref_state)  # params, optimizer, replay, env states, keys, counters
+    assert _rows(logdir) == _rows(ref_dir)  # every log point once, identical values
+
+
+def test_resume_can_extend_steps_exactly(reference, tmp_path):
+    _, ref_state = reference
+    logdir = str(tmp_path / "short")
+    train(CONFIG.replace(steps=CONFIG.steps // 2), logdir, checkpoint_every=0, verbose=False)
+    state, _ = train(CONFIG, logdir, resume=True, verbose=False)
+    _leaves_equal(state.agent.params, ref_state.agent.params)
+
+
+def test_resume_with_a_different_config_names_it_and_writes_nothing(reference):
+    logdir, _ = reference
+    before = _snapshot(logdir)
+    with pytest.raises(RunDirError, match=r"agent.lr: 4e-05 != 0.001.*train_ratio: 32"):
+        train(CONFIG.replace(train_ratio=64.0, agent=CONFIG.agent.replace(lr=1e-3)), logdir,
+              resume=True, verbose=False)
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(CONFIG, logdir, verbose=False)
+    assert _snapshot(logdir) == before
+
+
+def test_checkpoint_of_another_shape_names_the_array(reference, tmp_path):
+    src, _ = reference
+    logdir = str(tmp_path / "edited")
+    import shutil
+
+    shutil.copytree(src, logdir)
+    config = json.load(open(os.path.join(logdir, "config.json")))
+    config["agent"]["units"] = 48  # the saved config no longer matches its checkpoint
+    json.dump(config, open(os.path.join(logdir, "config.json"), "w"))
+    before = _snapshot(logdir)
+    with pytest.raises(CheckpointError, match=r"does not match|needs float32\[.*48"):
+        train(None, logdir, resume=True, verbose=False)
+    assert _snapshot(logdir) == before
+
+
+def test_cli_resume_errors_exit_2(reference, capsys):
+    from wmjax.cli import main
+
+    logdir, _ = reference
+    assert main(["train", "--resume", logdir, "--train-ratio", "8"]) == 2
+    assert "train_ratio: 32 != 8.0" in capsys.readouterr().err
+    assert main(["train", "--resume", os.path.join(logdir, "nothing-here")]) == 2
+    assert "holds no run" in capsys.readouterr().err
+
+
+def test_wandb_offline_writes_its_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logdir = str(tmp_path / "wb")
+    _, rows = train(CONFIG.replace(steps=256), logdir, wandb=True, verbose=False)
+    assert len(rows) == 2
+    runs = [d for d in os.listdir(os.path.join(logdir, "wandb")) if d.startswith("offline-run-")]
+    assert len(runs) == 1
+    files = os.listdir(os.path.join(logdir, "wandb", runs[0]))
+    assert any(f.endswith(".wandb") for f in files), files
+
+
+@pytest.mark.parametrize("broken", ["init", "log"])
+def test_broken_wandb_does_not_stop_training(tmp_path, monkeypatch, capsys, broken):
+    class Run:
+        def log(self, *a, **k):
+            raise ConnectionError("wandb server went away")
+
+        def finish(self):
+            pass
+
+    def init(**kwargs):
+        if broken == "init":
+            raise RuntimeError("no wandb here")
+        return Run()
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    logdir = str(tmp_path / broken)
+    _, rows = train(CONFIG.replace(steps=256), logdir, wandb=True)
+    assert [r["env_step"] for r in rows] == [128, 256]
+    assert len(_rows(logdir)) == 2
+    out = capsys.readouterr().out
+    assert f"wandb {broken} failed" in out and out.count("continuing without wandb") == 1

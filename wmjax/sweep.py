@@ -1,0 +1,152 @@
+"""Helpers for sweep files (experiments/*.py): grids, resumable points, per-point run folders.
+
+Two kinds of sweep axes:
+- settings that change shapes or the program (model size, train ratio, env count) run as
+  separate programs, one run folder each: `run_point`;
+- tunables (`wmjax.agents.dreamer.TUNABLES`: lr, entropy, loss scales) are traced values, so a
+  grid of them times the seeds is one vmapped program: `train_grid`, which then writes a run
+  folder per grid point with that point's config and metrics.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from typing import Any, Sequence
+
+from wmjax.config import TrainConfig
+from wmjax.loop import num_chunks
+from wmjax.run import METRICS_FILE, _write_json, holds_run, train
+
+PROGRAM_DIR = "program"
+POINTS_DIR = "points"
+
+
+def grid(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, e.g. grid(lr=[1, 2], actent=[3]) -> 2 points."""
+    names = list(axes)
+    return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+
+
+def point_name(point: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
+
+
+def final_returns(rows: list[dict], seeds: int, last: int = 3) -> list[float | None]:
+    """Per seed, the mean of its last `last` non-null episode returns (None if it has none)."""
+    out = []
+    for s in range(seeds):
+        vals = [r["episode_return"] for r in rows if r["seed"] == s and r["episode_return"] is not None]
+        out.append(sum(vals[-last:]) / len(vals[-last:]) if vals else None)
+    return out
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    mean = sum(vals) / len(vals)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals)), len(vals)
+
+
+def read_rows(run_dir: str) -> list[dict]:
+    from wmjax.plots import read_metrics
+
+    return read_metrics(run_dir)
+
+
+def is_complete(run_dir: str, config: TrainConfig) -> bool:
+    """True when the run folder's newest checkpoint is its last chunk."""
+    from wmjax.checkpoint import Checkpointer, checkpoint_dir
+
+    if not os.path.isdir(checkpoint_dir(run_dir)):
+        return False
+    ckpt = Checkpointer(run_dir, read_only=True)
+    try:
+        return ckpt.latest() == num_chunks(config)
+    finally:
+        ckpt.close()
+
+
+def run_point(config: TrainConfig, logdir: str, resume: bool = False, **train_kwargs) -> list[dict]:
+    """Train one sweep point in its own folder; with `resume`, a finished point is skipped and
+    an unfinished one continues from its checkpoint. Returns all its metric rows."""
+    if resume and holds_run(logdir):
+        if not is_complete(logdir, config):
+            train(config, logdir, resume=True, **train_kwargs)
+    else:
+        train(config, logdir, **train_kwargs)
+    return read_rows(logdir)
+
+
+def train_grid(config: TrainConfig, points: list[dict[str, float]], seeds: int, logdir: str,
+               resume: bool = False, **train_kwargs) -> dict[str, list[dict]]:
+    """Train every point of a tunables grid with `seeds` seeds each, all in one vmapped program
+    (in `logdir/program`), then write `logdir/points/<name>/` per point: config.json (that
+    point's resolved config), metrics.jsonl (its seeds, numbered 0..seeds-1) and members.json
+    (which members of the program it was). Returns each point's rows by point name."""
+    members = len(points) * seeds
+    hyper = {k: [p[k] for p in points for _ in range(seeds)] for k in points[0]}
+    program = config.replace(seeds=members)
+    run_point(program, os.path.join(logdir, PROGRAM_DIR), resume=resume, hyper=hyper,
+              **train_kwargs)
+    rows = read_rows(os.path.join(logdir, PROGRAM_DIR))
+    out = {}
+    for i, point in enumerate(points):
+        name = point_name(point)
+        folder = os.path.join(logdir, POINTS_DIR, name)
+        ids = list(range(i * seeds, (i + 1) * seeds))
+        mine = [{**r, "seed": r["seed"] - i * seeds} for r in rows if r["seed"] in ids]
+        point_config = config.replace(seeds=seeds, agent=config.agent.replace(**point))
+        _write_json(os.path.join(folder, "config.json"), point_config.to_dict())
+        _write_json(os.path.join(folder, "members.json"),
+                    dict(program=os.path.join("..", "..", PROGRAM_DIR), members=ids, point=point))
+        tmp = os.path.join(folder, METRICS_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in mine)
+        os.replace(tmp, os.path.join(folder, METRICS_FILE))
+        out[name] = mine
+    return out
+
+
+def sweep_parser(doc: str, logdir: str):
+    """The flags every sweep file shares; any agent field is settable with --set NAME=VALUE."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default="CartPole-v1")
+    ap.add_argument("--steps", type=int, default=50_000, help="env steps per seed")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per sweep point")
+    ap.add_argument("--preset", default="size1m")
+    ap.add_argument("--envs", type=int, default=16)
+    ap.add_argument("--train-ratio", type=float, default=32.0)
+    ap.add_argument("--chunk-steps", type=int, default=2048)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override an agent config field for every point (repeatable)")
+    ap.add_argument("--logdir", default=logdir)
+    ap.add_argument("--resume", action="store_true",
+                    help="skip finished points and continue unfinished ones from their checkpoints")
+    ap.add_argument("--checkpoint-every", type=int, default=10)
+    ap.add_argument("--wandb", action="store_true")
+    ap.add_argument("--quiet", action="store_true")
+    return ap
+
+
+def base_config(args) -> TrainConfig:
+    """The sweep's TrainConfig from `sweep_parser` flags (validated; raises ValueError)."""
+    from wmjax.cli import parse_override
+    from wmjax.config import DreamerConfig
+    from wmjax.envs import check_env_name
+
+    check_env_name(args.env)
+    agent = DreamerConfig.preset(args.preset, **dict(parse_override(s) for s in args.set))
+    replay = max(args.steps, args.envs * (agent.batch_length + 1))
+    return TrainConfig(env=args.env, num_envs=args.envs, seeds=args.seeds, steps=args.steps,
+                       train_ratio=args.train_ratio, chunk_steps=args.chunk_steps,
+                       replay_size=replay, agent=agent)
+
+
+def train_kwargs(args) -> dict[str, Any]:
+    return dict(checkpoint_every=args.checkpoint_every, wandb=args.wandb,
+                verbose=not args.quiet)
