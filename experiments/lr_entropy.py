@@ -32,11 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     points = sweep.grid(lr=args.lrs, actent=args.actents)
     rows = sweep.train_grid(base, points, args.seeds, args.logdir, args.resume,
                             **sweep.train_kwargs(args))
-    results = {name: sweep.mean_std(sweep.final_returns(r, args.seeds)) for name, r in rows.items()}
-    print(f"{args.env}, {len(points)} points x {args.seeds} seed(s) in one program; final return:")
-    for name, (mean, std, n) in results.items():
-        print(f"  {name:<28s} {mean:9.2f} ± {std:7.2f}  ({n} seeds with episodes)")
-    return results
+    return sweep.report(f"{args.env}, {len(points)} points x {args.seeds} seed(s) in one program",
+                        rows, args.seeds)
 
 
 if __name__ == "__main__":

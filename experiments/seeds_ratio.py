@@ -27,16 +27,13 @@ def main(argv: list[str] | None = None) -> dict:
         configs = {r: base.replace(train_ratio=r) for r in args.ratios}
     except ValueError as e:
         ap.error(str(e))
-    results = {}
+    rows = {}
     for ratio, config in configs.items():
         name = sweep.point_name({"train_ratio": ratio})
-        rows = sweep.run_point(config, os.path.join(args.logdir, name), args.resume,
-                               **sweep.train_kwargs(args))
-        results[name] = sweep.mean_std(sweep.final_returns(rows, config.seeds))
-    print(f"{args.env}, {args.seeds} seed(s) per point, {args.steps} steps; final return:")
-    for name, (mean, std, n) in results.items():
-        print(f"  {name:<20s} {mean:9.2f} ± {std:7.2f}  ({n} seeds with episodes)")
-    return results
+        rows[name] = sweep.run_point(config, os.path.join(args.logdir, name), args.resume,
+                                     **sweep.train_kwargs(args))
+    return sweep.report(f"{args.env}, {args.seeds} seed(s) per point, {args.steps} steps",
+                        rows, args.seeds)
 
 
 if __name__ == "__main__":

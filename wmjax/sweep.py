@@ -50,6 +50,16 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals)), len(vals)
 
 
+def report(title: str, rows: dict[str, list[dict]], seeds: int) -> dict[str, tuple]:
+    """Print and return each point's final return as (mean, std, seeds with episodes)."""
+    results = {name: mean_std(final_returns(r, seeds)) for name, r in rows.items()}
+    width = max(len(name) for name in results) + 2
+    print(f"{title}; final return (mean ± std over seeds):")
+    for name, (mean, std, n) in results.items():
+        print(f"  {name:<{width}s} {mean:9.2f} ± {std:7.2f}  ({n} seeds with episodes)")
+    return results
+
+
 def read_rows(run_dir: str) -> list[dict]:
     from wmjax.plots import read_metrics
 
