@@ -86,3 +86,16 @@ def test_open_loop_reconstructs_the_observed_half_better(run_dir):
     observed = np.abs(pred[:, :context] - truth[:, :context]).mean()
     imagined = np.abs(pred[:, context:] - truth[:, context:]).mean()
     assert np.isfinite(imagined) and observed < imagined
+
+
+def test_openloop_report_draws_vectors_and_images(tmp_path):
+    from wmjax.plots import draw_openloop
+
+    rng = np.random.default_rng(0)
+    vec = rng.normal(size=(2, 10, 3)).astype(np.float32)
+    img = rng.integers(0, 256, size=(2, 10, 12, 12, 3), dtype=np.uint8)
+    for name, truth in (("vec.png", vec), ("img.png", img)):
+        path = draw_openloop(truth, truth, 5, str(tmp_path / name))
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 5_000
+    with pytest.raises(ValueError, match="vectors .* or images"):
+        draw_openloop(vec[0], vec[0], 5, str(tmp_path / "bad.png"))

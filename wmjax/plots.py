@@ -112,14 +112,41 @@ def openloop(run_dir: str, seed: int = 0, sequences: int = 3, key: int = 0):
 
 
 def plot_openloop(run_dir: str, path: str, seed: int = 0, sequences: int = 3) -> str:
+    """The open-loop report of a run's newest checkpoint as a PNG."""
     truth, pred, context = openloop(run_dir, seed, sequences)
-    if truth.ndim != 3:
-        raise ValueError(f"open-loop plots support vector observations; got shape {truth.shape[2:]}")
+    title = (f"{os.path.basename(os.path.normpath(run_dir))}: open-loop prediction (seed {seed}); "
+             f"observed steps 0..{context - 1}, imagined after")
+    return draw_openloop(truth, pred, context, path, title)
+
+
+def draw_openloop(truth: np.ndarray, pred: np.ndarray, context: int, path: str,
+                  title: str = "open-loop prediction") -> str:
+    """Vector observations (S, T, D): one panel per dimension and sequence, truth against
+    prediction. Images (S, T, H, W, C), uint8 or floats in [0, 1]: per sequence, rows of
+    truth, prediction and |error| frames over time."""
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in shape")
+    if truth.ndim == 3:
+        fig = _draw_vectors(truth, pred, context)
+    elif truth.ndim == 5:
+        fig = _draw_frames(truth, pred, context)
+    else:
+        raise ValueError(f"open-loop report: observations must be vectors (S, T, D) or images "
+                         f"(S, T, H, W, C); got shape {truth.shape}")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def _draw_vectors(truth, pred, context):
     plt = _pyplot()
-    dims = truth.shape[-1]
-    fig, axes = plt.subplots(dims, sequences, figsize=(3.2 * sequences, 1.9 * dims),
+    sequences, length, dims = truth.shape
+    fig, axes = plt.subplots(dims, sequences, figsize=(3.2 * sequences, 1.9 * dims + 0.6),
                              squeeze=False, sharex=True)
-    t = np.arange(truth.shape[1])
+    t = np.arange(length)
     for d in range(dims):
         for s in range(sequences):
             ax = axes[d, s]
@@ -129,14 +156,38 @@ def plot_openloop(run_dir: str, path: str, seed: int = 0, sequences: int = 3) ->
             if s == 0:
                 ax.set_ylabel(f"obs[{d}]")
             if d == 0:
-                ax.set_title(f"sequence {s}: observe | imagine", fontsize=9)
+                ax.set_title(f"sequence {s}", fontsize=9)
     axes[0, 0].legend(fontsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    fig.suptitle(f"{os.path.basename(os.path.normpath(run_dir))}: open-loop prediction "
-                 f"(seed {seed})", fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _draw_frames(truth, pred, context, max_frames: int = 16):
+    plt = _pyplot()
+    scale = 255.0 if truth.dtype == np.uint8 else 1.0
+    truth = np.clip(truth.astype(np.float32) / scale, 0, 1)
+    pred = np.clip(pred.astype(np.float32) / scale, 0, 1)
+    sequences, length = truth.shape[:2]
+    steps = np.unique(np.linspace(0, length - 1, min(length, max_frames)).round().astype(int))
+    rows = [(s, name, img) for s in range(sequences)
+            for name, img in (("truth", truth[s]), ("model", pred[s]),
+                              ("|error|", np.abs(truth[s] - pred[s])))]
+    fig, axes = plt.subplots(len(rows), len(steps), squeeze=False,
+                             figsize=(0.9 * len(steps) + 0.8, 0.95 * len(rows) + 0.6))
+    for r, (s, name, frames) in enumerate(rows):
+        for c, t in enumerate(steps):
+            ax = axes[r, c]
+            frame = frames[t]
+            ax.imshow(frame[..., 0] if frame.shape[-1] == 1 else frame[..., :3],
+                      cmap="gray" if frame.shape[-1] == 1 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if t >= context:
+                for spine in ax.spines.values():
+                    spine.set_color("tab:red")
+            if r == 0:
+                ax.set_title(f"t={t}{'*' if t >= context else ''}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(f"{s}: {name}", fontsize=7)
+    return fig
