@@ -14,7 +14,10 @@ from wmjax.loop import seed_hyper
 
 def _batch(spec, B, T, key):
     k1, k2, k3 = jax.random.split(key, 3)
-    obs = jax.random.normal(k1, (B, T) + spec.obs_shape)
+    if spec.obs_dtype == jnp.uint8:  # images
+        obs = jax.random.randint(k1, (B, T) + spec.obs_shape, 0, 256).astype(jnp.uint8)
+    else:
+        obs = jax.random.normal(k1, (B, T) + spec.obs_shape)
     if spec.discrete:
         action = jax.nn.one_hot(jax.random.randint(k2, (B, T), 0, spec.num_actions), spec.num_actions)
     else:
@@ -26,7 +29,7 @@ def _batch(spec, B, T, key):
     return Batch(obs, action, reward, is_first, is_last, is_terminal)
 
 
-@pytest.fixture(scope="module", params=["CartPole-v1", "Pendulum-v1"])
+@pytest.fixture(scope="module", params=["CartPole-v1", "Pendulum-v1", "Breakout-MinAtar"])
 def setup(request):
     env = make_env(request.param)
     agent = Dreamer(DreamerConfig.preset("tiny", warmup=0, lr=1e-3), env.spec)
@@ -97,7 +100,7 @@ def test_replay_value_loss_reaches_world_model(setup):
 def test_act_shapes_and_modes(setup):
     agent, state, _, _ = setup
     carry = agent.initial_carry(5)
-    obs = jnp.zeros((5,) + agent.spec.obs_shape)
+    obs = jnp.zeros((5,) + agent.spec.obs_shape, agent.spec.obs_dtype)
     first = jnp.ones((5,), bool)
     act = jax.jit(agent.act, static_argnames="mode")
     a, carry2 = act(state, carry, obs, first, jax.random.key(0), mode="train")

@@ -34,6 +34,8 @@ def parse_override(text: str) -> tuple[str, typing.Any]:
         raise ValueError(f"--set: unknown agent field {name!r}; known: {', '.join(sorted(fields))}")
     kind = type(getattr(DreamerConfig(), name))
     try:
+        if kind is tuple:  # e.g. --set cnn_mults=2,3,4
+            return name, tuple(int(v) for v in value.split(","))
         return name, kind(value)
     except ValueError:
         raise ValueError(f"--set {name}: {value!r} is not a valid {kind.__name__}") from None

@@ -13,15 +13,15 @@ from typing import Any
 
 # Sizes of DreamerV3's `sizeXm` presets (dreamerv3/configs.yaml), plus `tiny` for tests.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(deter=64, hidden=32, classes=4, stoch=8, blocks=4, units=32,
+    "tiny": dict(deter=64, hidden=32, classes=4, stoch=8, blocks=4, units=32, depth=2,
                  batch_size=8, batch_length=16, imag_horizon=5, num_bins=63),
-    "size1m": dict(deter=512, hidden=64, classes=4, units=64),
-    "size12m": dict(deter=2048, hidden=256, classes=16, units=256),
-    "size25m": dict(deter=3072, hidden=384, classes=24, units=384),
-    "size50m": dict(deter=4096, hidden=512, classes=32, units=512),
-    "size100m": dict(deter=6144, hidden=768, classes=48, units=768),
-    "size200m": dict(deter=8192, hidden=1024, classes=64, units=1024),
-    "size400m": dict(deter=12288, hidden=1536, classes=96, units=1536),
+    "size1m": dict(deter=512, hidden=64, classes=4, units=64, depth=4),
+    "size12m": dict(deter=2048, hidden=256, classes=16, units=256, depth=16),
+    "size25m": dict(deter=3072, hidden=384, classes=24, units=384, depth=24),
+    "size50m": dict(deter=4096, hidden=512, classes=32, units=512, depth=32),
+    "size100m": dict(deter=6144, hidden=768, classes=48, units=768, depth=48),
+    "size200m": dict(deter=8192, hidden=1024, classes=64, units=1024, depth=64),
+    "size400m": dict(deter=12288, hidden=1536, classes=96, units=1536, depth=96),
 }
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -44,6 +44,11 @@ class DreamerConfig:
     classes: int = 4
     blocks: int = 8
     units: int = 64
+    # CNN for image observations: channels depth * cnn_mults, one conv + 2x2 max-pool stage per
+    # mult while the image stays at least cnn_minres wide (64x64 -> 4x4; MinAtar 10x10 -> 5x5)
+    depth: int = 4
+    cnn_mults: tuple = (2, 3, 4, 4)
+    cnn_minres: int = 4
     enc_layers: int = 3
     dec_layers: int = 3
     reward_layers: int = 1
@@ -90,8 +95,12 @@ class DreamerConfig:
     batch_length: int = 64
 
     def __post_init__(self) -> None:
+        # JSON gives lists; keep a hashable tuple so configs stay usable as cache keys.
+        object.__setattr__(self, "cnn_mults", tuple(self.cnn_mults))
+        _check(all(isinstance(m, int) and m >= 1 for m in self.cnn_mults) and self.cnn_mults,
+               "cnn_mults", self.cnn_mults, "a non-empty tuple of integers >= 1")
         for name in ("deter", "hidden", "stoch", "classes", "blocks", "units", "num_bins",
-                     "imag_horizon", "batch_size", "batch_length"):
+                     "imag_horizon", "batch_size", "batch_length", "depth", "cnn_minres"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, name, v, "an integer >= 1")
         for name in ("enc_layers", "dec_layers", "reward_layers", "cont_layers",

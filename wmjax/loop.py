@@ -151,8 +151,9 @@ def _metric_names(agent: Dreamer, env: EnvAdapter) -> list[str]:
     state = jax.eval_shape(agent.init, jax.random.key(0))
     shape = lambda *s, d=jnp.float32: jax.ShapeDtypeStruct(s, d)
     B, T = c.batch_size, c.batch_length
-    batch = Batch(shape(B, T, *env.spec.obs_shape), shape(B, T, env.spec.action_size),
-                  shape(B, T), shape(B, T, d=bool), shape(B, T, d=bool), shape(B, T, d=bool))
+    batch = Batch(shape(B, T, *env.spec.obs_shape, d=env.spec.obs_dtype),
+                  shape(B, T, env.spec.action_size), shape(B, T), shape(B, T, d=bool),
+                  shape(B, T, d=bool), shape(B, T, d=bool))
     _, metrics = jax.eval_shape(agent.update, state, batch, jax.random.key(0))
     return sorted(metrics)
 

@@ -40,9 +40,13 @@ class EnvSpec:
     """What an agent needs to know about an env: observation shape and action space."""
 
     name: str
-    obs_shape: tuple[int, ...]
+    obs_shape: tuple[int, ...]  # (D,) vectors, float32; or (H, W, C) images, uint8
     discrete: bool
     num_actions: int  # number of choices (discrete) or action dimensions (continuous)
+
+    @property
+    def obs_dtype(self):
+        return jnp.uint8 if len(self.obs_shape) == 3 else jnp.float32
 
     @property
     def action_size(self) -> int:
@@ -60,11 +64,17 @@ class EnvAdapter:
     action_low: Any = None
     action_high: Any = None
 
+    def _obs(self, obs: jax.Array) -> jax.Array:
+        """Vectors as float32; images as uint8 pixels (MinAtar's 0/1 channels become 0/255)."""
+        if self.spec.obs_dtype == jnp.uint8 and obs.dtype != jnp.uint8:
+            return jnp.round(jnp.clip(obs, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+        return obs.astype(self.spec.obs_dtype)
+
     def reset(self, key: jax.Array) -> tuple[EnvState, Timestep]:
         obs, inner = self.env.reset_env(key, self.params)
         zero = jnp.zeros((), jnp.float32)
         state = EnvState(inner, jnp.zeros((), bool), zero, jnp.zeros((), jnp.int32))
-        step = Timestep(obs.astype(jnp.float32), zero, jnp.ones((), bool),
+        step = Timestep(self._obs(obs), zero, jnp.ones((), bool),
                         jnp.zeros((), bool), jnp.zeros((), bool))
         return state, step
 
@@ -85,7 +95,7 @@ class EnvAdapter:
         reset = state.needs_reset
         pick = lambda r, s: jax.tree.map(lambda a, b: jnp.where(reset, a, b), r, s)
         inner = pick(inner_r, inner_s)
-        obs = pick(obs_r, obs_s).astype(jnp.float32)
+        obs = self._obs(pick(obs_r, obs_s))
         reward = jnp.where(reset, 0.0, reward.astype(jnp.float32))
         terminated = jnp.logical_and(~reset, terminated.astype(bool))
         last = jnp.logical_and(~reset, jnp.logical_or(terminated, truncated.astype(bool)))
@@ -110,11 +120,15 @@ def _gymnax(name: str) -> EnvAdapter:
     return EnvAdapter(env, params, spec, low, high)
 
 
-# name -> factory. Later suites (MinAtar, Craftax) register here too.
+# name -> factory. MinAtar games are gymnax's 10x10xC frames (channels 0/1, stored as uint8).
 REGISTRY = {
     "CartPole-v1": _gymnax,
     "Acrobot-v1": _gymnax,
     "Pendulum-v1": _gymnax,
+    "Breakout-MinAtar": _gymnax,
+    "SpaceInvaders-MinAtar": _gymnax,
+    "Asterix-MinAtar": _gymnax,
+    "Freeway-MinAtar": _gymnax,
 }
 
 
@@ -128,5 +142,5 @@ def make_env(name: str) -> EnvAdapter:
     """Build an environment by name; an unknown name raises with the list of known ones."""
     check_env_name(name)
     adapter = REGISTRY[name](name)
-    chex.assert_equal(len(adapter.spec.obs_shape), 1)
+    chex.assert_equal(len(adapter.spec.obs_shape) in (1, 3), True)
     return adapter

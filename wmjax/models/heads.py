@@ -1,4 +1,4 @@
-"""Encoder, decoder and output heads for vector observations (DreamerV3's MLP versions)."""
+"""Encoders and decoders: DreamerV3's MLPs for vector observations and its CNNs for images."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from wmjax.nn.dists import symlog
-from wmjax.nn.layers import MLP
+from wmjax.nn.layers import MLP, Linear, RMSNorm, dreamer_init
 
 
 class VectorEncoder(nn.Module):
@@ -38,3 +38,77 @@ class VectorDecoder(nn.Module):
     @staticmethod
     def loss(pred: jax.Array, obs: jax.Array) -> jax.Array:
         return jnp.square(pred - symlog(obs.astype(jnp.float32))).sum(-1)
+
+
+# ---------------------------------------------------------------- images
+
+
+def cnn_stages(image_hw: tuple[int, int], num_mults: int, minres: int = 4) -> int:
+    """How many conv + 2x2 max-pool stages fit: DreamerV3 halves 64x64 four times down to 4x4.
+    Smaller images get fewer stages (a 10x10 MinAtar frame: one, ending at 5x5)."""
+    stages, size = 0, min(image_hw)
+    while stages < num_mults and size // 2 >= minres:
+        size //= 2
+        stages += 1
+    return max(1, stages)
+
+
+class ImageEncoder(nn.Module):
+    """DreamerV3's CNN: uint8 image -> /255 - 0.5 -> stages of (5x5 conv, 2x2 max-pool, RMSNorm,
+    SiLU) with depth * mults channels -> flattened features. Any leading batch dims."""
+
+    depth: int = 4
+    mults: tuple[int, ...] = (2, 3, 4, 4)
+    minres: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        lead, (h, w, c) = obs.shape[:-3], obs.shape[-3:]
+        x = obs.reshape((-1, h, w, c)).astype(jnp.float32) / 255.0 - 0.5
+        x = x.astype(self.dtype)
+        for mult in self.mults[: cnn_stages((h, w), len(self.mults), self.minres)]:
+            x = nn.Conv(self.depth * mult, (5, 5), padding="SAME", dtype=self.dtype,
+                        param_dtype=jnp.float32, kernel_init=dreamer_init())(x)
+            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = nn.silu(RMSNorm()(x))
+        return x.reshape(lead + (-1,)).astype(jnp.float32)
+
+
+class ImageDecoder(nn.Module):
+    """Features -> image in [0, 1]: a linear projection to the encoder's last spatial grid, then
+    stages of (x2 nearest upsampling, 5x5 conv, RMSNorm, SiLU) mirroring the encoder, the last
+    one a conv to the image channels and a sigmoid. Trained with squared error summed over
+    pixels against obs / 255."""
+
+    image_shape: tuple[int, int, int]
+    depth: int = 4
+    mults: tuple[int, ...] = (2, 3, 4, 4)
+    minres: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, feat: jax.Array) -> jax.Array:
+        h, w, c = self.image_shape
+        stages = cnn_stages((h, w), len(self.mults), self.minres)
+        sizes = [(h, w)]
+        for _ in range(stages):
+            sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
+        channels = [self.depth * m for m in self.mults[:stages]]
+        lead = feat.shape[:-1]
+        x = Linear(sizes[-1][0] * sizes[-1][1] * channels[-1], dtype=self.dtype)(feat)
+        x = x.reshape((-1,) + sizes[-1] + (channels[-1],))
+        x = nn.silu(RMSNorm()(x))
+        for i in reversed(range(stages)):
+            x = jax.image.resize(x, (x.shape[0],) + sizes[i] + (x.shape[-1],), "nearest")
+            last = i == 0
+            x = nn.Conv(c if last else channels[i - 1], (5, 5), padding="SAME", dtype=self.dtype,
+                        param_dtype=jnp.float32, kernel_init=dreamer_init())(x)
+            if not last:
+                x = nn.silu(RMSNorm()(x))
+        return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(lead + (h, w, c))
+
+    @staticmethod
+    def loss(pred: jax.Array, obs: jax.Array) -> jax.Array:
+        target = obs.astype(jnp.float32) / 255.0
+        return jnp.square(pred - target).sum((-3, -2, -1))

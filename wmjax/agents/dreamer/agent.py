@@ -33,7 +33,7 @@ from wmjax.agents.dreamer.losses import (
 from wmjax.agents.dreamer.optim import dreamer_optimizer
 from wmjax.config import DreamerConfig
 from wmjax.envs.core import EnvSpec
-from wmjax.models.heads import VectorDecoder, VectorEncoder
+from wmjax.models.heads import ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder
 from wmjax.models.rssm import RSSM, RSSMState, kl_loss
 from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, symexp, twohot_bins
 from wmjax.nn.layers import MLP
@@ -89,9 +89,14 @@ class Dreamer:
         self.config = c = config
         self.spec = spec
         dtype = _DTYPES[c.resolved_dtype()]
-        self.encoder = VectorEncoder(c.enc_layers, c.units, dtype)
+        self.image = len(spec.obs_shape) == 3  # (H, W, C) uint8 images, else a vector
+        if self.image:
+            self.encoder = ImageEncoder(c.depth, c.cnn_mults, c.cnn_minres, dtype)
+            self.decoder = ImageDecoder(spec.obs_shape, c.depth, c.cnn_mults, c.cnn_minres, dtype)
+        else:
+            self.encoder = VectorEncoder(c.enc_layers, c.units, dtype)
+            self.decoder = VectorDecoder(spec.obs_shape[-1], c.dec_layers, c.units, dtype)
         self.rssm = RSSM(c.deter, c.hidden, c.stoch, c.classes, c.blocks, c.unimix, dtype=dtype)
-        self.decoder = VectorDecoder(spec.obs_shape[-1], c.dec_layers, c.units, dtype)
         self.reward = MLP(c.reward_layers, c.units, c.num_bins, outscale=0.0, dtype=dtype)
         self.cont = MLP(c.cont_layers, c.units, 1, outscale=1.0, dtype=dtype)
         policy_out = spec.num_actions if spec.discrete else 2 * spec.num_actions
@@ -109,7 +114,7 @@ class Dreamer:
         c, spec = self.config, self.spec
         hyper = self.hyper(hyper)
         keys = jax.random.split(key, 8)
-        obs = jnp.zeros((1, 2) + spec.obs_shape, jnp.float32)
+        obs = jnp.zeros((1, 2) + spec.obs_shape, spec.obs_dtype)
         action = jnp.zeros((1, 2, spec.action_size), jnp.float32)
         first = jnp.ones((1, 2), bool)
         feat = jnp.zeros((1, c.feat_size), jnp.float32)
@@ -256,7 +261,8 @@ class Dreamer:
         prior = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prior)
         states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), post, prior)
         feat = self._apply(params, "rssm", states, method=RSSM.feat)
-        return symexp(self._apply(params, "decoder", feat))
+        decoded = self._apply(params, "decoder", feat)
+        return 255.0 * decoded if self.image else symexp(decoded)
 
     def loss(
         self, params: dict, slow_critic: Any, retnorm: RetNormState, hyper: dict, batch: Batch,
@@ -278,7 +284,7 @@ class Dreamer:
         _, post, prior_logits = self._apply(params, "rssm", embed, prev_action, is_first, key_obs)
         feat = self._apply(params, "rssm", post, method=RSSM.feat)
         dyn, rep = kl_loss(post.logits, prior_logits, c.free_nats)
-        rec = VectorDecoder.loss(self._apply(params, "decoder", feat), batch.obs)
+        rec = self.decoder.loss(self._apply(params, "decoder", feat), batch.obs)
         rew_loss = self.twohot.loss(self._apply(params, "reward", feat), batch.reward)
         con_logit = self._apply(params, "cont", feat)[..., 0]
         con_target = (1.0 - batch.is_terminal.astype(jnp.float32)) * c.gamma

@@ -1,0 +1,77 @@
+"""Image observations: DreamerV3's CNN encoder/decoder and the MinAtar adapters."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from wmjax.envs import make_env
+from wmjax.models.heads import ImageDecoder, ImageEncoder, cnn_stages
+
+
+def test_cnn_stages_follow_dreamerv3():
+    assert cnn_stages((64, 64), 4) == 4  # 64 -> 4x4, as DreamerV3
+    assert cnn_stages((96, 96), 4) == 4  # -> 6x6
+    assert cnn_stages((10, 10), 4) == 1  # MinAtar -> 5x5
+    assert cnn_stages((64, 64), 2) == 2
+
+
+@pytest.mark.parametrize("shape", [(10, 10, 4), (64, 64, 3)])
+def test_encoder_decoder_shapes(shape):
+    enc, dec = ImageEncoder(depth=2), ImageDecoder(shape, depth=2)
+    obs = jnp.zeros((2, 3) + shape, jnp.uint8)
+    params = enc.init(jax.random.key(0), obs)
+    embed = enc.apply(params, obs)
+    h, w = shape[:2]
+    stages = cnn_stages((h, w), 4)
+    assert embed.shape == (2, 3, (h >> stages) * (w >> stages) * 2 * (2, 3, 4, 4)[stages - 1])
+    feat = jnp.zeros((2, 3, 40))
+    out = dec.apply(dec.init(jax.random.key(1), feat), feat)
+    assert out.shape == (2, 3) + shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert ImageDecoder.loss(out, obs).shape == (2, 3)
+
+
+def test_autoencoder_reconstruction_loss_decreases():
+    env = make_env("Breakout-MinAtar")
+    keys = jax.random.split(jax.random.key(0), 16)
+    _, ts = jax.vmap(env.reset)(keys)
+    obs = ts.obs  # (16, 10, 10, 4) uint8
+    enc, dec = ImageEncoder(depth=4), ImageDecoder(env.spec.obs_shape, depth=4)
+    enc_params = enc.init(jax.random.key(1), obs)
+    embed = enc.apply(enc_params, obs)
+    params = {"enc": enc_params, "dec": dec.init(jax.random.key(2), embed)}
+
+    def loss(p):
+        return ImageDecoder.loss(dec.apply(p["dec"], enc.apply(p["enc"], obs)), obs).mean()
+
+    opt = optax.adam(1e-3)
+
+    @jax.jit
+    def step(p, s):
+        value, grads = jax.value_and_grad(loss)(p)
+        updates, s = opt.update(grads, s)
+        return optax.apply_updates(p, updates), s, value
+
+    state = opt.init(params)
+    first = None
+    for _ in range(150):
+        params, state, value = step(params, state)
+        first = value if first is None else first
+    assert float(value) < 0.3 * float(first), (float(first), float(value))
+
+
+@pytest.mark.parametrize("name,channels,actions", [
+    ("Breakout-MinAtar", 4, 3), ("SpaceInvaders-MinAtar", 6, 4),
+    ("Asterix-MinAtar", 4, 5), ("Freeway-MinAtar", 7, 3)])
+def test_minatar_adapters(name, channels, actions):
+    env = make_env(name)
+    assert env.spec.obs_shape == (10, 10, channels) and env.spec.discrete
+    assert env.spec.num_actions == actions
+    state, ts = env.reset(jax.random.key(0))
+    assert ts.obs.dtype == jnp.uint8 and set(np.unique(np.asarray(ts.obs))) <= {0, 255}
+    assert bool(ts.is_first) and not bool(ts.is_last)
+    step = jax.jit(env.step)
+    for i in range(5):
+        state, ts = step(jax.random.key(i), state, jnp.int32(i % actions))
+        assert ts.obs.shape == (10, 10, channels) and ts.obs.dtype == jnp.uint8
+        assert not bool(ts.is_first)
