@@ -1,0 +1,160 @@
+"""The benchmark ladder: wmjax's DreamerV3 beside a same-budget PPO and published numbers.
+
+One command runs one rung: DreamerV3 (the fused loop, all seeds in one program) and the PPO
+baseline (benchmarks/ppo.py) for the same env-step budget and seeds, then writes
+`OUT/RUNG.json` and `OUT/RUNG.png`: both learning curves (mean over seeds, shaded min to max)
+with the reference numbers of benchmarks/REFERENCE.md drawn as horizontal lines.
+
+    python benchmarks/ladder.py --rung cartpole --seeds 3
+    python benchmarks/ladder.py --rung breakout --seeds 1                 # 1M steps: hours
+    python benchmarks/ladder.py --rung breakout --seeds 1 --resume        # continue it
+    python benchmarks/ladder.py --rung cartpole --steps 2048 --preset tiny  # a smoke test
+
+Runs that use less than the published protocol (model size, train ratio, steps) are labelled
+"reduced budget" in the JSON and on the plot. The DreamerV3 run is checkpointed (run folder
+`LOGDIR/RUNG/dreamer`), so `--resume` continues a long rung after an interruption.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from benchmarks.ppo import PPOConfig, train_ppo  # noqa: E402
+from wmjax.cli import parse_override  # noqa: E402
+from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
+from wmjax.plots import curve, read_metrics  # noqa: E402
+from wmjax.run import holds_run, train  # noqa: E402
+
+# name -> (env, env steps, train ratio). Budgets from the issue; see REFERENCE.md for sources.
+RUNGS = {
+    "cartpole": ("CartPole-v1", 50_000, 64.0),
+    "acrobot": ("Acrobot-v1", 50_000, 64.0),
+    "pendulum": ("Pendulum-v1", 50_000, 64.0),
+    "breakout": ("Breakout-MinAtar", 1_000_000, 32.0),
+    "spaceinvaders": ("SpaceInvaders-MinAtar", 1_000_000, 32.0),
+    "asterix": ("Asterix-MinAtar", 1_000_000, 32.0),
+    "freeway": ("Freeway-MinAtar", 1_000_000, 32.0),
+}
+
+# Published reference returns (label -> value) per env, from benchmarks/REFERENCE.md.
+REFERENCES = {
+    "CartPole-v1": {"random": 22.2, "gymnax PPO @104k": 475.5},
+    "Acrobot-v1": {"random": -499.7, "gymnax PPO @96k": -122.7, "gymnax PPO @496k": -78.9},
+    "Pendulum-v1": {"random": -1224.0, "gymnax PPO @1M": -200.6},
+    "Breakout-MinAtar": {"random": 0.42, "gymnax PPO @1M": 16.6, "gymnax PPO @10M": 22.9},
+    "SpaceInvaders-MinAtar": {"random": 4.15, "gymnax PPO @1M": 50.4, "gymnax PPO @10M": 131.6},
+    "Asterix-MinAtar": {"random": 0.49, "gymnax PPO @1M": 1.8, "gymnax PPO @10M": 15.0},
+    "Freeway-MinAtar": {"random": 0.32, "gymnax PPO @1M": 29.0, "gymnax PPO @10M": 58.8},
+}
+
+# DreamerV3's published protocol is size200m at train ratio 512 (Atari-like) or more; every
+# rung here is smaller, so every result is labelled reduced budget unless it matches.
+PUBLISHED = dict(preset="size200m", train_ratio=512.0)
+
+
+def final_value(steps: np.ndarray, mean: np.ndarray, last: int = 3) -> float | None:
+    return float(np.mean(mean[-last:])) if len(mean) else None
+
+
+def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float | None,
+             overrides: dict, logdir: str, out: str, resume: bool, ppo_envs: int) -> dict:
+    env, budget, default_ratio = RUNGS[rung]
+    steps = steps or budget
+    ratio = ratio or default_ratio
+    agent = DreamerConfig.preset(preset, **overrides)
+    config = TrainConfig(env=env, num_envs=16, seeds=seeds, steps=steps, train_ratio=ratio,
+                         replay_size=max(steps, 16 * (agent.batch_length + 1)),
+                         chunk_steps=min(2048 if steps <= 100_000 else 16_384, steps),
+                         agent=agent)
+    run_dir = os.path.join(logdir, rung, "dreamer")
+    start = time.time()
+    train(config, run_dir, resume=resume and holds_run(run_dir), checkpoint_every=5)
+    dreamer_wall = time.time() - start
+    d_steps, d_mean, d_low, d_high = curve(read_metrics(run_dir))
+    print(f"PPO baseline: {env}, {steps:,d} steps x {seeds} seed(s)")
+    ppo = train_ppo(env, steps, seeds, config=PPOConfig(num_envs=ppo_envs))
+    p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
+    p_steps = np.asarray(ppo["env_steps"])
+    keep = ~np.all(np.isnan(p_returns), 0)
+    p_mean = np.nanmean(p_returns[:, keep], 0)
+    p_low, p_high = np.nanmin(p_returns[:, keep], 0), np.nanmax(p_returns[:, keep], 0)
+    reduced = preset != PUBLISHED["preset"] or ratio < PUBLISHED["train_ratio"]
+    result = dict(
+        rung=rung, env=env, steps=steps, seeds=seeds, preset=preset, train_ratio=ratio,
+        overrides=overrides, reduced_budget=reduced,
+        dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
+                     curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir),
+        ppo=dict(final=final_value(p_steps[keep], p_mean), wall_s=ppo["wall_s"],
+                 num_envs=ppo_envs,
+                 curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)]),
+        references=REFERENCES.get(env, {}),
+    )
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{rung}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    _plot(result, (d_steps, d_mean, d_low, d_high), (p_steps[keep], p_mean, p_low, p_high),
+          os.path.join(out, f"{rung}.png"))
+    d, p = result["dreamer"]["final"], result["ppo"]["final"]
+    print(f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){', reduced budget' if reduced else ''}): "
+          f"DreamerV3 {d:.1f} in {dreamer_wall / 60:.1f} min, PPO {p:.1f} in {ppo['wall_s'] / 60:.1f} min; "
+          f"references {result['references']}")
+    return result
+
+
+def _plot(result, dreamer, ppo, path):
+    from wmjax.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (s, m, lo, hi) in ((f"wmjax DreamerV3 ({result['preset']}, ratio "
+                                   f"{result['train_ratio']:g})", dreamer), ("PPO baseline", ppo)):
+        (line,) = ax.plot(s, m, label=label)
+        ax.fill_between(s, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    for i, (label, value) in enumerate(result["references"].items()):
+        ax.axhline(value, color="gray", ls=[":", "--", "-."][i % 3], lw=1, label=label)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return")
+    tag = " (reduced budget)" if result["reduced_budget"] else ""
+    ax.set_title(f"{result['env']}: {result['seeds']} seed(s), mean and min-max{tag}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rung", required=True, choices=sorted(RUNGS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="default: the rung's budget")
+    ap.add_argument("--preset", default="size1m")
+    ap.add_argument("--train-ratio", type=float, default=None, help="default: the rung's")
+    ap.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
+                    help="agent overrides (default for classic control: lr=3e-4 warmup=200 "
+                         "imag_starts=256, the learning benchmark's settings)")
+    ap.add_argument("--ppo-envs", type=int, default=PPOConfig.num_envs)
+    ap.add_argument("--logdir", default="runs/ladder")
+    ap.add_argument("--out", default="benchmarks/results/ladder")
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+    sets = args.set
+    if sets is None:
+        sets = ["lr=3e-4", "warmup=200", "imag_starts=256"] if RUNGS[args.rung][1] <= 100_000 else []
+    try:
+        overrides = dict(parse_override(s) for s in sets)
+    except ValueError as e:
+        ap.error(str(e))
+    return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
+                    args.logdir, args.out, args.resume, args.ppo_envs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""A compact PPO baseline (PureJaxRL-style) on wmjax's environments, fused into one program.
+
+It runs on the same `make_env` adapters as DreamerV3, so both learners see the same
+observations, actions, episode boundaries and env-step budget. The ladder uses it to measure
+the sample-efficiency gap instead of assuming it.
+
+    python benchmarks/ppo.py --env CartPole-v1 --steps 100000 --seeds 3
+
+Per seed: num_envs envs, rollouts of num_steps, GAE(γ 0.99, λ 0.95), clipped objective (0.2),
+4 epochs x 4 minibatches, Adam 2.5e-4 annealed linearly, grad-norm clip 0.5, entropy 0.01,
+value 0.5; a tanh MLP (2 x 64) on flattened observations (images scaled to [0, 1]); a
+categorical policy for discrete actions, a state-independent-std Gaussian for continuous ones.
+One transition per episode is the env's reset record (reward 0, cut from bootstrapping).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from wmjax.envs import make_env  # noqa: E402
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    num_envs: int = 4  # PureJaxRL's classic-control default; more updates per env step
+    num_steps: int = 128
+    epochs: int = 4
+    minibatches: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    lr: float = 2.5e-4
+    max_grad_norm: float = 0.5
+    hidden: int = 64
+
+
+class ActorCritic(nn.Module):
+    num_actions: int
+    discrete: bool
+    hidden: int = 64
+
+    @nn.compact
+    def __call__(self, x):
+        def torso(x):
+            for _ in range(2):
+                x = nn.tanh(nn.Dense(self.hidden, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+            return x
+
+        out = nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01))(torso(x))
+        value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(torso(x))[..., 0]
+        log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
+        return out, log_std, value
+
+
+def _features(obs):
+    """Vectors as they are; uint8 images (..., H, W, C) flattened and scaled to [0, 1]."""
+    if obs.dtype == jnp.uint8:
+        return (obs.astype(jnp.float32) / 255.0).reshape(obs.shape[:-3] + (-1,))
+    return obs.astype(jnp.float32)
+
+
+def _log_prob_entropy(out, log_std, action, discrete):
+    if discrete:
+        logp = jax.nn.log_softmax(out)
+        lp = jnp.take_along_axis(logp, action[..., None], -1)[..., 0]
+        return lp, -(jnp.exp(logp) * logp).sum(-1)
+    std = jnp.exp(log_std)
+    lp = (-0.5 * ((action - out) / std) ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi)).sum(-1)
+    return lp, (log_std + 0.5 * jnp.log(2 * jnp.pi * jnp.e)).sum() * jnp.ones(out.shape[:-1])
+
+
+def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
+    """Returns run(key) -> (env_steps (U,), mean episode return per update (U,), NaN if none)."""
+    env = make_env(env_name)
+    spec, c = env.spec, config
+    net = ActorCritic(spec.num_actions, spec.discrete, c.hidden)
+    batch = c.num_envs * c.num_steps
+    updates = max(1, steps // batch)
+    mb = batch // c.minibatches
+    schedule = optax.linear_schedule(c.lr, 0.0, updates * c.epochs * c.minibatches)
+    tx = optax.chain(optax.clip_by_global_norm(c.max_grad_norm), optax.adam(schedule, eps=1e-5))
+
+    def sample(key, out, log_std):
+        if spec.discrete:
+            return jax.random.categorical(key, out)
+        return out + jnp.exp(log_std) * jax.random.normal(key, out.shape)
+
+    def run(key):
+        k_init, k_env, key = jax.random.split(key, 3)
+        params = net.init(k_init, _features(jnp.zeros((1,) + spec.obs_shape, spec.obs_dtype)))
+        opt = tx.init(params)
+        env_state, ts = jax.vmap(env.reset)(jax.random.split(k_env, c.num_envs))
+
+        def rollout_step(carry, _):
+            params, env_state, ts, key = carry
+            key, k_act, k_step = jax.random.split(key, 3)
+            out, log_std, value = net.apply(params, _features(ts.obs))
+            action = sample(k_act, out, log_std)
+            logp, _ = _log_prob_entropy(out, log_std, action, spec.discrete)
+            env_state, nts = jax.vmap(env.step)(jax.random.split(k_step, c.num_envs), env_state, action)
+            done = nts.is_last | nts.is_first  # no bootstrapping across an episode end
+            finished = jnp.where(nts.is_last, env_state.episode_return, 0.0)
+            tr = (ts.obs, action, logp, value, nts.reward, done, finished, nts.is_last)
+            return (params, env_state, nts, key), tr
+
+        def update(carry, _):
+            params, opt, env_state, ts, key = carry
+            (params, env_state, ts, key), tr = jax.lax.scan(
+                rollout_step, (params, env_state, ts, key), None, c.num_steps)
+            obs, action, logp, value, reward, done, finished, is_last = tr
+            _, _, last_value = net.apply(params, _features(ts.obs))
+
+            def gae(carry, x):
+                # Every episode end cuts the return (time limits included, as in PureJaxRL).
+                adv, next_value = carry
+                r, v, d = x
+                delta = r + c.gamma * next_value * (1 - d) - v
+                adv = delta + c.gamma * c.gae_lambda * (1 - d) * adv
+                return (adv, v), adv
+
+            _, adv = jax.lax.scan(gae, (jnp.zeros_like(last_value), last_value),
+                                  (reward, value, done.astype(jnp.float32)), reverse=True)
+            targets = adv + value
+
+            def epoch(carry, _):
+                params, opt, key = carry
+                key, k_perm = jax.random.split(key)
+                flat = jax.tree.map(lambda x: x.reshape((batch,) + x.shape[2:]),
+                                    (obs, action, logp, adv, targets))
+                perm = jax.random.permutation(k_perm, batch)
+                shuffled = jax.tree.map(lambda x: x[perm].reshape((c.minibatches, mb) + x.shape[1:]), flat)
+
+                def minibatch(carry, b):
+                    params, opt = carry
+                    o, a, old_logp, a_adv, tgt = b
+
+                    def loss(p):
+                        out, log_std, v = net.apply(p, _features(o))
+                        lp, ent = _log_prob_entropy(out, log_std, a, spec.discrete)
+                        ratio = jnp.exp(lp - old_logp)
+                        norm_adv = (a_adv - a_adv.mean()) / (a_adv.std() + 1e-8)
+                        pg = -jnp.minimum(ratio * norm_adv,
+                                          jnp.clip(ratio, 1 - c.clip, 1 + c.clip) * norm_adv).mean()
+                        return pg + c.vf_coef * jnp.square(v - tgt).mean() - c.ent_coef * ent.mean()
+
+                    grads = jax.grad(loss)(params)
+                    upd, opt = tx.update(grads, opt, params)
+                    return (optax.apply_updates(params, upd), opt), None
+
+                (params, opt), _ = jax.lax.scan(minibatch, (params, opt), shuffled)
+                return (params, opt, key), None
+
+            (params, opt, key), _ = jax.lax.scan(epoch, (params, opt, key), None, c.epochs)
+            episodes = is_last.sum()
+            ret = jnp.where(episodes > 0, finished.sum() / jnp.maximum(episodes, 1), jnp.nan)
+            return (params, opt, env_state, ts, key), ret
+
+        _, returns = jax.lax.scan(update, (params, opt, env_state, ts, key), None, updates)
+        return returns
+
+    env_steps = np.arange(1, updates + 1) * batch
+    return jax.jit(jax.vmap(run)), env_steps
+
+
+def train_ppo(env_name: str, steps: int, seeds: int, seed: int = 0,
+              config: PPOConfig = PPOConfig()) -> dict:
+    """Train `seeds` PPO seeds at once; returns env steps, returns (seeds, updates) and wall time."""
+    run, env_steps = make_ppo(env_name, steps, config)
+    start = time.time()
+    returns = np.asarray(run(jax.random.split(jax.random.key(seed), seeds)))
+    return dict(env=env_name, steps=int(env_steps[-1]), seeds=seeds, config=asdict(config),
+                env_steps=env_steps.tolist(),
+                returns=[[None if np.isnan(v) else float(v) for v in row] for row in returns],
+                wall_s=time.time() - start)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default="CartPole-v1")
+    ap.add_argument("--steps", type=int, default=100_000)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--num-envs", type=int, default=PPOConfig.num_envs)
+    ap.add_argument("--lr", type=float, default=PPOConfig.lr)
+    ap.add_argument("--out", default=None, help="write the result as JSON here")
+    args = ap.parse_args(argv)
+    result = train_ppo(args.env, args.steps, args.seeds,
+                       config=PPOConfig(num_envs=args.num_envs, lr=args.lr))
+    final = [np.nanmean([v for v in row[-5:] if v is not None] or [np.nan]) for row in result["returns"]]
+    print(f"PPO {args.env}: {result['steps']:,d} steps x {args.seeds} seeds in "
+          f"{result['wall_s']:.0f} s; final return per seed {np.round(final, 1).tolist()}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""The benchmark ladder runs a rung end to end: DreamerV3 and the PPO baseline, JSON and PNG."""
+import json
+import os
+
+from benchmarks.ladder import REFERENCES, RUNGS, main
+from benchmarks.ppo import PPOConfig, train_ppo
+
+
+def test_tiny_rung_writes_json_and_png(tmp_path):
+    result = main(["--rung", "cartpole", "--steps", "1024", "--preset", "tiny", "--seeds", "2",
+                   "--train-ratio", "8",
+                   "--set", "warmup=10", "--logdir", str(tmp_path / "runs"),
+                   "--out", str(tmp_path / "out")])
+    saved = json.load(open(tmp_path / "out" / "cartpole.json"))
+    assert saved["reduced_budget"] and saved["steps"] == 1024 and saved["seeds"] == 2
+    assert saved["references"] == REFERENCES["CartPole-v1"]
+    for learner in ("dreamer", "ppo"):
+        assert saved[learner]["curve"] and 5 < saved[learner]["final"] < 200, saved[learner]
+    assert saved["dreamer"]["curve"][-1][0] == 1024
+    png = tmp_path / "out" / "cartpole.png"
+    assert os.path.getsize(png) > 10_000 and open(png, "rb").read(4) == b"\x89PNG"
+    assert result["ppo"]["final"] == saved["ppo"]["final"]
+
+
+def test_ppo_baseline_learns_cartpole():
+    result = train_ppo("CartPole-v1", 40_000, seeds=2, config=PPOConfig())
+    first = [v for v in result["returns"][0][:3] if v is not None]
+    last = [row[-1] for row in result["returns"]]
+    assert max(first) < 40 and min(last) > 60, (first, last)  # random is ~22
+
+
+def test_every_rung_has_references():
+    assert {env for env, _, _ in RUNGS.values()} <= set(REFERENCES)
