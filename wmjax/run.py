@@ -173,7 +173,11 @@ def _check_resume(logdir: str, config: TrainConfig | None, hyper: dict | None):
     if hyper is not None and _hyper_lists(hyper, saved.seeds) != saved_hyper:
         raise RunDirError(f"cannot resume {logdir}: tunables {hyper} differ from the saved "
                           f"{saved_hyper}")
-    latest = Checkpointer(logdir, read_only=True).latest() if os.path.isdir(checkpoint_dir(logdir)) else None
+    latest = None
+    if os.path.isdir(checkpoint_dir(logdir)):
+        reader = Checkpointer(logdir, read_only=True)
+        latest = reader.latest()
+        reader.close()
     if latest is None:
         raise CheckpointError(f"cannot resume {logdir}: it has no complete checkpoint")
     if saved.steps != load_config(logdir).steps:
