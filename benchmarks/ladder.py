@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from benchmarks.ppo import PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
-from wmjax.plots import curve, read_metrics  # noqa: E402
-from wmjax.run import holds_run, train  # noqa: E402
+from wmjax.plots import curve  # noqa: E402
+from wmjax.run import holds_run, read_metrics, train  # noqa: E402
 
 # name -> (env, env steps, train ratio). Budgets from the issue; see REFERENCE.md for sources.
 RUNGS = {

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from typing import Sequence
@@ -21,6 +20,7 @@ import numpy as np
 
 from wmjax import replay as rb
 from wmjax.agents.dreamer.agent import Batch
+from wmjax.run import read_metrics
 
 
 def _pyplot():
@@ -30,20 +30,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def read_metrics(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a killed run
-    return rows
 
 
 def curve(rows: list[dict], metric: str = "episode_return") -> tuple[np.ndarray, ...]:

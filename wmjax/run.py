@@ -48,6 +48,21 @@ def load_config(run_dir: str) -> TrainConfig:
         raise RunDirError(f"{path} is not a valid config: {e}") from None
 
 
+def read_metrics(run_dir: str) -> list[dict]:
+    """The rows of a run folder's metrics.jsonl, stopping at a line cut short by a kill."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{run_dir} has no {METRICS_FILE}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
 def load_hyper(run_dir: str) -> dict[str, list[float]] | None:
     path = os.path.join(run_dir, HYPER_FILE)
     if not os.path.exists(path):
@@ -102,9 +117,9 @@ def train(
     else:
         state = trainer.init(key, hyper)
         if logdir:
-            _write_json(os.path.join(logdir, CONFIG_FILE), config.to_dict())
+            write_json(os.path.join(logdir, CONFIG_FILE), config.to_dict())
             if hyper:
-                _write_json(os.path.join(logdir, HYPER_FILE), _hyper_lists(hyper, config.seeds))
+                write_json(os.path.join(logdir, HYPER_FILE), _hyper_lists(hyper, config.seeds))
             ckpt = Checkpointer(logdir)
 
     chunks = num_chunks(config)
@@ -114,7 +129,7 @@ def train(
         f"{total:,d} env steps per seed in {chunks} chunks, train ratio {config.train_ratio:g} "
         f"({trainer.updates_per_env_step:.4f} updates per env step)")
     writer = JsonlWriter(os.path.join(logdir, METRICS_FILE)) if logdir else None
-    logged_up_to = _last_logged_step(os.path.join(logdir, METRICS_FILE)) if resume else -1
+    logged_up_to = _last_logged_step(logdir) if resume else -1
     wb = WandbLogger(logdir or "runs/wandb", config.to_dict(), wandb_project, wandb_group,
                      resume=resume, out=log) if wandb else None
     progress = Progress(total, log, start_step=done * per_chunk)
@@ -163,6 +178,7 @@ def _trainer(config: TrainConfig):
 
 def _check_resume(logdir: str, config: TrainConfig | None, hyper: dict | None):
     saved = load_config(logdir)
+    saved_steps = saved.steps
     if config is not None:
         diffs = saved.differences(config, ignore=("steps",))
         if diffs:
@@ -180,8 +196,8 @@ def _check_resume(logdir: str, config: TrainConfig | None, hyper: dict | None):
         reader.close()
     if latest is None:
         raise CheckpointError(f"cannot resume {logdir}: it has no complete checkpoint")
-    if saved.steps != load_config(logdir).steps:
-        _write_json(os.path.join(logdir, CONFIG_FILE), saved.to_dict())
+    if saved.steps != saved_steps:
+        write_json(os.path.join(logdir, CONFIG_FILE), saved.to_dict())
     return saved, saved_hyper
 
 
@@ -193,31 +209,32 @@ def _hyper_lists(hyper: dict[str, Any], seeds: int) -> dict[str, list[float]]:
     return out
 
 
-def _last_logged_step(path: str) -> int:
-    """The newest env_step in metrics.jsonl (-1 if none). A line cut short by a kill is dropped."""
-    if not os.path.exists(path):
+def _last_logged_step(logdir: str) -> int:
+    """The newest env_step in metrics.jsonl (-1 if none). A line cut short by a kill is dropped
+    from the file, so the rows appended after it stay readable."""
+    if not os.path.exists(os.path.join(logdir, METRICS_FILE)):
         return -1
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    last, keep = -1, []
-    for line in lines:
-        try:
-            last = max(last, int(json.loads(line)["env_step"]))
-            keep.append(line)
-        except (json.JSONDecodeError, KeyError, ValueError):
-            break
-    if len(keep) != len(lines):  # a torn last line: rewrite without it, atomically
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
-    return last
+    rows = read_metrics(logdir)
+    with open(os.path.join(logdir, METRICS_FILE), encoding="utf-8") as f:
+        torn = sum(1 for _ in f) != len(rows)
+    if torn:
+        write_jsonl(os.path.join(logdir, METRICS_FILE), rows)
+    return max((int(r["env_step"]) for r in rows), default=-1)
 
 
-def _write_json(path: str, data: Any) -> None:
+def write_json(path: str, data: Any) -> None:
     """Write atomically: a kill mid-write never leaves a half-written file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    """Write rows as JSON lines, atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(tmp, path)

@@ -10,14 +10,13 @@ Two kinds of sweep axes:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from typing import Any, Sequence
 
 from wmjax.config import TrainConfig
 from wmjax.loop import num_chunks
-from wmjax.run import METRICS_FILE, _write_json, holds_run, train
+from wmjax.run import METRICS_FILE, holds_run, read_metrics, train, write_json, write_jsonl
 
 PROGRAM_DIR = "program"
 POINTS_DIR = "points"
@@ -60,12 +59,6 @@ def report(title: str, rows: dict[str, list[dict]], seeds: int) -> dict[str, tup
     return results
 
 
-def read_rows(run_dir: str) -> list[dict]:
-    from wmjax.plots import read_metrics
-
-    return read_metrics(run_dir)
-
-
 def is_complete(run_dir: str, config: TrainConfig) -> bool:
     """True when the run folder's newest checkpoint is its last chunk."""
     from wmjax.checkpoint import Checkpointer, checkpoint_dir
@@ -87,7 +80,7 @@ def run_point(config: TrainConfig, logdir: str, resume: bool = False, **train_kw
             train(config, logdir, resume=True, **train_kwargs)
     else:
         train(config, logdir, **train_kwargs)
-    return read_rows(logdir)
+    return read_metrics(logdir)
 
 
 def train_grid(config: TrainConfig, points: list[dict[str, float]], seeds: int, logdir: str,
@@ -101,7 +94,7 @@ def train_grid(config: TrainConfig, points: list[dict[str, float]], seeds: int, 
     program = config.replace(seeds=members)
     run_point(program, os.path.join(logdir, PROGRAM_DIR), resume=resume, hyper=hyper,
               **train_kwargs)
-    rows = read_rows(os.path.join(logdir, PROGRAM_DIR))
+    rows = read_metrics(os.path.join(logdir, PROGRAM_DIR))
     out = {}
     for i, point in enumerate(points):
         name = point_name(point)
@@ -109,13 +102,10 @@ def train_grid(config: TrainConfig, points: list[dict[str, float]], seeds: int, 
         ids = list(range(i * seeds, (i + 1) * seeds))
         mine = [{**r, "seed": r["seed"] - i * seeds} for r in rows if r["seed"] in ids]
         point_config = config.replace(seeds=seeds, agent=config.agent.replace(**point))
-        _write_json(os.path.join(folder, "config.json"), point_config.to_dict())
-        _write_json(os.path.join(folder, "members.json"),
+        write_json(os.path.join(folder, "config.json"), point_config.to_dict())
+        write_json(os.path.join(folder, "members.json"),
                     dict(program=os.path.join("..", "..", PROGRAM_DIR), members=ids, point=point))
-        tmp = os.path.join(folder, METRICS_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in mine)
-        os.replace(tmp, os.path.join(folder, METRICS_FILE))
+        write_jsonl(os.path.join(folder, METRICS_FILE), mine)
         out[name] = mine
     return out
 
