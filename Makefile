@@ -23,7 +23,7 @@ train: $(STAMP)
 	$(PY) -m wmjax train --env $(ENV) --preset $(PRESET) --steps $(STEPS) --seeds $(SEEDS) $(if $(LOGDIR),--logdir $(LOGDIR),)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -v --durations=20 tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py

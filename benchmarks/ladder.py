@@ -64,14 +64,15 @@ def final_value(steps: np.ndarray, mean: np.ndarray, last: int = 3) -> float | N
 
 
 def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float | None,
-             overrides: dict, logdir: str, out: str, resume: bool, ppo_envs: int) -> dict:
+             overrides: dict, logdir: str, out: str, resume: bool, ppo_envs: int,
+             envs: int = 16, chunk_steps: int | None = None, replay_size: int | None = None) -> dict:
     env, budget, default_ratio = RUNGS[rung]
     steps = steps or budget
     ratio = ratio or default_ratio
     agent = DreamerConfig.preset(preset, **overrides)
-    config = TrainConfig(env=env, num_envs=16, seeds=seeds, steps=steps, train_ratio=ratio,
-                         replay_size=max(steps, 16 * (agent.batch_length + 1)),
-                         chunk_steps=min(2048 if steps <= 100_000 else 16_384, steps),
+    config = TrainConfig(env=env, num_envs=envs, seeds=seeds, steps=steps, train_ratio=ratio,
+                         replay_size=replay_size or max(steps, envs * (agent.batch_length + 1)),
+                         chunk_steps=chunk_steps or min(2048 if steps <= 100_000 else 16_384, steps),
                          agent=agent)
     run_dir = os.path.join(logdir, rung, "dreamer")
     start = time.time()
@@ -140,6 +141,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
                     help="agent overrides (default for classic control: lr=3e-4 warmup=200 "
                          "imag_starts=256, the learning benchmark's settings)")
+    ap.add_argument("--envs", type=int, default=16, help="DreamerV3's vmapped envs per seed")
+    ap.add_argument("--chunk-steps", type=int, default=None,
+                    help="env steps per compiled chunk (default: 2048, 16384 above 100k steps)")
+    ap.add_argument("--replay-size", type=int, default=None,
+                    help="replay capacity per seed (default: the whole run)")
     ap.add_argument("--ppo-envs", type=int, default=PPOConfig.num_envs)
     ap.add_argument("--logdir", default="runs/ladder")
     ap.add_argument("--out", default="benchmarks/results/ladder")
@@ -153,7 +159,8 @@ def main(argv=None) -> dict:
     except ValueError as e:
         ap.error(str(e))
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
-                    args.logdir, args.out, args.resume, args.ppo_envs)
+                    args.logdir, args.out, args.resume, args.ppo_envs, args.envs, args.chunk_steps,
+                    args.replay_size)
 
 
 if __name__ == "__main__":

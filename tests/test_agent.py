@@ -29,14 +29,19 @@ def _batch(spec, B, T, key):
     return Batch(obs, action, reward, is_first, is_last, is_terminal)
 
 
+@functools.lru_cache(maxsize=None)
+def _agent(env_name):
+    """One agent and one jitted update per env for the whole module: compiles are the cost."""
+    agent = Dreamer(DreamerConfig.preset("tiny", warmup=0, lr=1e-3), make_env(env_name).spec)
+    return agent, jax.jit(agent.update)
+
+
 @pytest.fixture(scope="module", params=["CartPole-v1", "Pendulum-v1", "Breakout-MinAtar"])
 def setup(request):
-    env = make_env(request.param)
-    agent = Dreamer(DreamerConfig.preset("tiny", warmup=0, lr=1e-3), env.spec)
+    agent, update = _agent(request.param)
     state = agent.init(jax.random.key(0))
     c = agent.config
-    batch = _batch(env.spec, c.batch_size, c.batch_length, jax.random.key(1))
-    update = jax.jit(agent.update)
+    batch = _batch(agent.spec, c.batch_size, c.batch_length, jax.random.key(1))
     one, _ = update(state, batch, jax.random.key(2))
     two, metrics = update(one, batch, jax.random.key(3))
     return agent, state, batch, (one, two, metrics)
@@ -138,16 +143,15 @@ def test_imagined_continuous_actions_are_scored_unclipped():
 
 def test_traced_tunables_equal_the_static_config():
     """A tunable given per state (how a vmapped grid runs) acts exactly like the config value."""
-    env = make_env("CartPole-v1")
-    base = DreamerConfig.preset("tiny", warmup=0)
-    static = Dreamer(base.replace(lr=3e-3, actent=1e-2), env.spec)
-    traced = Dreamer(base, env.spec)
-    batch = _batch(env.spec, base.batch_size, base.batch_length, jax.random.key(1))
+    agent, update = _agent("CartPole-v1")  # config lr=1e-3, actent=3e-4
+    c = agent.config
+    batch = _batch(agent.spec, c.batch_size, c.batch_length, jax.random.key(1))
     k = jax.random.key(0)
-    a, _ = jax.jit(static.update)(static.init(k), batch, k)
-    hyper = seed_hyper(traced, {"lr": [3e-3, 1e-4], "actent": [1e-2, 3e-4]}, 2)
-    grid = jax.vmap(traced.init, in_axes=(None, 0))(k, hyper)
-    b, _ = jax.jit(jax.vmap(traced.update, in_axes=(0, None, None)))(grid, batch, k)
+    a, _ = update(agent.init(k), batch, k)
+    # Member 0 repeats the config's values as traced ones; member 1 differs in both.
+    hyper = seed_hyper(agent, {"lr": [1e-3, 1e-4], "actent": [3e-4, 1e-2]}, 2)
+    grid = jax.vmap(agent.init, in_axes=(None, 0))(k, hyper)
+    b, _ = jax.jit(jax.vmap(agent.update, in_axes=(0, None, None)))(grid, batch, k)
     first = jax.tree.map(lambda x: x[0], b.params)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(first)):
         # LaProp's first step is lr * g / |g|: a gradient entry within float noise of zero may
@@ -157,4 +161,4 @@ def test_traced_tunables_equal_the_static_config():
     changed = jax.tree.map(lambda x: bool(jnp.any(x[0] != x[1])), b.params)
     assert all(jax.tree.leaves(changed["actor"]))  # the two grid points really differ
     with pytest.raises(ValueError, match="unknown tunable.*'deter'.*tunables are: lr"):
-        traced.hyper({"deter": 3})
+        agent.hyper({"deter": 3})

@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+from programs import TINY_FLAGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,10 +17,8 @@ def _load(name):
 
 
 def test_seeds_experiment_runs_two_seeds_in_one_program(tmp_path):
-    # Same program as the ratio-8 point of the sweep test below, so it is traced once.
-    out = _load("seeds").main(["--seeds", "2", "--preset", "tiny", "--train-ratio", "8",
-                               "--steps", "512", "--envs", "4", "--chunk-steps", "256",
-                               "--logdir", str(tmp_path), "--quiet"])
+    # The suite's shared program (tests/programs.py): 2 seeds, compiled once per session.
+    out = _load("seeds").main(TINY_FLAGS + ["--steps", "512", "--logdir", str(tmp_path), "--quiet"])
     rows = [json.loads(line) for line in open(os.path.join(out["logdir"], "metrics.jsonl"))]
     assert sorted({r["seed"] for r in rows}) == [0, 1]
     assert max(r["env_step"] for r in rows) == 512
@@ -28,10 +28,11 @@ def test_seeds_experiment_runs_two_seeds_in_one_program(tmp_path):
 
 
 def test_seeds_ratio_sweep_writes_a_run_folder_per_ratio(tmp_path):
-    argv = ["--preset", "tiny", "--ratios", "8", "16", "--seeds", "2", "--steps", "512",
-            "--envs", "4", "--chunk-steps", "256", "--logdir", str(tmp_path), "--quiet"]
+    # Ratio 24 is the shared program; ratio 12 is one more compile.
+    argv = TINY_FLAGS + ["--ratios", "24", "12", "--steps", "512", "--logdir", str(tmp_path),
+                         "--quiet"]
     results = _load("seeds_ratio").main(argv)
-    assert sorted(results) == ["train_ratio=16", "train_ratio=8"]
+    assert sorted(results) == ["train_ratio=12", "train_ratio=24"]
     updates = {}
     for name in results:
         folder = os.path.join(tmp_path, name)
@@ -41,7 +42,7 @@ def test_seeds_ratio_sweep_writes_a_run_folder_per_ratio(tmp_path):
         assert sorted({r["seed"] for r in rows}) == [0, 1]
         updates[name] = max(r["updates"] for r in rows)
         assert os.path.isdir(os.path.join(folder, "checkpoints"))
-    assert updates["train_ratio=16"] > updates["train_ratio=8"]
+    assert updates["train_ratio=24"] > updates["train_ratio=12"]
     # --resume skips finished points: nothing is retrained, nothing rewritten.
     before = {n: os.path.getmtime(os.path.join(tmp_path, n, "metrics.jsonl")) for n in results}
     assert _load("seeds_ratio").main(argv + ["--resume"]) == results
@@ -51,25 +52,27 @@ def test_seeds_ratio_sweep_writes_a_run_folder_per_ratio(tmp_path):
 def test_lr_entropy_grid_is_one_program_with_a_folder_per_point(tmp_path):
     import wmjax
 
+    # 2 points x 1 seed: the shared 2-member program, with lr and actent as traced values.
     results = _load("lr_entropy").main(
-        ["--preset", "tiny", "--lrs", "1e-4", "1e-3", "--actents", "3e-4", "--seeds", "2",
-         "--steps", "512", "--envs", "4", "--chunk-steps", "256", "--logdir", str(tmp_path),
-         "--quiet", "--set", "warmup=10"])
+        TINY_FLAGS + ["--lrs", "1e-4", "1e-3", "--actents", "3e-4", "--seeds", "1",
+                      "--steps", "512", "--logdir", str(tmp_path), "--quiet"])
     assert sorted(results) == ["lr=0.0001,actent=0.0003", "lr=0.001,actent=0.0003"]
     program = json.load(open(os.path.join(tmp_path, "program", "config.json")))
-    assert program["seeds"] == 4  # 2 points x 2 seeds in one vmapped program
+    assert program["seeds"] == 2  # 2 points x 1 seed in one vmapped program
     hyper = json.load(open(os.path.join(tmp_path, "program", "hyper.json")))
-    assert hyper["lr"] == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
+    assert hyper["lr"] == pytest.approx([1e-4, 1e-3])
     for name in results:
         folder = os.path.join(tmp_path, "points", name)
         config = json.load(open(os.path.join(folder, "config.json")))
-        assert config["seeds"] == 2 and config["agent"]["warmup"] == 10
+        assert config["seeds"] == 1 and config["agent"]["warmup"] == 10
         assert f"lr={config['agent']['lr']:g}" in name
         rows = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
-        assert sorted({r["seed"] for r in rows}) == [0, 1] and len(rows) == 4
-    # A point folder loads like a run: seed 1 of the second point is member 3 of the program.
-    policy = wmjax.load_policy(os.path.join(tmp_path, "points", "lr=0.001,actent=0.0003"), seed=1)
+        assert {r["seed"] for r in rows} == {0} and len(rows) == 4
+    # A point folder loads like a run: seed 0 of the second point is member 1 of the program.
+    policy = wmjax.load_policy(os.path.join(tmp_path, "points", "lr=0.001,actent=0.0003"), seed=0)
     assert float(policy.state.hyper["lr"]) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="seeds 0..0"):
+        wmjax.load_policy(os.path.join(tmp_path, "points", "lr=0.001,actent=0.0003"), seed=1)
 
 
 def test_sweep_rejects_bad_settings(tmp_path, capsys):

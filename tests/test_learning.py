@@ -64,9 +64,10 @@ def test_load_policy_acts_and_beats_random(run_dir):
 
 
 def test_cli_eval_and_plot(run_dir, tmp_path, capsys):
-    assert main(["eval", run_dir, "--episodes", "4", "--json"]) == 0
+    # 8 episodes, as above: the compiled evaluation loop is reused, not rebuilt.
+    assert main(["eval", run_dir, "--episodes", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["episodes"] == 4 and len(result["returns"]) == 4
+    assert result["episodes"] == 8 and len(result["returns"]) == 8
     assert result["mean_return"] == pytest.approx(np.mean(result["returns"]), rel=1e-5)
     out = str(tmp_path / "plots")
     assert main(["plot", run_dir, "--out", out]) == 0

@@ -1,21 +1,20 @@
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wmjax.config import DreamerConfig, TrainConfig
-from wmjax.loop import host_metrics, make_train
+from programs import TINY
+from wmjax.loop import host_metrics
+from wmjax.run import cached_trainer
 
-E, RATIO, CHUNK = 4, 24.0, 128  # 96 replayed steps owed per vector step, 128 per update
+# 4 envs, ratio 24, 128-step chunks: 96 replayed steps owed per vector step, 128 per update.
+E, RATIO, CHUNK = TINY.num_envs, TINY.train_ratio, TINY.chunk_steps
 
 
 @pytest.fixture(scope="module")
 def run():
-    cfg = TrainConfig(env="CartPole-v1", num_envs=E, seeds=2, steps=4 * CHUNK, chunk_steps=CHUNK,
-                      train_ratio=RATIO, replay_size=2048, agent=DreamerConfig.preset("tiny"))
-    trainer = make_train(cfg)
+    trainer = cached_trainer(TINY)  # the program the other tests share
     state = trainer.init(jax.random.key(0))
     chunks = []
     for _ in range(3):

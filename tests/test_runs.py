@@ -13,16 +13,14 @@ import jax
 import numpy as np
 import pytest
 
+from programs import TINY, TINY_FLAGS
 from wmjax.checkpoint import CheckpointError, Checkpointer
-from wmjax.config import DreamerConfig, TrainConfig
 from wmjax.run import RunDirError, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = TrainConfig(env="CartPole-v1", num_envs=4, steps=4096, chunk_steps=128, train_ratio=32,
-                     replay_size=2048, agent=DreamerConfig.preset("tiny", warmup=10))
-CHUNKS = 32
-CLI_FLAGS = ["--env", "CartPole-v1", "--envs", "4", "--steps", "4096", "--chunk-steps", "128",
-             "--train-ratio", "32", "--replay-size", "2048", "--preset", "tiny", "--set", "warmup=10"]
+CONFIG = TINY.replace(steps=2048)  # 16 chunks; replay (1024) wraps around
+CHUNKS = 16
+CLI_FLAGS = TINY_FLAGS + ["--steps", "2048"]
 
 
 def _leaves_equal(a, b):
@@ -51,9 +49,9 @@ def _snapshot(folder):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run, checkpointed every 8 chunks."""
+    """An uninterrupted run, checkpointed every 4 chunks."""
     logdir = str(tmp_path_factory.mktemp("reference"))
-    state, _ = train(CONFIG, logdir, checkpoint_every=8, verbose=False)
+    state, _ = train(CONFIG, logdir, checkpoint_every=4, verbose=False)
     return logdir, state
 
 
@@ -62,7 +60,7 @@ def test_checkpoints_written_and_kept(reference):
     ckpt = Checkpointer(logdir, read_only=True)
     assert ckpt.latest() == CHUNKS
     assert sorted(int(d) for d in os.listdir(os.path.join(logdir, "checkpoints")) if d.isdigit()) \
-        == [24, 32]  # every 8 chunks and at the end, the newest 2 kept
+        == [12, 16]  # every 4 chunks and at the end, the newest 2 kept
     ckpt.close()
 
 
@@ -103,7 +101,7 @@ def test_resume_can_extend_steps_exactly(reference, tmp_path):
 def test_resume_with_a_different_config_names_it_and_writes_nothing(reference):
     logdir, _ = reference
     before = _snapshot(logdir)
-    with pytest.raises(RunDirError, match=r"agent.lr: 4e-05 != 0.001.*train_ratio: 32"):
+    with pytest.raises(RunDirError, match=r"agent.lr: 4e-05 != 0.001.*train_ratio: 24"):
         train(CONFIG.replace(train_ratio=64.0, agent=CONFIG.agent.replace(lr=1e-3)), logdir,
               resume=True, verbose=False)
     with pytest.raises(RunDirError, match="already holds a run"):
@@ -131,7 +129,7 @@ def test_cli_resume_errors_exit_2(reference, capsys):
 
     logdir, _ = reference
     assert main(["train", "--resume", logdir, "--train-ratio", "8"]) == 2
-    assert "train_ratio: 32 != 8.0" in capsys.readouterr().err
+    assert "train_ratio: 24 != 8.0" in capsys.readouterr().err
     assert main(["train", "--resume", os.path.join(logdir, "nothing-here")]) == 2
     assert "holds no run" in capsys.readouterr().err
 
@@ -141,7 +139,7 @@ def test_wandb_offline_writes_its_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     logdir = str(tmp_path / "wb")
     _, rows = train(CONFIG.replace(steps=256), logdir, wandb=True, verbose=False)
-    assert len(rows) == 2
+    assert len(rows) == 4  # 2 chunks x 2 seeds
     runs = [d for d in os.listdir(os.path.join(logdir, "wandb")) if d.startswith("offline-run-")]
     assert len(runs) == 1
     files = os.listdir(os.path.join(logdir, "wandb", runs[0]))
@@ -165,7 +163,7 @@ def test_broken_wandb_does_not_stop_training(tmp_path, monkeypatch, capsys, brok
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
     logdir = str(tmp_path / broken)
     _, rows = train(CONFIG.replace(steps=256), logdir, wandb=True)
-    assert [r["env_step"] for r in rows] == [128, 256]
-    assert len(_rows(logdir)) == 2
+    assert [r["env_step"] for r in rows] == [128, 128, 256, 256]  # 2 seeds per chunk
+    assert len(_rows(logdir)) == 4
     out = capsys.readouterr().out
     assert f"wandb {broken} failed" in out and out.count("continuing without wandb") == 1

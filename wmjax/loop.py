@@ -74,7 +74,7 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
 
     def update_many(agent_state, replay, key, n):
         """Run n updates (n traced), returning metric sums."""
-        zeros = {k: jnp.zeros((), jnp.float32) for k in _metric_names(agent, env)}
+        zeros = {k: jnp.zeros((), jnp.float32) for k in agent.metric_names}
 
         def body(i, carry):
             state, sums = carry
@@ -143,19 +143,6 @@ def _record(ts: Timestep, action: jax.Array) -> dict:
     """What replay stores per step: the observation record and the action taken at it."""
     return dict(obs=ts.obs, action=action, reward=ts.reward, is_first=ts.is_first,
                 is_last=ts.is_last, is_terminal=ts.is_terminal)
-
-
-def _metric_names(agent: Dreamer, env: EnvAdapter) -> list[str]:
-    """Names of the update's metrics, found by tracing it abstractly once (no compute)."""
-    c = agent.config
-    state = jax.eval_shape(agent.init, jax.random.key(0))
-    shape = lambda *s, d=jnp.float32: jax.ShapeDtypeStruct(s, d)
-    B, T = c.batch_size, c.batch_length
-    batch = Batch(shape(B, T, *env.spec.obs_shape, d=env.spec.obs_dtype),
-                  shape(B, T, env.spec.action_size), shape(B, T), shape(B, T, d=bool),
-                  shape(B, T, d=bool), shape(B, T, d=bool))
-    _, metrics = jax.eval_shape(agent.update, state, batch, jax.random.key(0))
-    return sorted(metrics)
 
 
 def _summarise(stats: dict, state: TrainState) -> dict:

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections import defaultdict
 from typing import Sequence
@@ -93,8 +94,14 @@ def openloop(run_dir: str, seed: int = 0, sequences: int = 3, key: int = 0):
     k_sample, k_model = jax.random.split(jax.random.key(key))
     batch = Batch(**rb.sample(replay, k_sample, sequences, T))
     context = T // 2
-    pred = jax.jit(agent.open_loop, static_argnums=2)(params, batch, context, k_model)
+    pred = _open_loop_fn(agent)(params, batch, context, k_model)
     return np.asarray(batch.obs), np.asarray(pred), context
+
+
+@functools.lru_cache(maxsize=8)
+def _open_loop_fn(agent):
+    """Compiled once per agent (shared by runs of one program), not once per call."""
+    return jax.jit(agent.open_loop, static_argnums=2)
 
 
 def plot_openloop(run_dir: str, path: str, seed: int = 0, sequences: int = 3) -> str:

@@ -7,9 +7,10 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ class Policy(NamedTuple):
     env: EnvAdapter
     config: TrainConfig
     chunk: int  # the checkpoint it was loaded from (chunks trained)
+    mode: str = "eval"  # "eval" takes the policy's mode, "train" samples
 
 
 def load_train_state(run_dir: str, chunk: int | None = None) -> tuple[TrainConfig, int, TrainState]:
@@ -77,12 +79,8 @@ def load_policy(run_dir: str, seed: int = 0, mode: str = "eval", chunk: int | No
     trainer = cached_trainer(config)
     agent_state = jax.tree.map(lambda x: x[seed], state.agent)
     agent = trainer.agent
-
-    @jax.jit
-    def act(carry: Carry, obs: jax.Array, is_first: jax.Array, key: jax.Array):
-        return agent.act(agent_state, carry, obs, is_first, key, mode=mode)
-
-    return Policy(act, agent.initial_carry, agent, agent_state, trainer.env, config, chunk)
+    act = functools.partial(_act_fn(agent, mode), agent_state)
+    return Policy(act, agent.initial_carry, agent, agent_state, trainer.env, config, chunk, mode)
 
 
 def evaluate(policy: Policy, episodes: int = 10, key: jax.Array | None = None,
@@ -91,12 +89,39 @@ def evaluate(policy: Policy, episodes: int = 10, key: jax.Array | None = None,
     if episodes < 1:
         raise ValueError(f"episodes={episodes}; allowed: >= 1")
     key = jax.random.key(0) if key is None else key
-    return _rollout(policy.env, policy.agent, policy.state, episodes, max_steps, key, policy.act)
+    run = _rollout_fn(policy.env, policy.agent, policy.mode, episodes, max_steps)
+    returns, finished = run(policy.state, key)
+    if not bool(finished.all()):
+        raise RuntimeError(f"evaluate: episodes did not finish within max_steps={max_steps}")
+    return returns
 
 
-def _rollout(env: EnvAdapter, agent: Dreamer, state: Any, n: int, max_steps: int, key, act) -> jax.Array:
+# Compiled once per (agent, mode[, episodes]): the agent object is shared by every run with the
+# same program (see run.cached_trainer), and the agent state is an argument, not a constant, so
+# loading another checkpoint or seed does not recompile.
+@functools.lru_cache(maxsize=16)
+def _act_fn(agent: Dreamer, mode: str):
+    return jax.jit(functools.partial(agent.act, mode=mode))
+
+
+_ROLLOUTS: dict[tuple, tuple] = {}
+
+
+def _rollout_fn(env: EnvAdapter, agent: Dreamer, mode: str, n: int, max_steps: int):
+    # Keyed by identity: some gymnax env params hold arrays and cannot be hashed.
+    key = (id(env), id(agent), mode, n, max_steps)
+    if key not in _ROLLOUTS:
+        if len(_ROLLOUTS) >= 16:
+            _ROLLOUTS.pop(next(iter(_ROLLOUTS)))
+        _ROLLOUTS[key] = (env, agent, _make_rollout(env, agent, mode, n, max_steps))
+    return _ROLLOUTS[key][2]
+
+
+def _make_rollout(env: EnvAdapter, agent: Dreamer, mode: str, n: int, max_steps: int):
+    act = functools.partial(agent.act, mode=mode)
+
     @jax.jit
-    def run(key):
+    def run(state, key):
         k_reset, key = jax.random.split(key)
         env_state, ts = jax.vmap(env.reset)(jax.random.split(k_reset, n))
         carry = agent.initial_carry(n)
@@ -109,7 +134,7 @@ def _rollout(env: EnvAdapter, agent: Dreamer, state: Any, n: int, max_steps: int
         def body(c):
             env_state, ts, carry, key, finished, returns, t = c
             key, k_act, k_env = jax.random.split(key, 3)
-            action, carry = act(carry, ts.obs, ts.is_first, k_act)
+            action, carry = act(state, carry, ts.obs, ts.is_first, k_act)
             env_state, ts = jax.vmap(env.step)(jax.random.split(k_env, n), env_state, action)
             newly = ts.is_last & ~finished
             returns = jnp.where(newly, env_state.episode_return, returns)
@@ -118,7 +143,4 @@ def _rollout(env: EnvAdapter, agent: Dreamer, state: Any, n: int, max_steps: int
         out = jax.lax.while_loop(cond, body, (env_state, ts, carry, key, finished, returns, 0))
         return out[5], out[4]
 
-    returns, finished = run(key)
-    if not bool(finished.all()):
-        raise RuntimeError(f"evaluate: episodes did not finish within max_steps={max_steps}")
-    return returns
+    return run

@@ -171,7 +171,7 @@ def cached_trainer(config: TrainConfig):
     return _trainer(config.replace(steps=1))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=16)
 def _trainer(config: TrainConfig):
     return make_train(config)
 

@@ -122,6 +122,8 @@ def sweep_parser(doc: str, logdir: str):
     ap.add_argument("--envs", type=int, default=16)
     ap.add_argument("--train-ratio", type=float, default=32.0)
     ap.add_argument("--chunk-steps", type=int, default=2048)
+    ap.add_argument("--replay-size", type=int, default=None,
+                    help="replay capacity per seed (default: the whole run, all steps kept)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override an agent config field for every point (repeatable)")
     ap.add_argument("--logdir", default=logdir)
@@ -141,7 +143,7 @@ def base_config(args) -> TrainConfig:
 
     check_env_name(args.env)
     agent = DreamerConfig.preset(args.preset, **dict(parse_override(s) for s in args.set))
-    replay = max(args.steps, args.envs * (agent.batch_length + 1))
+    replay = args.replay_size or max(args.steps, args.envs * (agent.batch_length + 1))
     return TrainConfig(env=args.env, num_envs=args.envs, seeds=args.seeds, steps=args.steps,
                        train_ratio=args.train_ratio, chunk_steps=args.chunk_steps,
                        replay_size=replay, agent=agent)

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -58,6 +57,11 @@ class AgentState(NamedTuple):
 TUNABLES = ("lr", "actent", "rec_scale", "reward_scale", "cont_scale", "dyn_scale", "rep_scale",
             "policy_scale", "value_scale", "repval_scale", "slowreg")
 
+# The scalar metrics `update` returns, known without tracing it (the fused loop sums them).
+METRICS = ("loss/total", "loss/world_model", "loss/rec", "loss/reward", "loss/cont", "loss/dyn",
+           "loss/rep", "loss/policy", "loss/value", "loss/repval", "imag/return", "imag/reward",
+           "imag/cont", "imag/entropy", "imag/retnorm_scale", "grad_norm", "update_norm")
+
 
 class Carry(NamedTuple):
     """What acting carries between env steps: the posterior latent and the previous action."""
@@ -85,6 +89,8 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 
 class Dreamer:
+    metric_names = METRICS
+
     def __init__(self, config: DreamerConfig, spec: EnvSpec):
         self.config = c = config
         self.spec = spec
@@ -217,6 +223,8 @@ class Dreamer:
         )
         metrics["grad_norm"] = _global_norm(grads)
         metrics["update_norm"] = _global_norm(updates)
+        if set(metrics) != set(METRICS):  # checked at trace time
+            raise AssertionError(f"update's metrics {sorted(metrics)} differ from METRICS")
         return AgentState(params, slow, opt_state, retnorm, state.step + 1, state.hyper), metrics
 
     def imagine(self, params: dict, starts: RSSMState, key: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,16 @@
+"""The one small training program most tests share.
+
+The suite's time goes into XLA compiling training programs, and a program is fixed by the
+config's shapes and static settings, not by its step budget or its tunables (lr, actent, ...),
+which are traced. So every test that only needs "a tiny DreamerV3 run" uses this config (or its
+CLI flags), changing only `steps`, and the program compiles once per test session.
+"""
+from wmjax.config import DreamerConfig, TrainConfig
+
+TINY = TrainConfig(env="CartPole-v1", num_envs=4, seeds=2, steps=512, chunk_steps=128,
+                   train_ratio=24, replay_size=1024, agent=DreamerConfig.preset("tiny", warmup=10))
+
+# The same program from the command line and the sweep/ladder scripts (add --steps, --logdir).
+TINY_FLAGS = ["--env", "CartPole-v1", "--envs", "4", "--seeds", "2", "--chunk-steps", "128",
+              "--train-ratio", "24", "--replay-size", "1024", "--preset", "tiny",
+              "--set", "warmup=10"]
