@@ -67,7 +67,10 @@ class ActorCritic(nn.Module):
 
 
 def _features(obs):
-    """Vectors as they are; uint8 images (..., H, W, C) flattened and scaled to [0, 1]."""
+    """Vectors as they are; uint8 images (..., H, W, C) flattened and scaled to [0, 1]; dict
+    observations as the concatenation of their keys' features."""
+    if isinstance(obs, dict):
+        return jnp.concatenate([_features(obs[k]) for k in sorted(obs)], -1)
     if obs.dtype == jnp.uint8:
         return (obs.astype(jnp.float32) / 255.0).reshape(obs.shape[:-3] + (-1,))
     return obs.astype(jnp.float32)
@@ -84,7 +87,8 @@ def _log_prob_entropy(out, log_std, action, discrete):
 
 
 def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
-    """Returns run(key) -> (env_steps (U,), mean episode return per update (U,), NaN if none)."""
+    """(run, env_steps): run(keys) trains one seed per key and returns the mean episode return
+    per update, (seeds, U) with NaN where no episode ended; env_steps (U,) is the step count."""
     env = make_env(env_name)
     spec, c = env.spec, config
     net = ActorCritic(spec.num_actions, spec.discrete, c.hidden)
@@ -99,11 +103,10 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
             return jax.random.categorical(key, out)
         return out + jnp.exp(log_std) * jax.random.normal(key, out.shape)
 
-    def run(key):
-        k_init, k_env, key = jax.random.split(key, 3)
-        params = net.init(k_init, _features(jnp.zeros((1,) + spec.obs_shape, spec.obs_dtype)))
+    def run(key, params):
+        _, k_env, key = jax.random.split(key, 3)  # the first key made `params` (init_params)
         opt = tx.init(params)
-        env_state, ts = jax.vmap(env.reset)(jax.random.split(k_env, c.num_envs))
+        env_state, ts = env.reset_batch(k_env, c.num_envs)
 
         def rollout_step(carry, _):
             params, env_state, ts, key = carry
@@ -111,7 +114,7 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
             out, log_std, value = net.apply(params, _features(ts.obs))
             action = sample(k_act, out, log_std)
             logp, _ = _log_prob_entropy(out, log_std, action, spec.discrete)
-            env_state, nts = jax.vmap(env.step)(jax.random.split(k_step, c.num_envs), env_state, action)
+            env_state, nts = env.step_batch(k_step, env_state, action)
             done = nts.is_last | nts.is_first  # no bootstrapping across an episode end
             finished = jnp.where(nts.is_last, env_state.episode_return, 0.0)
             tr = (ts.obs, action, logp, value, nts.reward, done, finished, nts.is_last)
@@ -172,8 +175,17 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
         _, returns = jax.lax.scan(update, (params, opt, env_state, ts, key), None, updates)
         return returns
 
+    def init_params(keys):
+        """Per-seed parameters, made eagerly, outside the compiled program: the orthogonal
+        initialiser runs a LAPACK QR, and a batched QR inside a jitted vmapped graph can deadlock
+        XLA's CPU thread pool (each QR waits for pool threads that the others hold)."""
+        x = _features(spec.zeros((1,)))
+        inits = [net.init(jax.random.split(k, 3)[0], x) for k in keys]
+        return jax.tree.map(lambda *leaves: jnp.stack(leaves), *inits)
+
     env_steps = np.arange(1, updates + 1) * batch
-    return jax.jit(jax.vmap(run)), env_steps
+    compiled = jax.jit(jax.vmap(run))
+    return (lambda keys: compiled(keys, init_params(keys))), env_steps
 
 
 def train_ppo(env_name: str, steps: int, seeds: int, seed: int = 0,

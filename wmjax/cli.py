@@ -178,7 +178,7 @@ def _plot(args: argparse.Namespace) -> int:
     if not args.no_openloop:
         for run_dir in args.run_dirs:
             name = os.path.basename(os.path.normpath(run_dir))
-            path = plot_openloop(run_dir, os.path.join(out, f"{name}_openloop.png"),
-                                 seed=args.seed_index)
-            print(f"wrote {path}")
+            for path in plot_openloop(run_dir, os.path.join(out, f"{name}_openloop.png"),
+                                      seed=args.seed_index):
+                print(f"wrote {path}")
     return 0

@@ -65,7 +65,7 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
 
     def init_one(key: jax.Array, hyper: dict | None = None) -> TrainState:
         k_agent, k_env, k_loop = jax.random.split(key, 3)
-        env_state, timestep = jax.vmap(env.reset)(jax.random.split(k_env, E))
+        env_state, timestep = env.reset_batch(k_env, E)
         carry = agent.initial_carry(E)
         example = _record(jax.tree.map(lambda x: x[0], timestep), carry.action[0])
         zero = jnp.zeros((), jnp.int32)
@@ -90,7 +90,7 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
         ts = state.timestep
         action, carry = agent.act(state.agent, state.carry, ts.obs, ts.is_first, k_act)
         replay = rb.add(state.replay, _record(ts, carry.action))
-        env_state, timestep = jax.vmap(env.step)(jax.random.split(k_env, E), state.env_state, action)
+        env_state, timestep = env.step_batch(k_env, state.env_state, action)
         ready = jnp.logical_and(rb.can_sample(replay, T), replay.count * E >= B * T)
         credit = state.credit + jnp.where(ready, credit_per_step, 0)
         n = credit // credit_per_update
@@ -103,6 +103,8 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
             "num_updates": n.astype(jnp.float32),
             **sums,
         }
+        for name, value in jax.vmap(env.episode_stats)(env_state.inner).items():
+            stats[EPISODE_STAT + name] = jnp.where(done, value, 0).sum().astype(jnp.float32)
         new = TrainState(agent_state, env_state, timestep, carry, replay, key,
                          state.env_steps + E, state.updates + n, credit - n * credit_per_update)
         return new, stats
@@ -110,7 +112,7 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
     def chunk_one(state: TrainState) -> tuple[TrainState, dict]:
         state, stats = jax.lax.scan(iteration, state, None, length=config.iters_per_chunk)
         stats = jax.tree.map(lambda x: x.sum(0), stats)  # reduce over the chunk's iterations
-        return state, _summarise(stats, state)
+        return state, _summarise(stats, state, env)
 
     batched_init = jax.jit(jax.vmap(init_one))
     batched_chunk = jax.jit(jax.vmap(chunk_one), donate_argnums=0)
@@ -145,7 +147,10 @@ def _record(ts: Timestep, action: jax.Array) -> dict:
                 is_last=ts.is_last, is_terminal=ts.is_terminal)
 
 
-def _summarise(stats: dict, state: TrainState) -> dict:
+EPISODE_STAT = "episode/"  # prefix of the env's per-episode statistics (EnvAdapter.episode_stats)
+
+
+def _summarise(stats: dict, state: TrainState, env: EnvAdapter) -> dict:
     eps = stats.pop("episodes")
     n = stats.pop("num_updates")
     out = {
@@ -156,6 +161,9 @@ def _summarise(stats: dict, state: TrainState) -> dict:
         "episode_length": jnp.where(eps > 0, stats.pop("episode_length_sum") / jnp.maximum(eps, 1), jnp.nan),
         "chunk_updates": n,
     }
+    for k in [k for k in stats if k.startswith(EPISODE_STAT)]:  # means over finished episodes
+        out[k] = jnp.where(eps > 0, stats.pop(k) / jnp.maximum(eps, 1), jnp.nan)
+    out.update(env.chunk_metrics(out))  # e.g. the Crafter score of the chunk's episodes
     for k, v in stats.items():
         out[k] = jnp.where(n > 0, v / jnp.maximum(n, 1), jnp.nan)
     return out

@@ -78,7 +78,8 @@ def plot_curves(run_dirs: Sequence[str], path: str, metric: str = "episode_retur
 
 def openloop(run_dir: str, seed: int = 0, sequences: int = 3, key: int = 0):
     """(truth, prediction, context) for `sequences` windows of the run's replay: arrays
-    (sequences, T, obs...) with T = the agent's batch_length and context = T // 2."""
+    (sequences, T, obs...), or dicts of them for dict observations, with T = the agent's
+    batch_length and context = T // 2."""
     from wmjax.policy import load_train_state, resolve_member
     from wmjax.run import cached_trainer
 
@@ -95,7 +96,8 @@ def openloop(run_dir: str, seed: int = 0, sequences: int = 3, key: int = 0):
     batch = Batch(**rb.sample(replay, k_sample, sequences, T))
     context = T // 2
     pred = _open_loop_fn(agent)(params, batch, context, k_model)
-    return np.asarray(batch.obs), np.asarray(pred), context
+    to_numpy = lambda tree: jax.tree.map(np.asarray, tree)  # arrays, or dicts of them
+    return to_numpy(batch.obs), to_numpy(pred), context
 
 
 @functools.lru_cache(maxsize=8)
@@ -104,12 +106,17 @@ def _open_loop_fn(agent):
     return jax.jit(agent.open_loop, static_argnums=2)
 
 
-def plot_openloop(run_dir: str, path: str, seed: int = 0, sequences: int = 3) -> str:
-    """The open-loop report of a run's newest checkpoint as a PNG."""
+def plot_openloop(run_dir: str, path: str, seed: int = 0, sequences: int = 3) -> list[str]:
+    """The open-loop report of a run's newest checkpoint as PNGs: `path`, or for dict
+    observations one file per key (`path` with `_<key>` before the suffix). Returns the paths."""
     truth, pred, context = openloop(run_dir, seed, sequences)
     title = (f"{os.path.basename(os.path.normpath(run_dir))}: open-loop prediction (seed {seed}); "
              f"observed steps 0..{context - 1}, imagined after")
-    return draw_openloop(truth, pred, context, path, title)
+    if not isinstance(truth, dict):
+        return [draw_openloop(truth, pred, context, path, title)]
+    stem, suffix = os.path.splitext(path)
+    return [draw_openloop(truth[k], pred[k], context, f"{stem}_{k}{suffix}", f"{title}: {k}")
+            for k in sorted(truth)]
 
 
 def draw_openloop(truth: np.ndarray, pred: np.ndarray, context: int, path: str,

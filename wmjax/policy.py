@@ -123,7 +123,7 @@ def _make_rollout(env: EnvAdapter, agent: Dreamer, mode: str, n: int, max_steps:
     @jax.jit
     def run(state, key):
         k_reset, key = jax.random.split(key)
-        env_state, ts = jax.vmap(env.reset)(jax.random.split(k_reset, n))
+        env_state, ts = env.reset_batch(k_reset, n)
         carry = agent.initial_carry(n)
         finished = jnp.zeros((n,), bool)
         returns = jnp.zeros((n,), jnp.float32)
@@ -135,7 +135,7 @@ def _make_rollout(env: EnvAdapter, agent: Dreamer, mode: str, n: int, max_steps:
             env_state, ts, carry, key, finished, returns, t = c
             key, k_act, k_env = jax.random.split(key, 3)
             action, carry = act(state, carry, ts.obs, ts.is_first, k_act)
-            env_state, ts = jax.vmap(env.step)(jax.random.split(k_env, n), env_state, action)
+            env_state, ts = env.step_batch(k_env, env_state, action)
             newly = ts.is_last & ~finished
             returns = jnp.where(newly, env_state.episode_return, returns)
             return env_state, ts, carry, key, finished | ts.is_last, returns, t + 1

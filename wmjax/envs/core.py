@@ -13,7 +13,7 @@ clips and rescales to the env's bounds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -37,21 +37,68 @@ class EnvState(NamedTuple):
 
 @dataclass(frozen=True)
 class EnvSpec:
-    """What an agent needs to know about an env: observation shape and action space."""
+    """What an agent needs to know about an env: observation shape and action space.
+
+    `obs_shape` is (D,) for vectors (float32) or (H, W, C) for images (uint8); for dict
+    observations pass a dict {key: shape} mixing both, kept as sorted (key, shape) pairs.
+    """
 
     name: str
-    obs_shape: tuple[int, ...]  # (D,) vectors, float32; or (H, W, C) images, uint8
+    obs_shape: Any  # (D,), (H, W, C), or ((key, shape), ...) for dict observations
     discrete: bool
     num_actions: int  # number of choices (discrete) or action dimensions (continuous)
 
+    def __post_init__(self):
+        if isinstance(self.obs_shape, dict):
+            pairs = tuple(sorted((str(k), tuple(int(d) for d in v)) for k, v in self.obs_shape.items()))
+            object.__setattr__(self, "obs_shape", pairs)
+        shapes = self.obs_shapes.values() if self.is_dict else [self.obs_shape]
+        bad = [s for s in shapes if len(s) not in (1, 3)]
+        if bad or (self.is_dict and not self.obs_shape):
+            raise ValueError(f"{self.name}: observation shape {self.obs_shape}; allowed: (D,) "
+                             f"vectors, (H, W, C) images, or a non-empty dict of them")
+
+    @property
+    def is_dict(self) -> bool:
+        return bool(self.obs_shape) and isinstance(self.obs_shape[0], tuple)
+
+    @property
+    def obs_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{key: shape} of dict observations."""
+        return dict(self.obs_shape) if self.is_dict else {}
+
     @property
     def obs_dtype(self):
-        return jnp.uint8 if len(self.obs_shape) == 3 else jnp.float32
+        """uint8 for images, float32 for vectors; a dict of them for dict observations."""
+        if self.is_dict:
+            return {k: _dtype_of(s) for k, s in self.obs_shape}
+        return _dtype_of(self.obs_shape)
+
+    def zeros(self, lead: tuple[int, ...]) -> Any:
+        """An all-zero observation with leading dims `lead`."""
+        if self.is_dict:
+            return {k: jnp.zeros(lead + s, _dtype_of(s)) for k, s in self.obs_shape}
+        return jnp.zeros(lead + self.obs_shape, self.obs_dtype)
+
+    def check_obs(self, obs: Any, lead: tuple[int, ...]) -> None:
+        """Assert (at trace time) that `obs` has this spec's shapes after leading dims `lead`."""
+        if self.is_dict:
+            if not isinstance(obs, dict) or set(obs) != set(self.obs_shapes):
+                got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+                raise AssertionError(f"observation keys {got}; expected {sorted(self.obs_shapes)}")
+            for k, s in self.obs_shape:
+                chex.assert_shape(obs[k], lead + s)
+        else:
+            chex.assert_shape(obs, lead + self.obs_shape)
 
     @property
     def action_size(self) -> int:
         """Width of the action vector the world model sees (one-hot for discrete)."""
         return self.num_actions
+
+
+def _dtype_of(shape: tuple[int, ...]):
+    return jnp.uint8 if len(shape) == 3 else jnp.float32
 
 
 @dataclass(frozen=True)
@@ -64,11 +111,11 @@ class EnvAdapter:
     action_low: Any = None
     action_high: Any = None
 
-    def _obs(self, obs: jax.Array) -> jax.Array:
+    def _obs(self, obs: Any) -> Any:
         """Vectors as float32; images as uint8 pixels (MinAtar's 0/1 channels become 0/255)."""
-        if self.spec.obs_dtype == jnp.uint8 and obs.dtype != jnp.uint8:
-            return jnp.round(jnp.clip(obs, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-        return obs.astype(self.spec.obs_dtype)
+        if self.spec.is_dict:
+            return {k: _convert(obs[k], _dtype_of(s)) for k, s in self.spec.obs_shape}
+        return _convert(obs, self.spec.obs_dtype)
 
     def reset(self, key: jax.Array) -> tuple[EnvState, Timestep]:
         obs, inner = self.env.reset_env(key, self.params)
@@ -84,14 +131,24 @@ class EnvAdapter:
         a = jnp.clip(action, -1.0, 1.0)
         return self.action_low + (a + 1.0) * 0.5 * (self.action_high - self.action_low)
 
+    def transition(self, key: jax.Array, inner: Any, action: jax.Array):
+        """One step of the wrapped env, no resets: (obs, inner, reward, terminated, truncated)."""
+        obs, inner, reward, terminated, _ = self.env.step_env(
+            key, inner, self._env_action(action), self.params
+        )
+        return obs, inner, reward, terminated, self.env.is_truncated(inner, self.params)
+
     def step(self, key: jax.Array, state: EnvState, action: jax.Array) -> tuple[EnvState, Timestep]:
         """Step one env (vmap for many). Resets instead if the previous step was the last."""
         key_step, key_reset = jax.random.split(key)
-        obs_s, inner_s, reward, terminated, _ = self.env.step_env(
-            key_step, state.inner, self._env_action(action), self.params
-        )
-        truncated = self.env.is_truncated(inner_s, self.params)
-        obs_r, inner_r = self.env.reset_env(key_reset, self.params)
+        stepped = self.transition(key_step, state.inner, action)
+        return self.assemble(state, self.env.reset_env(key_reset, self.params), stepped)
+
+    def assemble(self, state: EnvState, fresh: tuple, stepped: tuple) -> tuple[EnvState, Timestep]:
+        """The record of one env: the fresh episode `(obs, inner)` if the previous step was the
+        last, else the `transition` result."""
+        obs_r, inner_r = fresh
+        obs_s, inner_s, reward, terminated, truncated = stepped
         reset = state.needs_reset
         pick = lambda r, s: jax.tree.map(lambda a, b: jnp.where(reset, a, b), r, s)
         inner = pick(inner_r, inner_s)
@@ -103,6 +160,29 @@ class EnvAdapter:
         ep_length = jnp.where(reset, 0, state.episode_length + 1)
         new_state = EnvState(inner, last, ep_return, ep_length)
         return new_state, Timestep(obs, reward, reset, last, terminated)
+
+    # Batched entry points, used by the training loop and evaluation. An adapter whose reset is
+    # expensive overrides `step_batch` (see envs/craftax.py: optimistic resets).
+    def reset_batch(self, key: jax.Array, n: int) -> tuple[EnvState, Timestep]:
+        return jax.vmap(self.reset)(jax.random.split(key, n))
+
+    def step_batch(self, key: jax.Array, state: EnvState, action: jax.Array) -> tuple[EnvState, Timestep]:
+        return jax.vmap(self.step)(jax.random.split(key, action.shape[0]), state, action)
+
+    def episode_stats(self, inner: Any) -> dict[str, jax.Array]:
+        """Scalars of one env's episode, read from its `inner` state after its last step; the
+        loop logs their mean over the episodes that end in a chunk as `episode/<name>`."""
+        return {}
+
+    def chunk_metrics(self, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Metrics derived from a chunk's metrics (inside the compiled program). None by default."""
+        return {}
+
+
+def _convert(obs: jax.Array, dtype) -> jax.Array:
+    if dtype == jnp.uint8 and obs.dtype != jnp.uint8:  # floats in [0, 1] -> pixels
+        return jnp.round(jnp.clip(obs, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+    return obs.astype(dtype)
 
 
 def _gymnax(name: str) -> EnvAdapter:
@@ -120,7 +200,14 @@ def _gymnax(name: str) -> EnvAdapter:
     return EnvAdapter(env, params, spec, low, high)
 
 
-# name -> factory. MinAtar games are gymnax's 10x10xC frames (channels 0/1, stored as uint8).
+def _craftax(name: str) -> EnvAdapter:
+    from wmjax.envs.craftax import make_craftax
+
+    return make_craftax(name)
+
+
+# name -> factory. MinAtar games are gymnax's 10x10xC frames (channels 0/1, stored as uint8);
+# Craftax-Classic needs the optional `craftax` package (see envs/craftax.py).
 REGISTRY = {
     "CartPole-v1": _gymnax,
     "Acrobot-v1": _gymnax,
@@ -129,7 +216,18 @@ REGISTRY = {
     "SpaceInvaders-MinAtar": _gymnax,
     "Asterix-MinAtar": _gymnax,
     "Freeway-MinAtar": _gymnax,
+    "Craftax-Classic-Symbolic-v1": _craftax,
+    "Craftax-Classic-Pixels-v1": _craftax,
 }
+
+
+def register_env(name: str, factory: Callable[[str], EnvAdapter]) -> None:
+    """Make `make_env(name)` (and so `train`, sweeps, `load_policy`) build `factory(name)`: how
+    your own env, e.g. one with dict observations, joins wmjax. Registering a known name again
+    replaces it."""
+    if not callable(factory):
+        raise TypeError(f"register_env: factory for {name!r} must be callable, got {factory!r}")
+    REGISTRY[name] = factory
 
 
 def check_env_name(name: str) -> None:
@@ -141,6 +239,4 @@ def check_env_name(name: str) -> None:
 def make_env(name: str) -> EnvAdapter:
     """Build an environment by name; an unknown name raises with the list of known ones."""
     check_env_name(name)
-    adapter = REGISTRY[name](name)
-    chex.assert_equal(len(adapter.spec.obs_shape) in (1, 3), True)
-    return adapter
+    return REGISTRY[name](name)

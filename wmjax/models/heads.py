@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wmjax.nn.dists import symlog
+from wmjax.nn.dists import symexp, symlog
 from wmjax.nn.layers import MLP, Linear, RMSNorm, dreamer_init
 
 
@@ -112,3 +112,94 @@ class ImageDecoder(nn.Module):
     def loss(pred: jax.Array, obs: jax.Array) -> jax.Array:
         target = obs.astype(jnp.float32) / 255.0
         return jnp.square(pred - target).sum((-3, -2, -1))
+
+
+# ---------------------------------------------------------------- dict observations
+
+
+def split_keys(shapes: dict[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
+    """Image keys (rank 3) and vector keys (rank 1) of a dict observation spec, each sorted."""
+    images = sorted(k for k, s in shapes.items() if len(s) == 3)
+    vectors = sorted(k for k, s in shapes.items() if len(s) == 1)
+    bad = sorted(set(shapes) - set(images) - set(vectors))
+    if bad:
+        raise ValueError(f"observation keys {bad} have shapes {[shapes[k] for k in bad]}; "
+                         f"allowed: (D,) vectors or (H, W, C) images")
+    if len({shapes[k][:2] for k in images}) > 1:
+        raise ValueError(f"image keys {images} differ in height x width "
+                         f"{[shapes[k][:2] for k in images]}; DreamerV3 stacks them on channels")
+    return images, vectors
+
+
+class DictEncoder(nn.Module):
+    """DreamerV3's encoder for dict observations: the image keys stacked on channels through the
+    CNN, the vector keys concatenated through the MLP, the two outputs concatenated."""
+
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]  # (key, shape) pairs: hashable
+    layers: int = 3
+    units: int = 64
+    depth: int = 4
+    mults: tuple[int, ...] = (2, 3, 4, 4)
+    minres: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, obs: dict[str, jax.Array]) -> jax.Array:
+        images, vectors = split_keys(dict(self.shapes))
+        outs = []
+        if images:
+            x = jnp.concatenate([obs[k] for k in images], -1)
+            outs.append(ImageEncoder(self.depth, self.mults, self.minres, self.dtype)(x))
+        if vectors:
+            x = jnp.concatenate([obs[k].astype(jnp.float32) for k in vectors], -1)
+            outs.append(VectorEncoder(self.layers, self.units, self.dtype)(x))
+        return jnp.concatenate(outs, -1)
+
+
+class DictDecoder(nn.Module):
+    """Features -> a prediction per key: one image decoder for all image keys (split back by
+    channels, in [0, 1]) and one MLP for all vector keys (split back, in symlog space)."""
+
+    shapes: tuple[tuple[str, tuple[int, ...]], ...]  # (key, shape) pairs: hashable
+    layers: int = 3
+    units: int = 64
+    depth: int = 4
+    mults: tuple[int, ...] = (2, 3, 4, 4)
+    minres: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, feat: jax.Array) -> dict[str, jax.Array]:
+        shapes = dict(self.shapes)
+        images, vectors = split_keys(shapes)
+        out = {}
+        if images:
+            h, w = shapes[images[0]][:2]
+            channels = [shapes[k][2] for k in images]
+            x = ImageDecoder((h, w, sum(channels)), self.depth, self.mults, self.minres,
+                             self.dtype)(feat)
+            out.update(zip(images, jnp.split(x, _cuts(channels), -1)))
+        if vectors:
+            sizes = [shapes[k][0] for k in vectors]
+            x = VectorDecoder(sum(sizes), self.layers, self.units, self.dtype)(feat)
+            out.update(zip(vectors, jnp.split(x, _cuts(sizes), -1)))
+        return out
+
+    def loss(self, pred: dict[str, jax.Array], obs: dict[str, jax.Array]) -> jax.Array:
+        """The sum over keys of each key's decoder loss (per time step)."""
+        images, vectors = split_keys(dict(self.shapes))
+        return sum([ImageDecoder.loss(pred[k], obs[k]) for k in images]
+                   + [VectorDecoder.loss(pred[k], obs[k]) for k in vectors])
+
+    def to_obs(self, pred: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Predictions in observation units: pixels 0..255 and un-symlogged vectors."""
+        images, _ = split_keys(dict(self.shapes))
+        return {k: 255.0 * v if k in images else symexp(v) for k, v in pred.items()}
+
+
+def _cuts(sizes: list[int]) -> list[int]:
+    out, total = [], 0
+    for s in sizes[:-1]:
+        total += s
+        out.append(total)
+    return out

@@ -32,7 +32,9 @@ from wmjax.agents.dreamer.losses import (
 from wmjax.agents.dreamer.optim import dreamer_optimizer
 from wmjax.config import DreamerConfig
 from wmjax.envs.core import EnvSpec
-from wmjax.models.heads import ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder
+from wmjax.models.heads import (
+    DictDecoder, DictEncoder, ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder, split_keys,
+)
 from wmjax.models.rssm import RSSM, RSSMState, kl_loss
 from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, symexp, twohot_bins
 from wmjax.nn.layers import MLP
@@ -95,8 +97,13 @@ class Dreamer:
         self.config = c = config
         self.spec = spec
         dtype = _DTYPES[c.resolved_dtype()]
-        self.image = len(spec.obs_shape) == 3  # (H, W, C) uint8 images, else a vector
-        if self.image:
+        self.image = not spec.is_dict and len(spec.obs_shape) == 3  # (H, W, C) uint8 images
+        if spec.is_dict:  # image keys through the CNN, vector keys through the MLP
+            split_keys(spec.obs_shapes)  # raises early on keys DreamerV3 cannot stack
+            cnn = dict(depth=c.depth, mults=c.cnn_mults, minres=c.cnn_minres, dtype=dtype)
+            self.encoder = DictEncoder(spec.obs_shape, c.enc_layers, c.units, **cnn)
+            self.decoder = DictDecoder(spec.obs_shape, c.dec_layers, c.units, **cnn)
+        elif self.image:
             self.encoder = ImageEncoder(c.depth, c.cnn_mults, c.cnn_minres, dtype)
             self.decoder = ImageDecoder(spec.obs_shape, c.depth, c.cnn_mults, c.cnn_minres, dtype)
         else:
@@ -120,7 +127,7 @@ class Dreamer:
         c, spec = self.config, self.spec
         hyper = self.hyper(hyper)
         keys = jax.random.split(key, 8)
-        obs = jnp.zeros((1, 2) + spec.obs_shape, spec.obs_dtype)
+        obs = spec.zeros((1, 2))
         action = jnp.zeros((1, 2, spec.action_size), jnp.float32)
         first = jnp.ones((1, 2), bool)
         feat = jnp.zeros((1, c.feat_size), jnp.float32)
@@ -190,7 +197,7 @@ class Dreamer:
         if mode not in ("train", "eval"):
             raise ValueError(f"act: mode must be 'train' or 'eval', got {mode!r}")
         chex.assert_rank(is_first, 1)
-        chex.assert_shape(obs, (is_first.shape[0],) + self.spec.obs_shape)
+        self.spec.check_obs(obs, (is_first.shape[0],))
         key_latent, key_action = jax.random.split(key)
         p = state.params
         embed = self._apply(p, "encoder", obs)
@@ -209,7 +216,7 @@ class Dreamer:
         """One gradient step on a replayed batch; returns the new state and scalar metrics."""
         c = self.config
         chex.assert_rank(batch.is_first, 2)
-        chex.assert_shape(batch.obs, batch.is_first.shape + self.spec.obs_shape)
+        self.spec.check_obs(batch.obs, batch.is_first.shape)
         chex.assert_shape(batch.action, batch.is_first.shape + (self.spec.action_size,))
         grad_fn = jax.value_and_grad(self.loss, has_aux=True)
         (_, (metrics, retnorm)), grads = grad_fn(
@@ -256,7 +263,7 @@ class Dreamer:
         prev_action = jnp.concatenate(
             [jnp.zeros_like(batch.action[:, :1]), batch.action[:, :-1]], 1
         )
-        embed = self._apply(params, "encoder", batch.obs[:, :context])
+        embed = self._apply(params, "encoder", jax.tree.map(lambda x: x[:, :context], batch.obs))
         last, post, _ = self._apply(
             params, "rssm", embed, prev_action[:, :context], is_first[:, :context], key
         )
@@ -270,6 +277,8 @@ class Dreamer:
         states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), post, prior)
         feat = self._apply(params, "rssm", states, method=RSSM.feat)
         decoded = self._apply(params, "decoder", feat)
+        if self.spec.is_dict:
+            return self.decoder.to_obs(decoded)
         return 255.0 * decoded if self.image else symexp(decoded)
 
     def loss(

@@ -1,0 +1,115 @@
+"""Craftax-Classic: adapters, optimistic resets, time limit as truncation, the Crafter score."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("craftax")
+
+from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
+from wmjax.envs import make_env  # noqa: E402
+from wmjax.envs.craftax import achievement_names, crafter_score, score_from_rates  # noqa: E402
+from wmjax.loop import host_metrics, make_train  # noqa: E402
+
+SYMBOLIC = "Craftax-Classic-Symbolic-v1"
+
+
+@pytest.fixture(scope="module")
+def env():
+    return make_env(SYMBOLIC)
+
+
+N = 8  # envs; every test steps this many, so the step is compiled once
+
+
+@pytest.fixture(scope="module")
+def step(env):
+    return jax.jit(env.step_batch)
+
+
+@pytest.fixture(scope="module")
+def start(env):
+    return jax.jit(env.reset_batch, static_argnums=1)(jax.random.key(0), N)
+
+
+def test_specs():
+    sym = make_env(SYMBOLIC).spec
+    assert sym.obs_shape == (1345,) and sym.discrete and sym.num_actions == 17
+    pix = make_env("Craftax-Classic-Pixels-v1")
+    assert pix.spec.obs_shape == (63, 63, 3) and pix.spec.obs_dtype == jnp.uint8
+    _, ts = jax.jit(pix.reset_batch, static_argnums=1)(jax.random.key(0), 2)
+    assert ts.obs.shape == (2, 63, 63, 3) and ts.obs.dtype == jnp.uint8 and ts.obs.max() > 0
+
+
+def test_optimistic_reset_hands_fresh_worlds_to_finished_envs(start, step):
+    n = N  # reset_ratio 16: one fresh world per step for 8 envs
+    state, ts = start
+    assert ts.is_first.all() and ts.obs.shape == (n, 1345)
+    for i in range(5):
+        state, ts = step(jax.random.key(i + 1), state, jnp.full((n,), 5, jnp.int32))  # 5 = DO
+    assert not ts.is_first.any() and (state.inner.timestep == 5).all()
+    ending = jnp.array([True, False, True, False, False, False, True, False])
+    state = state._replace(needs_reset=ending)
+    new, ts = step(jax.random.key(99), state, jnp.zeros((n,), jnp.int32))
+    np.testing.assert_array_equal(ts.is_first, ending)
+    np.testing.assert_array_equal(new.inner.timestep, np.where(ending, 0, 6))
+    assert (ts.reward[ending] == 0).all() and (new.episode_length[ending] == 0).all()
+    assert not ts.is_last.any()
+    maps = np.asarray(new.inner.map)
+    # A fresh world, not the finished env's old one; with one world per step all three share it.
+    assert not np.array_equal(maps[0], np.asarray(state.inner.map)[0])
+    np.testing.assert_array_equal(maps[0], maps[2])
+    np.testing.assert_array_equal(maps[0], maps[6])
+    assert (np.asarray(new.inner.achievements)[ending] == 0).all()
+    # Envs that did not end keep their own worlds.
+    np.testing.assert_array_equal(maps[1], np.asarray(state.inner.map)[1])
+
+
+def test_time_limit_is_truncation_and_death_is_termination(env, start, step):
+    state, _ = start
+    limit = env.params.max_timesteps
+    inner = state.inner.replace(  # env 0 at its last step, env 1 dead, the rest playing on
+        timestep=state.inner.timestep.at[0].set(limit - 1).at[1].set(5),
+        player_health=state.inner.player_health.at[1].set(0),
+    )
+    _, ts = step(jax.random.key(1), state._replace(inner=inner), jnp.zeros((N,), jnp.int32))
+    np.testing.assert_array_equal(ts.is_last, [True, True] + [False] * (N - 2))
+    np.testing.assert_array_equal(ts.is_terminal, [False, True] + [False] * (N - 2))
+
+
+def test_crafter_score():
+    assert score_from_rates(np.full(22, 100.0)) == pytest.approx(100.0)
+    assert score_from_rates(np.zeros(22)) == pytest.approx(0.0)
+    # One achievement always unlocked, the rest never: exp(ln(101) / 22) - 1.
+    assert score_from_rates(np.r_[100.0, np.zeros(21)]) == pytest.approx(101 ** (1 / 22) - 1)
+    names = achievement_names()
+    assert len(names) == 22 and names[0] == "collect_wood"
+    rows = [{"seed": 0, "episodes": 3, **{f"episode/achievement/{n}": 0.0 for n in names}},
+            {"seed": 0, "episodes": 1, **{f"episode/achievement/{n}": 0.0 for n in names}},
+            {"seed": 0, "episodes": 0}]
+    rows[0]["episode/achievement/collect_wood"] = 100.0 * 2 / 3  # 2 of 3 episodes
+    rows[1]["episode/achievement/collect_wood"] = 100.0  # 1 of 1
+    assert crafter_score(rows) == pytest.approx(score_from_rates(np.r_[75.0, np.zeros(21)]))
+    assert crafter_score(rows, seed=1) is None
+
+
+def test_training_chunk_logs_achievements_and_score():
+    """The fused loop on Craftax with 16-step episodes: optimistic resets inside the compiled
+    program, per-episode achievement rates, the Crafter score and reward %."""
+    env = make_env(SYMBOLIC)
+    env = dataclasses.replace(env, params=env.params.replace(max_timesteps=16), reset_ratio=2)
+    config = TrainConfig(env=SYMBOLIC, num_envs=4, seeds=1, steps=136, chunk_steps=136,
+                         train_ratio=8, replay_size=256,
+                         agent=DreamerConfig.preset("tiny", warmup=10))
+    trainer = make_train(config, env)
+    state, metrics = trainer.train_chunk(trainer.init(jax.random.key(0)))
+    (row,) = host_metrics(metrics)
+    # 34 vector steps: each env ends an episode at steps 16 and 33 (16 steps + a reset record).
+    assert row["episodes"] == 8
+    assert row["episode_length"] == 16
+    rates = [row[f"episode/achievement/{n}"] for n in achievement_names()]
+    assert all(0.0 <= r <= 100.0 for r in rates)
+    assert row["crafter/score"] == pytest.approx(float(score_from_rates(np.array(rates))), rel=1e-5)
+    assert row["crafter/reward_percent"] == pytest.approx(100 * row["episode_return"] / 22, rel=1e-5)
