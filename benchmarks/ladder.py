@@ -41,6 +41,7 @@ RUNGS = {
     "spaceinvaders": ("SpaceInvaders-MinAtar", 1_000_000, 32.0),
     "asterix": ("Asterix-MinAtar", 1_000_000, 32.0),
     "freeway": ("Freeway-MinAtar", 1_000_000, 32.0),
+    "craftax": ("Craftax-Classic-Symbolic-v1", 1_000_000, 32.0),
 }
 
 # Published reference returns (label -> value) per env, from benchmarks/REFERENCE.md.
@@ -52,7 +53,13 @@ REFERENCES = {
     "SpaceInvaders-MinAtar": {"random": 4.15, "gymnax PPO @1M": 50.4, "gymnax PPO @10M": 131.6},
     "Asterix-MinAtar": {"random": 0.49, "gymnax PPO @1M": 1.8, "gymnax PPO @10M": 15.0},
     "Freeway-MinAtar": {"random": 0.32, "gymnax PPO @1M": 29.0, "gymnax PPO @10M": 58.8},
+    # Returns (max 22). Crafter rewards @1M; Craftax-Classic pixels 47.18% of 22 (Dedieu et al.).
+    "Craftax-Classic-Symbolic-v1": {"DreamerV2 Crafter @1M": 9.0, "DreamerV3 Crafter @1M": 11.7,
+                                    "DreamerV3 Craftax-Classic @1M": 10.38},
 }
+
+# Crafter scores (%, geometric mean of achievement success rates) @1M, for Craftax rungs.
+SCORE_REFERENCES = {"PPO (Crafter paper)": 4.6, "DreamerV2": 10.0, "DreamerV3": 14.5}
 
 # DreamerV3's published protocol is size200m at train ratio 512 (Atari-like) or more; every
 # rung here is smaller, so every result is labelled reduced budget unless it matches.
@@ -97,6 +104,13 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                  curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)]),
         references=REFERENCES.get(env, {}),
     )
+    if env.startswith("Craftax"):  # the Crafter score over every training episode, per seed
+        from wmjax.envs.craftax import crafter_score
+
+        d_rows = read_metrics(run_dir)
+        result["dreamer"]["crafter_score"] = [crafter_score(d_rows, s) for s in range(seeds)]
+        result["ppo"]["crafter_score"] = [crafter_score(ppo["rows"], s) for s in range(seeds)]
+        result["score_references"] = SCORE_REFERENCES
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{rung}.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -106,6 +120,9 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     print(f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){', reduced budget' if reduced else ''}): "
           f"DreamerV3 {d:.1f} in {dreamer_wall / 60:.1f} min, PPO {p:.1f} in {ppo['wall_s'] / 60:.1f} min; "
           f"references {result['references']}")
+    if "score_references" in result:
+        print(f"Crafter score (%): DreamerV3 {result['dreamer']['crafter_score']}, PPO "
+              f"{result['ppo']['crafter_score']}; references {result['score_references']}")
     return result
 
 

@@ -87,8 +87,9 @@ def _log_prob_entropy(out, log_std, action, discrete):
 
 
 def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
-    """(run, env_steps): run(keys) trains one seed per key and returns the mean episode return
-    per update, (seeds, U) with NaN where no episode ended; env_steps (U,) is the step count."""
+    """(run, env_steps): run(keys) trains one seed per key and returns per-update metrics, each
+    (seeds, U): episode_return (mean over the episodes that ended, NaN if none), episodes, and the
+    env's episode statistics (`episode/<name>`); env_steps (U,) is the step count."""
     env = make_env(env_name)
     spec, c = env.spec, config
     net = ActorCritic(spec.num_actions, spec.discrete, c.hidden)
@@ -117,14 +118,16 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
             env_state, nts = env.step_batch(k_step, env_state, action)
             done = nts.is_last | nts.is_first  # no bootstrapping across an episode end
             finished = jnp.where(nts.is_last, env_state.episode_return, 0.0)
-            tr = (ts.obs, action, logp, value, nts.reward, done, finished, nts.is_last)
+            stats = {k: jnp.where(nts.is_last, v, 0.0)  # e.g. Craftax achievements
+                     for k, v in jax.vmap(env.episode_stats)(env_state.inner).items()}
+            tr = (ts.obs, action, logp, value, nts.reward, done, finished, nts.is_last, stats)
             return (params, env_state, nts, key), tr
 
         def update(carry, _):
             params, opt, env_state, ts, key = carry
             (params, env_state, ts, key), tr = jax.lax.scan(
                 rollout_step, (params, env_state, ts, key), None, c.num_steps)
-            obs, action, logp, value, reward, done, finished, is_last = tr
+            obs, action, logp, value, reward, done, finished, is_last, stats = tr
             _, _, last_value = net.apply(params, _features(ts.obs))
 
             def gae(carry, x):
@@ -169,11 +172,13 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
 
             (params, opt, key), _ = jax.lax.scan(epoch, (params, opt, key), None, c.epochs)
             episodes = is_last.sum()
-            ret = jnp.where(episodes > 0, finished.sum() / jnp.maximum(episodes, 1), jnp.nan)
-            return (params, opt, env_state, ts, key), ret
+            mean = lambda x: jnp.where(episodes > 0, x.sum() / jnp.maximum(episodes, 1), jnp.nan)
+            out = {"episode_return": mean(finished), "episodes": episodes,
+                   **{f"episode/{k}": mean(v) for k, v in stats.items()}}
+            return (params, opt, env_state, ts, key), out
 
-        _, returns = jax.lax.scan(update, (params, opt, env_state, ts, key), None, updates)
-        return returns
+        _, out = jax.lax.scan(update, (params, opt, env_state, ts, key), None, updates)
+        return out
 
     def init_params(keys):
         """Per-seed parameters, made eagerly, outside the compiled program: the orthogonal
@@ -190,14 +195,21 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
 
 def train_ppo(env_name: str, steps: int, seeds: int, seed: int = 0,
               config: PPOConfig = PPOConfig()) -> dict:
-    """Train `seeds` PPO seeds at once; returns env steps, returns (seeds, updates) and wall time."""
+    """Train `seeds` PPO seeds at once. Returns env steps, returns (seeds, updates), metrics
+    rows like wmjax's metrics.jsonl (one per seed and update, with the env's episode
+    statistics) and wall time."""
     run, env_steps = make_ppo(env_name, steps, config)
     start = time.time()
-    returns = np.asarray(run(jax.random.split(jax.random.key(seed), seeds)))
+    out = jax.device_get(run(jax.random.split(jax.random.key(seed), seeds)))
+    wall = time.time() - start
+    clean = lambda v: None if np.isnan(v) else float(v)
+    rows = [{"seed": s, "env_step": int(step),
+             **{k: clean(float(v[s, u])) for k, v in out.items()}}
+            for s in range(seeds) for u, step in enumerate(env_steps)]
     return dict(env=env_name, steps=int(env_steps[-1]), seeds=seeds, config=asdict(config),
                 env_steps=env_steps.tolist(),
-                returns=[[None if np.isnan(v) else float(v) for v in row] for row in returns],
-                wall_s=time.time() - start)
+                returns=[[clean(v) for v in row] for row in np.asarray(out["episode_return"])],
+                rows=rows, wall_s=wall)
 
 
 def main(argv=None) -> dict:

@@ -16,7 +16,7 @@ def test_cnn_stages_follow_dreamerv3():
     assert cnn_stages((64, 64), 2) == 2
 
 
-@pytest.mark.parametrize("shape", [(10, 10, 4), (64, 64, 3)])
+@pytest.mark.parametrize("shape", [(10, 10, 4), (64, 64, 3), (63, 63, 3)])  # MinAtar, DMC, Craftax
 def test_encoder_decoder_shapes(shape):
     enc, dec = ImageEncoder(depth=2), ImageDecoder(shape, depth=2)
     obs = jnp.zeros((2, 3) + shape, jnp.uint8)

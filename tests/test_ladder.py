@@ -28,6 +28,9 @@ def test_ppo_baseline_learns_cartpole():
     first = [v for v in result["returns"][0][:3] if v is not None]
     last = [row[-1] for row in result["returns"]]
     assert max(first) < 40 and min(last) > 60, (first, last)  # random is ~22
+    rows = result["rows"]  # metrics rows, as wmjax writes them, for the ladder's extra metrics
+    assert len(rows) == 2 * len(result["env_steps"])
+    assert rows[-1]["seed"] == 1 and rows[-1]["episode_return"] == result["returns"][1][-1]
 
 
 def test_every_rung_has_references():

@@ -39,7 +39,9 @@ class Checkpointer:
             enable_async_checkpointing=False,
             cleanup_tmp_directories=not read_only,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # The handler is named so that a checkpoint's array metadata can be read before restoring.
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_handlers=ocp.StandardCheckpointHandler())
 
     def latest(self) -> int | None:
         """The newest complete checkpoint's chunk number, or None if there is none."""
@@ -56,6 +58,7 @@ class Checkpointer:
         if chunk is None:
             raise CheckpointError(f"no complete checkpoint in {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        _check_saved_arrays(abstract, self._saved_arrays(chunk), chunk)
         try:
             restored = self._manager.restore(chunk, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # orbax raises many types; report them as one, with the cause
@@ -66,8 +69,51 @@ class Checkpointer:
         _check_shapes(abstract, restored, chunk)
         return chunk, restored
 
+    def _saved_arrays(self, chunk: int) -> dict[str, tuple] | None:
+        """{name: (shape, dtype)} of the arrays in checkpoint `chunk`, read from its metadata
+        without restoring anything; None if the metadata cannot be read."""
+        try:
+            meta = self._manager.item_metadata(chunk)
+        except Exception:  # an unreadable or older layout: let the restore itself report it
+            return None
+        leaves = [m for m in jax.tree.leaves(meta) if hasattr(m, "shape") and hasattr(m, "name")]
+        return {m.name: (tuple(m.shape), m.dtype) for m in leaves} or None
+
     def close(self) -> None:
         self._manager.close()
+
+
+def _array_name(path) -> str:
+    """orbax's dotted name of a tree path: agent.params.encoder.Dense_0.kernel."""
+    parts = []
+    for entry in path:
+        for attr in ("name", "key", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+    return ".".join(parts)
+
+
+def _check_saved_arrays(expected: Any, saved: dict[str, tuple] | None, chunk: int) -> None:
+    """Before restoring: every array this config needs must be in the checkpoint with the same
+    shape and dtype. Raises CheckpointError naming the first few differences."""
+    if saved is None:
+        return
+    problems = []
+    for path, want in jax.tree_util.tree_flatten_with_path(expected)[0]:
+        name = _array_name(path)
+        if jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
+            continue  # stored as raw key data; its shape follows the PRNG implementation
+        if name not in saved:
+            problems.append(f"{name} is missing")
+        elif tuple(saved[name][0]) != tuple(want.shape) or saved[name][1] != want.dtype:
+            shape, dtype = saved[name]
+            problems.append(f"{name} is {dtype}{list(shape)}, this config needs "
+                            f"{want.dtype}{list(want.shape)}")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"checkpoint {chunk} does not fit this config: "
+                              f"{'; '.join(problems[:3])}{more}")
 
 
 def _check_shapes(expected: Any, restored: Any, chunk: int) -> None:
