@@ -111,7 +111,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} ({jax.default_backend()}); float32 matmul peak {peak:.1f} GFLOP/s")
     print("reference (official DreamerV3, size1m f32, CartPole, ratio 32, this machine): "
-          f"1.39 updates/s, 45 env steps/s, ~19 GFLOP/update (~14% of peak)")
+          "1.39 updates/s, 45 env steps/s, ~19 GFLOP/update (~14% of peak)")
     header = (f"{'preset':8s} {'ratio':>5s} {'seeds':>5s} | {'env st/s':>9s} {'upd/s':>7s} | "
               f"{'bare upd s':>10s} {'overhead':>8s} | {'GFLOP/upd':>9s} {'GFLOP/s':>8s} {'% peak':>6s}")
     print(header)
