@@ -61,6 +61,14 @@ def test_load_policy_acts_and_beats_random(run_dir):
     returns = np.asarray(wmjax.evaluate(policy, episodes=8, key=jax.random.key(1)))
     assert returns.shape == (8,)
     assert returns.mean() > 60, returns  # a random policy averages ~22
+    # Loading again reuses the compiled act and evaluation loop (the state is an argument).
+    from wmjax.policy import _ROLLOUTS
+
+    cached = len(_ROLLOUTS)
+    again = wmjax.load_policy(run_dir)
+    assert again.act.func is policy.act.func
+    np.testing.assert_array_equal(wmjax.evaluate(again, episodes=8, key=jax.random.key(1)), returns)
+    assert len(_ROLLOUTS) == cached
 
 
 def test_cli_eval_and_plot(run_dir, tmp_path, capsys):
