@@ -131,9 +131,9 @@ def split_keys(shapes: dict[str, tuple[int, ...]]) -> tuple[list[str], list[str]
     return images, vectors
 
 
-class DictEncoder(nn.Module):
-    """DreamerV3's encoder for dict observations: the image keys stacked on channels through the
-    CNN, the vector keys concatenated through the MLP, the two outputs concatenated."""
+class _DictHead(nn.Module):
+    """The settings the dict encoder and decoder share: the spec's (key, shape) pairs, the MLP
+    (layers, units) for vector keys and the CNN (depth, mults, minres) for image keys."""
 
     shapes: tuple[tuple[str, tuple[int, ...]], ...]  # (key, shape) pairs: hashable
     layers: int = 3
@@ -142,6 +142,11 @@ class DictEncoder(nn.Module):
     mults: tuple[int, ...] = (2, 3, 4, 4)
     minres: int = 4
     dtype: Any = jnp.float32
+
+
+class DictEncoder(_DictHead):
+    """DreamerV3's encoder for dict observations: the image keys stacked on channels through the
+    CNN, the vector keys concatenated through the MLP, the two outputs concatenated."""
 
     @nn.compact
     def __call__(self, obs: dict[str, jax.Array]) -> jax.Array:
@@ -156,17 +161,9 @@ class DictEncoder(nn.Module):
         return jnp.concatenate(outs, -1)
 
 
-class DictDecoder(nn.Module):
+class DictDecoder(_DictHead):
     """Features -> a prediction per key: one image decoder for all image keys (split back by
     channels, in [0, 1]) and one MLP for all vector keys (split back, in symlog space)."""
-
-    shapes: tuple[tuple[str, tuple[int, ...]], ...]  # (key, shape) pairs: hashable
-    layers: int = 3
-    units: int = 64
-    depth: int = 4
-    mults: tuple[int, ...] = (2, 3, 4, 4)
-    minres: int = 4
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> dict[str, jax.Array]:
