@@ -61,7 +61,7 @@ class CraftaxAdapter(EnvAdapter):
     reset_ratio: int = 16  # envs per freshly generated world each step (optimistic resets)
 
     def transition(self, key: jax.Array, inner: Any, action: jax.Array):
-        obs, inner, reward, done, _ = self.env.step_env(key, inner, action.astype(jnp.int32), self.params)
+        obs, inner, reward, done, _ = self.env.step_env(key, inner, self._env_action(action), self.params)
         time_up = inner.timestep >= self.params.max_timesteps
         dead = inner.player_health <= 0
         terminated = jnp.logical_and(done, jnp.logical_or(dead, ~time_up))  # died or in lava
