@@ -30,6 +30,7 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from wmjax.envs import make_env  # noqa: E402
+from wmjax.envs.core import EPISODE_PREFIX  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
             episodes = is_last.sum()
             mean = lambda x: jnp.where(episodes > 0, x.sum() / jnp.maximum(episodes, 1), jnp.nan)
             out = {"episode_return": mean(finished), "episodes": episodes,
-                   **{f"episode/{k}": mean(v) for k, v in stats.items()}}
+                   **{EPISODE_PREFIX + k: mean(v) for k, v in stats.items()}}
             return (params, opt, env_state, ts, key), out
 
         _, out = jax.lax.scan(update, (params, opt, env_state, ts, key), None, updates)

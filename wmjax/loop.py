@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from wmjax import replay as rb
 from wmjax.agents.dreamer.agent import AgentState, Batch, Carry, Dreamer
 from wmjax.config import TrainConfig
-from wmjax.envs.core import EnvAdapter, EnvState, Timestep, make_env
+from wmjax.envs.core import EPISODE_PREFIX, EnvAdapter, EnvState, Timestep, make_env
 
 
 class TrainState(NamedTuple):
@@ -104,7 +104,7 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
             **sums,
         }
         for name, value in jax.vmap(env.episode_stats)(env_state.inner).items():
-            stats[EPISODE_STAT + name] = jnp.where(done, value, 0).sum().astype(jnp.float32)
+            stats[EPISODE_PREFIX + name] = jnp.where(done, value, 0).sum().astype(jnp.float32)
         new = TrainState(agent_state, env_state, timestep, carry, replay, key,
                          state.env_steps + E, state.updates + n, credit - n * credit_per_update)
         return new, stats
@@ -147,9 +147,6 @@ def _record(ts: Timestep, action: jax.Array) -> dict:
                 is_last=ts.is_last, is_terminal=ts.is_terminal)
 
 
-EPISODE_STAT = "episode/"  # prefix of the env's per-episode statistics (EnvAdapter.episode_stats)
-
-
 def _summarise(stats: dict, state: TrainState, env: EnvAdapter) -> dict:
     eps = stats.pop("episodes")
     n = stats.pop("num_updates")
@@ -161,7 +158,7 @@ def _summarise(stats: dict, state: TrainState, env: EnvAdapter) -> dict:
         "episode_length": jnp.where(eps > 0, stats.pop("episode_length_sum") / jnp.maximum(eps, 1), jnp.nan),
         "chunk_updates": n,
     }
-    for k in [k for k in stats if k.startswith(EPISODE_STAT)]:  # means over finished episodes
+    for k in [k for k in stats if k.startswith(EPISODE_PREFIX)]:  # means over finished episodes
         out[k] = jnp.where(eps > 0, stats.pop(k) / jnp.maximum(eps, 1), jnp.nan)
     out.update(env.chunk_metrics(out))  # e.g. the Crafter score of the chunk's episodes
     for k, v in stats.items():

@@ -97,6 +97,10 @@ class EnvSpec:
         return self.num_actions
 
 
+# Metrics key prefix of an env's per-episode statistics (EnvAdapter.episode_stats).
+EPISODE_PREFIX = "episode/"
+
+
 def _dtype_of(shape: tuple[int, ...]):
     return jnp.uint8 if len(shape) == 3 else jnp.float32
 
@@ -171,7 +175,7 @@ class EnvAdapter:
 
     def episode_stats(self, inner: Any) -> dict[str, jax.Array]:
         """Scalars of one env's episode, read from its `inner` state after its last step; the
-        loop logs their mean over the episodes that end in a chunk as `episode/<name>`."""
+        loop logs their mean over the episodes that end in a chunk as EPISODE_PREFIX + name."""
         return {}
 
     def chunk_metrics(self, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:

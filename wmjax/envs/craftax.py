@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wmjax.envs.core import EnvAdapter, EnvSpec, EnvState, Timestep
+from wmjax.envs.core import EPISODE_PREFIX, EnvAdapter, EnvSpec, EnvState, Timestep
 
 ACHIEVEMENT_PREFIX = "achievement/"
 MAX_REWARD = 22.0  # one point per achievement; health changes add and remove 0.1 per point
@@ -50,7 +50,7 @@ def crafter_score(rows: Iterable[dict], seed: int | None = None) -> float | None
         if (seed is not None and r.get("seed") != seed) or not r.get("episodes"):
             continue
         episodes += r["episodes"]
-        unlocked += [r[f"episode/{ACHIEVEMENT_PREFIX}{n}"] / 100.0 * r["episodes"] for n in names]
+        unlocked += [r[EPISODE_PREFIX + ACHIEVEMENT_PREFIX + n] / 100.0 * r["episodes"] for n in names]
     if episodes == 0:
         return None
     return float(score_from_rates(100.0 * unlocked / episodes))
@@ -86,7 +86,7 @@ class CraftaxAdapter(EnvAdapter):
                 for i, n in enumerate(names)}
 
     def chunk_metrics(self, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        rates = jnp.stack([metrics[f"episode/{ACHIEVEMENT_PREFIX}{n}"] for n in achievement_names()])
+        rates = jnp.stack([metrics[EPISODE_PREFIX + ACHIEVEMENT_PREFIX + n] for n in achievement_names()])
         return {"crafter/score": score_from_rates(rates),
                 "crafter/reward_percent": 100.0 * metrics["episode_return"] / MAX_REWARD}
 

@@ -6,6 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wmjax.nn.dists import symexp, symlog
 from wmjax.nn.layers import MLP, Linear, RMSNorm, dreamer_init
@@ -118,13 +119,10 @@ class ImageDecoder(nn.Module):
 
 
 def split_keys(shapes: dict[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
-    """Image keys (rank 3) and vector keys (rank 1) of a dict observation spec, each sorted."""
+    """Image keys (rank 3) and vector keys (rank 1) of a dict observation spec, each sorted.
+    Ranks are checked by EnvSpec; here only that the images can be stacked."""
     images = sorted(k for k, s in shapes.items() if len(s) == 3)
-    vectors = sorted(k for k, s in shapes.items() if len(s) == 1)
-    bad = sorted(set(shapes) - set(images) - set(vectors))
-    if bad:
-        raise ValueError(f"observation keys {bad} have shapes {[shapes[k] for k in bad]}; "
-                         f"allowed: (D,) vectors or (H, W, C) images")
+    vectors = sorted(k for k, s in shapes.items() if len(s) != 3)  # EnvSpec allows only rank 1
     if len({shapes[k][:2] for k in images}) > 1:
         raise ValueError(f"image keys {images} differ in height x width "
                          f"{[shapes[k][:2] for k in images]}; DreamerV3 stacks them on channels")
@@ -175,11 +173,11 @@ class DictDecoder(_DictHead):
             channels = [shapes[k][2] for k in images]
             x = ImageDecoder((h, w, sum(channels)), self.depth, self.mults, self.minres,
                              self.dtype)(feat)
-            out.update(zip(images, jnp.split(x, _cuts(channels), -1)))
+            out.update(zip(images, jnp.split(x, np.cumsum(channels)[:-1], -1)))
         if vectors:
             sizes = [shapes[k][0] for k in vectors]
             x = VectorDecoder(sum(sizes), self.layers, self.units, self.dtype)(feat)
-            out.update(zip(vectors, jnp.split(x, _cuts(sizes), -1)))
+            out.update(zip(vectors, jnp.split(x, np.cumsum(sizes)[:-1], -1)))
         return out
 
     def loss(self, pred: dict[str, jax.Array], obs: dict[str, jax.Array]) -> jax.Array:
@@ -193,10 +191,3 @@ class DictDecoder(_DictHead):
         images, _ = split_keys(dict(self.shapes))
         return {k: 255.0 * v if k in images else symexp(v) for k, v in pred.items()}
 
-
-def _cuts(sizes: list[int]) -> list[int]:
-    out, total = [], 0
-    for s in sizes[:-1]:
-        total += s
-        out.append(total)
-    return out
