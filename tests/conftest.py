@@ -13,6 +13,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
 
+# Four CPU devices, so the sharded programs (tests/test_distributed.py) have a mesh to run on.
+# Unsharded programs run on the first device, as before.
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
+
 import sys
 
 # benchmarks/ and experiments/ are folders of scripts; tests import them from the repo root.

@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also log to Weights & Biases (offline unless WANDB_MODE is set)")
     t.add_argument("--wandb-project", default="wmjax")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--devices", type=int,
+                   help="shard the run over this many devices: seeds first, then envs and the "
+                        "replayed batch (default: one device)")
+    t.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="several hosts: address of process 0 (or JAX_COORDINATOR_ADDRESS); every "
+                        "process runs the same command with its own --process-id")
+    t.add_argument("--num-processes", type=int, help="several hosts: how many processes "
+                   "(or WMJAX_NUM_PROCESSES)")
+    t.add_argument("--process-id", type=int, help="several hosts: this process, 0..N-1 "
+                   "(or WMJAX_PROCESS_ID)")
 
     e = sub.add_parser("eval", help="mean return of a trained run's policy")
     e.add_argument("run_dir")
@@ -114,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from wmjax.run import train
 
+    if args.coordinator or args.num_processes is not None or args.process_id is not None:
+        from wmjax.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
+        if not (args.logdir or args.resume):
+            raise ValueError("several processes write one run folder: give them all the same "
+                             "--logdir (or --resume DIR)")
     if args.resume:
         config = _resume_config(args)
         logdir = args.resume
@@ -122,8 +139,12 @@ def _train(args: argparse.Namespace) -> int:
         logdir = args.logdir or os.path.join(
             "runs", f"{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
     train(config, logdir, resume=bool(args.resume), checkpoint_every=args.checkpoint_every,
-          wandb=args.wandb, wandb_project=args.wandb_project, verbose=not args.quiet)
-    print(f"wrote {logdir}/metrics.jsonl")
+          wandb=args.wandb, wandb_project=args.wandb_project, verbose=not args.quiet,
+          devices=args.devices)
+    from wmjax.distributed import is_main_process
+
+    if is_main_process():
+        print(f"wrote {logdir}/metrics.jsonl")
     return 0
 
 

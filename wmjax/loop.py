@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from wmjax import distributed
 from wmjax import replay as rb
 from wmjax.agents.dreamer.agent import AgentState, Batch, Carry, Dreamer
 from wmjax.config import TrainConfig
@@ -47,13 +48,18 @@ class Trainer(NamedTuple):
     init_one: Callable[[jax.Array], TrainState]
     chunk_one: Callable[[TrainState], tuple[TrainState, dict]]
     updates_per_env_step: float
+    mesh: Any = None  # a ("seeds", "data") jax.sharding.Mesh, or None for one device
+    shardings: Any = None  # NamedShardings of the batched TrainState when sharded
 
 
 def ratio_fraction(train_ratio: float) -> Fraction:
     return Fraction(train_ratio).limit_denominator(1000)
 
 
-def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
+def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int | None = None
+               ) -> Trainer:
+    """The fused program of `config`. `devices`: place it on a ("seeds", "data") mesh of that
+    many devices (see wmjax.distributed); None keeps it on the default device."""
     env = env or make_env(config.env)
     agent = Dreamer(config.agent, env.spec)
     c = config.agent
@@ -62,6 +68,13 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
     credit_per_step = E * ratio.numerator  # per vector step, in units of 1/den replayed steps
     credit_per_update = ratio.denominator * B * T
     capacity = config.replay_size // E
+    mesh = None if devices is None else distributed.make_mesh(devices, config.seeds, E, B)
+
+    def sample_batch(replay, key) -> Batch:
+        batch = Batch(**rb.sample(replay, key, B, T))
+        if mesh is not None:  # data-parallel updates: the batch axis is split over "data"
+            batch = jax.lax.with_sharding_constraint(batch, distributed.batch_sharding(mesh))
+        return batch
 
     def init_one(key: jax.Array, hyper: dict | None = None) -> TrainState:
         k_agent, k_env, k_loop = jax.random.split(key, 3)
@@ -79,8 +92,7 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
         def body(i, carry):
             state, sums = carry
             k_sample, k_update = jax.random.split(jax.random.fold_in(key, i))
-            batch = Batch(**rb.sample(replay, k_sample, B, T))
-            state, metrics = agent.update(state, batch, k_update)
+            state, metrics = agent.update(state, sample_batch(replay, k_sample), k_update)
             return state, jax.tree.map(jnp.add, sums, metrics)
 
         return jax.lax.fori_loop(0, n, body, (agent_state, zeros))
@@ -114,17 +126,30 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None) -> Trainer:
         stats = jax.tree.map(lambda x: x.sum(0), stats)  # reduce over the chunk's iterations
         return state, _summarise(stats, state, env)
 
-    batched_init = jax.jit(jax.vmap(init_one))
-    batched_chunk = jax.jit(jax.vmap(chunk_one), donate_argnums=0)
+    def init_seeds(key: jax.Array, hyper: dict) -> TrainState:
+        keys = jax.random.split(jax.random.fold_in(key, config.seed), config.seeds)
+        return jax.vmap(init_one, spmd_axis_name=None if mesh is None else distributed.SEEDS)(keys, hyper)
+
+    shardings = None
+    if mesh is None:
+        batched_init = jax.jit(init_seeds)
+        batched_chunk = jax.jit(jax.vmap(chunk_one), donate_argnums=0)
+    else:
+        like = jax.eval_shape(init_seeds, jax.random.key(0), seed_hyper(agent, None, config.seeds))
+        shardings = distributed.state_shardings(like, mesh, E)
+        everywhere = distributed.replicated(mesh)
+        batched_init = jax.jit(init_seeds, in_shardings=everywhere, out_shardings=shardings)
+        batched_chunk = jax.jit(jax.vmap(chunk_one, spmd_axis_name=distributed.SEEDS),
+                                in_shardings=(shardings,), out_shardings=(shardings, everywhere),
+                                donate_argnums=0)
 
     def init(key: jax.Array, hyper: dict | None = None) -> TrainState:
         """Initial state of every seed. `hyper` maps tunables (TUNABLES) to one value for all
         seeds or a sequence of one value per seed, so a grid is one vmapped program."""
-        keys = jax.random.split(jax.random.fold_in(key, config.seed), config.seeds)
-        return batched_init(keys, seed_hyper(agent, hyper, config.seeds))
+        return batched_init(key, seed_hyper(agent, hyper, config.seeds))
 
     return Trainer(config, env, agent, init, batched_chunk, init_one, chunk_one,
-                   float(ratio) / (B * T))
+                   float(ratio) / (B * T), mesh, shardings)
 
 
 def seed_hyper(agent: Dreamer, hyper: dict | None, seeds: int) -> dict:

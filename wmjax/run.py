@@ -20,6 +20,7 @@ import numpy as np
 
 from wmjax.checkpoint import CheckpointError, Checkpointer, checkpoint_dir
 from wmjax.config import TrainConfig
+from wmjax.distributed import is_main_process
 from wmjax.logging import JsonlWriter, Progress, WandbLogger
 from wmjax.loop import host_metrics, make_train, num_chunks
 
@@ -82,6 +83,7 @@ def train(
     wandb_project: str = "wmjax",
     wandb_group: str | None = None,
     verbose: bool = True,
+    devices: int | None = None,
 ) -> tuple[Any, list[dict]]:
     """Train `config.seeds` seeds for `config.steps` env steps each; returns the final batched
     TrainState and the metric rows logged by this call.
@@ -92,6 +94,10 @@ def train(
       (use the saved one) or must equal the saved one except for `steps`; otherwise nothing is
       written and a RunDirError names the differing fields. The continuation is bit-exact.
     - A new run refuses a `logdir` that already holds a run, so nothing saved is overwritten.
+    - `devices`: shard the program over that many devices (seeds first, then envs and the
+      replayed batch; see wmjax.distributed). Not part of the config: a run may resume on
+      another device count. With several processes (wmjax.distributed.initialize), only
+      process 0 writes config, metrics and wandb; all of them write the checkpoints.
     """
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every={checkpoint_every}; allowed: >= 0 (0 = only at the end)")
@@ -105,20 +111,22 @@ def train(
     if config is None:
         raise ValueError("train: config is required for a new run")
 
-    trainer = cached_trainer(config)
-    log = print if verbose else (lambda *a, **k: None)
+    trainer = cached_trainer(config, devices)
+    main = is_main_process()
+    log = print if verbose and main else (lambda *a, **k: None)
     key = jax.random.key(config.seed)
     done = 0
     ckpt = None
     if resume:
         ckpt = Checkpointer(logdir)
-        done, state = ckpt.restore(jax.eval_shape(lambda k: trainer.init(k, hyper), key))
+        done, state = ckpt.restore(abstract_state(trainer, key, hyper))
         log(f"wmjax: resuming {logdir} after chunk {done}")
     else:
         state = trainer.init(key, hyper)
-        if logdir:
+        if logdir and main:
             write_json(os.path.join(logdir, CONFIG_FILE), config.to_dict())
-            if hyper:
+        if logdir:
+            if hyper and main:
                 write_json(os.path.join(logdir, HYPER_FILE), _hyper_lists(hyper, config.seeds))
             ckpt = Checkpointer(logdir)
 
@@ -128,10 +136,10 @@ def train(
     log(f"wmjax: {config.env}, {config.seeds} seed(s) x {config.num_envs} envs, "
         f"{total:,d} env steps per seed in {chunks} chunks, train ratio {config.train_ratio:g} "
         f"({trainer.updates_per_env_step:.4f} updates per env step)")
-    writer = JsonlWriter(os.path.join(logdir, METRICS_FILE)) if logdir else None
-    logged_up_to = _last_logged_step(logdir) if resume else -1
+    writer = JsonlWriter(os.path.join(logdir, METRICS_FILE)) if logdir and main else None
+    logged_up_to = _last_logged_step(logdir) if resume and main else -1
     wb = WandbLogger(logdir or "runs/wandb", config.to_dict(), wandb_project, wandb_group,
-                     resume=resume, out=log) if wandb else None
+                     resume=resume, out=log) if wandb and main else None
     progress = Progress(total, log, start_step=done * per_chunk)
     rows: list[dict] = []
     start = time.time()
@@ -164,16 +172,26 @@ def train(
     return state, rows
 
 
-def cached_trainer(config: TrainConfig):
+def cached_trainer(config: TrainConfig, devices: int | None = None):
     """make_train for a config, kept so that training the same config again in this process
     (a resume, a longer run, a sweep point, an evaluation) reuses the traced and compiled
     program. The step budget is not part of the program, so it is not part of the key."""
-    return _trainer(config.replace(steps=1))
+    return _trainer(config.replace(steps=1), devices)
 
 
 @functools.lru_cache(maxsize=16)
-def _trainer(config: TrainConfig):
-    return make_train(config)
+def _trainer(config: TrainConfig, devices: int | None):
+    return make_train(config, devices=devices)
+
+
+def abstract_state(trainer, key: jax.Array, hyper: dict | None) -> Any:
+    """Shapes, dtypes and (when sharded) shardings of `trainer.init(key, hyper)`, computed
+    without running it: the target a checkpoint is restored into."""
+    like = jax.eval_shape(lambda k: trainer.init(k, hyper), key)
+    if trainer.shardings is None:
+        return like
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        like, trainer.shardings)
 
 
 def _check_resume(logdir: str, config: TrainConfig | None, hyper: dict | None):
@@ -196,7 +214,7 @@ def _check_resume(logdir: str, config: TrainConfig | None, hyper: dict | None):
         reader.close()
     if latest is None:
         raise CheckpointError(f"cannot resume {logdir}: it has no complete checkpoint")
-    if saved.steps != saved_steps:
+    if saved.steps != saved_steps and is_main_process():
         write_json(os.path.join(logdir, CONFIG_FILE), saved.to_dict())
     return saved, saved_hyper
 
