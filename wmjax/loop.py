@@ -65,9 +65,6 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
     c = config.agent
     E, B, T = config.num_envs, c.batch_size, c.batch_length
     ratio = ratio_fraction(config.train_ratio)
-    credit_per_step = E * ratio.numerator  # per vector step, in units of 1/den replayed steps
-    credit_per_update = ratio.denominator * B * T
-    capacity = config.replay_size // E
     mesh = None if devices is None else distributed.make_mesh(devices, config.seeds, E, B)
 
     def sample_batch(replay, key) -> Batch:
@@ -79,34 +76,14 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
     def init_one(key: jax.Array, hyper: dict | None = None) -> TrainState:
         k_agent, k_env, k_loop = jax.random.split(key, 3)
         env_state, timestep = env.reset_batch(k_env, E)
-        carry = agent.initial_carry(E)
-        example = _record(jax.tree.map(lambda x: x[0], timestep), carry.action[0])
-        zero = jnp.zeros((), jnp.int32)
-        return TrainState(agent.init(k_agent, hyper), env_state, timestep, carry,
-                          rb.init(example, E, capacity), k_loop, zero, zero, zero)
+        return initial_state(config, agent, k_agent, k_loop, hyper, env_state, timestep)
 
-    def update_many(agent_state, replay, key, n):
-        """Run n updates (n traced), returning metric sums."""
-        zeros = {k: jnp.zeros((), jnp.float32) for k in agent.metric_names}
-
-        def body(i, carry):
-            state, sums = carry
-            k_sample, k_update = jax.random.split(jax.random.fold_in(key, i))
-            state, metrics = agent.update(state, sample_batch(replay, k_sample), k_update)
-            return state, jax.tree.map(jnp.add, sums, metrics)
-
-        return jax.lax.fori_loop(0, n, body, (agent_state, zeros))
+    agent_step = make_agent_step(config, agent, sample_batch)
 
     def iteration(state: TrainState, _):
         key, k_act, k_env, k_update = jax.random.split(state.key, 4)
-        ts = state.timestep
-        action, carry = agent.act(state.agent, state.carry, ts.obs, ts.is_first, k_act)
-        replay = rb.add(state.replay, _record(ts, carry.action))
+        state, action, n, sums = agent_step(state._replace(key=key), k_act, k_update)
         env_state, timestep = env.step_batch(k_env, state.env_state, action)
-        ready = jnp.logical_and(rb.can_sample(replay, T), replay.count * E >= B * T)
-        credit = state.credit + jnp.where(ready, credit_per_step, 0)
-        n = credit // credit_per_update
-        agent_state, sums = update_many(state.agent, replay, k_update, n)
         done = timestep.is_last
         stats = {
             "episode_return_sum": jnp.where(done, env_state.episode_return, 0.0).sum(),
@@ -117,9 +94,7 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
         }
         for name, value in jax.vmap(env.episode_stats)(env_state.inner).items():
             stats[EPISODE_PREFIX + name] = jnp.where(done, value, 0).sum().astype(jnp.float32)
-        new = TrainState(agent_state, env_state, timestep, carry, replay, key,
-                         state.env_steps + E, state.updates + n, credit - n * credit_per_update)
-        return new, stats
+        return state._replace(env_state=env_state, timestep=timestep), stats
 
     def chunk_one(state: TrainState) -> tuple[TrainState, dict]:
         state, stats = jax.lax.scan(iteration, state, None, length=config.iters_per_chunk)
@@ -150,6 +125,61 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
 
     return Trainer(config, env, agent, init, batched_chunk, init_one, chunk_one,
                    float(ratio) / (B * T), mesh, shardings)
+
+
+def initial_state(config: TrainConfig, agent: Dreamer, k_agent: jax.Array, k_loop: jax.Array,
+                  hyper: dict | None, env_state: Any, timestep: Timestep) -> TrainState:
+    """One seed's state before its first step: fresh agent, empty replay, `timestep` to act on."""
+    E = config.num_envs
+    carry = agent.initial_carry(E)
+    example = _record(jax.tree.map(lambda x: x[0], timestep), carry.action[0])
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(agent.init(k_agent, hyper), env_state, timestep, carry,
+                      rb.init(example, E, config.replay_size // E), k_loop, zero, zero, zero)
+
+
+def make_agent_step(config: TrainConfig, agent: Dreamer, sample_batch: Callable | None = None):
+    """The agent's side of one vector step, shared by the fused loop and the host loop:
+    act on `state.timestep`, write that record (with the action) to replay, and run the updates
+    that keep the train ratio exact. Returns `(state, action, n_updates, metric_sums)`; the
+    caller steps the envs with `action` and stores the next timestep.
+
+    Updates start once replay holds one batch of windows. The ratio is kept with an integer
+    credit of replayed steps (units of 1/denominator), so any ratio and env count are exact.
+    """
+    c = config.agent
+    E, B, T = config.num_envs, c.batch_size, c.batch_length
+    ratio = ratio_fraction(config.train_ratio)
+    credit_per_step = E * ratio.numerator  # per vector step, in units of 1/ratio_den replayed steps
+    credit_per_update = ratio.denominator * B * T
+    sample_batch = sample_batch or (lambda replay, key: Batch(**rb.sample(replay, key, B, T)))
+
+    def update_many(agent_state, replay, key, n):
+        """Run n updates (n traced), returning metric sums."""
+        zeros = {k: jnp.zeros((), jnp.float32) for k in agent.metric_names}
+
+        def body(i, carry):
+            state, sums = carry
+            k_sample, k_update = jax.random.split(jax.random.fold_in(key, i))
+            state, metrics = agent.update(state, sample_batch(replay, k_sample), k_update)
+            return state, jax.tree.map(jnp.add, sums, metrics)
+
+        return jax.lax.fori_loop(0, n, body, (agent_state, zeros))
+
+    def agent_step(state: TrainState, k_act: jax.Array, k_update: jax.Array):
+        ts = state.timestep
+        action, carry = agent.act(state.agent, state.carry, ts.obs, ts.is_first, k_act)
+        replay = rb.add(state.replay, _record(ts, carry.action))
+        ready = jnp.logical_and(rb.can_sample(replay, T), replay.count * E >= B * T)
+        credit = state.credit + jnp.where(ready, credit_per_step, 0)
+        n = credit // credit_per_update
+        agent_state, sums = update_many(state.agent, replay, k_update, n)
+        state = state._replace(agent=agent_state, carry=carry, replay=replay,
+                               env_steps=state.env_steps + E, updates=state.updates + n,
+                               credit=credit - n * credit_per_update)
+        return state, action, n, sums
+
+    return agent_step
 
 
 def seed_hyper(agent: Dreamer, hyper: dict | None, seeds: int) -> dict:

@@ -14,11 +14,13 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from wmjax.agents.dreamer.agent import AgentState, Carry, Dreamer
 from wmjax.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
 from wmjax.config import TrainConfig
 from wmjax.envs.core import EnvAdapter
+from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env
 from wmjax.loop import TrainState
 from wmjax.run import cached_trainer, load_config, load_hyper
 
@@ -89,11 +91,35 @@ def evaluate(policy: Policy, episodes: int = 10, key: jax.Array | None = None,
     if episodes < 1:
         raise ValueError(f"episodes={episodes}; allowed: >= 1")
     key = jax.random.key(0) if key is None else key
+    if isinstance(policy.env, GymnasiumEnv):
+        return _evaluate_on_host(policy, episodes, key, max_steps)
     run = _rollout_fn(policy.env, policy.agent, policy.mode, episodes, max_steps)
     returns, finished = run(policy.state, key)
     if not bool(finished.all()):
         raise RuntimeError(f"evaluate: episodes did not finish within max_steps={max_steps}")
     return returns
+
+
+def _evaluate_on_host(policy: Policy, episodes: int, key: jax.Array, max_steps: int) -> jax.Array:
+    """evaluate() for gymnasium envs: a fresh vector env of `episodes` envs, stepped on the host."""
+    env = GymnasiumEnv(make_vector_env(policy.config.env, episodes), policy.config.env)
+    try:
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        rec = env.reset(seed)
+        carry = policy.initial_carry(episodes)
+        returns = np.zeros(episodes, np.float32)
+        finished = np.zeros(episodes, bool)
+        for _ in range(max_steps):
+            key, k_act = jax.random.split(key)
+            action, carry = policy.act(carry, rec["obs"], rec["is_first"], k_act)
+            rec, ret, _ = env.step(np.asarray(action))
+            returns = np.where(rec["is_last"] & ~finished, ret, returns)
+            finished |= rec["is_last"]
+            if finished.all():
+                return jnp.asarray(returns)
+    finally:
+        env.close()
+    raise RuntimeError(f"evaluate: episodes did not finish within max_steps={max_steps}")
 
 
 # Compiled once per (agent, mode[, episodes]): the agent object is shared by every run with the

@@ -21,6 +21,7 @@ import numpy as np
 from wmjax.checkpoint import CheckpointError, Checkpointer, checkpoint_dir
 from wmjax.config import TrainConfig
 from wmjax.distributed import is_main_process
+from wmjax.envs.gymnasium import is_gymnasium_name
 from wmjax.logging import JsonlWriter, Progress, WandbLogger
 from wmjax.loop import host_metrics, make_train, num_chunks
 
@@ -181,6 +182,13 @@ def cached_trainer(config: TrainConfig, devices: int | None = None):
 
 @functools.lru_cache(maxsize=16)
 def _trainer(config: TrainConfig, devices: int | None):
+    if is_gymnasium_name(config.env):  # not a JAX env: step it from the host loop
+        if devices is not None:
+            raise ValueError(f"{config.env} trains in the host loop on one device; --devices "
+                             f"shards the fused loop of JAX envs only")
+        from wmjax.host_loop import make_host_train
+
+        return make_host_train(config)
     return make_train(config, devices=devices)
 
 
