@@ -16,7 +16,7 @@ LOGDIR ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev,craftax]'
+	$(PY) -m pip install -e '.[dev,craftax,gymnasium]'
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -8,6 +8,15 @@ time) beside this machine's float32 matmul peak measured in the same run.
 
     python benchmarks/throughput.py                       # size1m and size12m, ratios 32/512, 1/8 seeds
     python benchmarks/throughput.py --presets size1m --seeds 1 --ratios 32
+
+Loop variants (--loops): `fused` (the one-program loop on gymnax CartPole), `host` (the host
+loop stepping gymnasium CartPole from Python; same agent, replay and ratio), and `fusedN` (the
+fused loop sharded over N devices, seeds first, then envs). On a CPU, `--cpu-devices N` splits
+it into N XLA devices (they share its cores, so this shows sharding overhead, not speed-up):
+
+    python benchmarks/throughput.py --presets size1m size12m --seeds 1 --ratios 32 --loops fused host
+    python benchmarks/throughput.py --cpu-devices 4 --presets size1m --seeds 4 --ratios 32 \
+        --loops fused fused2 fused4
 """
 from __future__ import annotations
 
@@ -16,15 +25,21 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
+if "--cpu-devices" in sys.argv:  # must be set before JAX starts
+    _n = sys.argv[sys.argv.index("--cpu-devices") + 1]
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={_n}").strip()
 
-from wmjax.agents.dreamer import Batch, Dreamer
-from wmjax.config import DreamerConfig, TrainConfig
-from wmjax.envs import make_env
-from wmjax.loop import make_train
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from wmjax.agents.dreamer import Batch, Dreamer  # noqa: E402
+from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
+from wmjax.envs import make_env  # noqa: E402
+from wmjax.loop import make_train  # noqa: E402
 
 
 def _timed(fn, *args, repeats=3):
@@ -68,7 +83,21 @@ def bare_update(agent: Dreamer, seeds: int, repeats: int) -> tuple[float, float]
     return t, gflop
 
 
-def loop_throughput(preset: str, ratio: float, seeds: int, envs: int, min_updates: int) -> dict:
+def make_loop(kind: str, cfg: TrainConfig):
+    """`fused`, `host` (gymnasium CartPole from Python), or `fusedN` (N devices)."""
+    if kind == "host":
+        from wmjax.host_loop import make_host_train
+
+        return make_host_train(cfg.replace(env="gymnasium:CartPole-v1"))
+    if kind.startswith("fused") and kind[5:].isdigit():
+        return make_train(cfg, devices=int(kind[5:]))
+    if kind == "fused":
+        return make_train(cfg)
+    raise ValueError(f"unknown loop {kind!r}; allowed: fused, host, fusedN (N devices)")
+
+
+def loop_throughput(preset: str, ratio: float, seeds: int, envs: int, min_updates: int,
+                    kind: str = "fused") -> dict:
     agent_cfg = DreamerConfig.preset(preset)
     B, T = agent_cfg.batch_size, agent_cfg.batch_length
     upd_per_vec_step = envs * ratio / (B * T)
@@ -76,7 +105,7 @@ def loop_throughput(preset: str, ratio: float, seeds: int, envs: int, min_update
     cfg = TrainConfig(env="CartPole-v1", num_envs=envs, seeds=seeds, steps=10**9,
                       train_ratio=ratio, replay_size=max(envs * (T + 1), 64 * 1024),
                       chunk_steps=iters * envs, agent=agent_cfg)
-    trainer = make_train(cfg)
+    trainer = make_loop(kind, cfg)
     state = trainer.init(jax.random.key(0))
     t0 = time.perf_counter()
     state, m = trainer.train_chunk(state)
@@ -104,6 +133,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--envs", type=int, default=16)
     ap.add_argument("--min-updates", type=int, default=4, help="updates per seed in the timed chunk")
+    ap.add_argument("--loops", nargs="+", default=["fused"],
+                    help="fused, host (gymnasium from Python) and/or fusedN (sharded over N devices)")
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="split the CPU into this many XLA devices (for the fusedN variants)")
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
     args = ap.parse_args()
 
@@ -112,7 +145,7 @@ def main() -> None:
           f"jax {jax.__version__} ({jax.default_backend()}); float32 matmul peak {peak:.1f} GFLOP/s")
     print("reference (official DreamerV3, size1m f32, CartPole, ratio 32, this machine): "
           "1.39 updates/s, 45 env steps/s, ~19 GFLOP/update (~14% of peak)")
-    header = (f"{'preset':8s} {'ratio':>5s} {'seeds':>5s} | {'env st/s':>9s} {'upd/s':>7s} | "
+    header = (f"{'preset':8s} {'ratio':>5s} {'seeds':>5s} {'loop':>7s} | {'env st/s':>9s} {'upd/s':>7s} | "
               f"{'bare upd s':>10s} {'overhead':>8s} | {'GFLOP/upd':>9s} {'GFLOP/s':>8s} {'% peak':>6s}")
     print(header)
     print("-" * len(header))
@@ -124,19 +157,26 @@ def main() -> None:
         for seeds in args.seeds:
             bare_t = single_t if seeds == 1 else bare_update(agent, seeds, repeats=2)[0]
             for ratio in args.ratios:
-                r = loop_throughput(preset, ratio, seeds, args.envs, args.min_updates)
-                per_update = r["chunk_s"] / max(1, r["updates_per_seed"])
-                overhead = per_update / bare_t - 1.0
-                achieved = gflop / single_t
-                row = dict(preset=preset, train_ratio=ratio, seeds=seeds, envs=args.envs, **r,
-                           bare_update_s=bare_t, loop_overhead=overhead, gflop_per_update=gflop,
-                           update_gflops=achieved, peak_gflops=peak,
-                           pct_of_peak=100 * achieved / peak)
-                rows.append(row)
-                print(f"{preset:8s} {ratio:5.0f} {seeds:5d} | {r['env_steps_per_s']:9.1f} "
-                      f"{r['updates_per_s']:7.2f} | {bare_t:10.3f} {100 * overhead:7.1f}% | "
-                      f"{gflop:9.2f} {achieved:8.1f} {100 * achieved / peak:5.1f}%", flush=True)
-                _save(args.out, peak, rows)  # after every row, so a stopped run keeps its rows
+                fused_rate = None
+                for kind in args.loops:
+                    r = loop_throughput(preset, ratio, seeds, args.envs, args.min_updates, kind)
+                    per_update = r["chunk_s"] / max(1, r["updates_per_seed"])
+                    overhead = per_update / bare_t - 1.0
+                    achieved = gflop / single_t
+                    fused_rate = r["env_steps_per_s"] if kind == "fused" else fused_rate
+                    row = dict(preset=preset, train_ratio=ratio, seeds=seeds, envs=args.envs,
+                               loop=kind, **r, bare_update_s=bare_t, loop_overhead=overhead,
+                               gflop_per_update=gflop, update_gflops=achieved, peak_gflops=peak,
+                               pct_of_peak=100 * achieved / peak,
+                               devices=jax.device_count())
+                    if fused_rate and kind != "fused":
+                        row["fused_over_this"] = fused_rate / r["env_steps_per_s"]
+                    rows.append(row)
+                    vs = f"  fused/{kind} {row['fused_over_this']:.2f}x" if "fused_over_this" in row else ""
+                    print(f"{preset:8s} {ratio:5.0f} {seeds:5d} {kind:>7s} | {r['env_steps_per_s']:9.1f} "
+                          f"{r['updates_per_s']:7.2f} | {bare_t:10.3f} {100 * overhead:7.1f}% | "
+                          f"{gflop:9.2f} {achieved:8.1f} {100 * achieved / peak:5.1f}%{vs}", flush=True)
+                    _save(args.out, peak, rows)  # after every row, so a stopped run keeps its rows
     print(f"wrote {args.out}")
 
 

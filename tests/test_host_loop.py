@@ -11,7 +11,7 @@ import pytest
 from programs import TINY
 from wmjax import evaluate, load_policy
 from wmjax.cli import main
-from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env
+from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env, register_vector_env
 from wmjax.host_loop import make_host_train
 from wmjax.loop import host_metrics
 from wmjax.run import cached_trainer, train
@@ -77,6 +77,31 @@ class _TwoButtons(gym.Env):
 
     def step(self, action):
         return np.zeros(3, np.float32), 0.0, False, False, {}
+
+
+class _Walker(gym.Env):
+    """dm_control-like Dict observations with a scalar entry."""
+
+    observation_space = gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (3,), np.float64),
+                                         "height": gym.spaces.Box(-1, 1, (), np.float64)})
+    action_space = gym.spaces.Box(-0.5, 0.5, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        return {"pos": np.ones(3), "height": np.array(0.5)}, {}
+
+    def step(self, action):
+        assert np.all(np.abs(action) <= 0.5)  # rescaled from [-1, 1]
+        return {"pos": np.ones(3), "height": np.array(0.5)}, float(action[0]), False, False, {}
+
+
+def test_dict_observations_and_registered_factories():
+    register_vector_env("gymnasium:walker-test", lambda n: gym.vector.SyncVectorEnv([_Walker] * n))
+    env = GymnasiumEnv(make_vector_env("gymnasium:walker-test", 3), "gymnasium:walker-test")
+    assert env.spec.obs_shapes == {"height": (1,), "pos": (3,)} and not env.spec.discrete
+    rec, _, _ = env.step(np.ones((3, 2), np.float32))
+    assert rec["obs"]["height"].shape == (3, 1) and rec["obs"]["pos"].dtype == np.float32
+    with pytest.raises(ValueError, match="must start with 'gymnasium:'"):
+        register_vector_env("walker", lambda n: None)
 
 
 def test_host_loop_refuses_what_it_cannot_drive():

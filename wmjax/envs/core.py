@@ -237,9 +237,9 @@ def register_env(name: str, factory: Callable[[str], EnvAdapter]) -> None:
 def check_env_name(name: str) -> None:
     """Raise ValueError naming the known envs if `name` is not one of them (names
     `gymnasium:ID` are gymnasium envs for the host loop, checked when they are made)."""
-    if name not in REGISTRY and not name.startswith("gymnasium:"):
-        raise ValueError(f"unknown env {name!r}; known envs: {', '.join(sorted(REGISTRY))}, or "
-                         f"gymnasium:ID for a gymnasium env (host loop)")
+    if name not in REGISTRY and not name.startswith(("gymnasium:", "atari:", "dmc:")):
+        raise ValueError(f"unknown env {name!r}; known envs: {', '.join(sorted(REGISTRY))}; or, "
+                         f"stepped by the host loop, gymnasium:ID, atari:GAME, dmc:DOMAIN-TASK")
 
 
 def make_env(name: str) -> EnvAdapter:

@@ -2,7 +2,9 @@
 wmjax's record layout, stepped on the host by `wmjax.host_loop`.
 
 Names: `gymnasium:ID`, e.g. `gymnasium:CartPole-v1`, builds `gymnasium.make_vec(ID, num_envs)`.
-Or wrap a vector env you built yourself with `GymnasiumEnv(envs)`.
+For an env that needs wrappers (Atari frames resized to 64x64, say), register a factory under a
+`gymnasium:` name with `register_vector_env(name, factory)`, and every entry point (train, the
+CLI, load_policy, evaluate) builds it by that name.
 
 The vector env must auto-reset in gymnasium's NEXT_STEP mode (its default): the step after an
 episode ends ignores the action and returns the next episode's first observation. That is the
@@ -11,21 +13,44 @@ is_first and reward 0, and is_terminal marks true termination only, never trunca
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from wmjax.envs.core import EnvSpec
 
 PREFIX = "gymnasium:"
+# Built-in recipes with DreamerV3's preprocessing: `atari:GAME` (extra [atari]) and
+# `dmc:DOMAIN-TASK` (extra [dmc]); see atari() and dm_control() below.
+ATARI, DMC = "atari:", "dmc:"
+
+# name -> factory(num_envs) returning a gymnasium vector env; see register_vector_env.
+VECTOR_ENVS: dict[str, Callable[[int], Any]] = {}
 
 
 def is_gymnasium_name(name: str) -> bool:
-    return name.startswith(PREFIX)
+    """Names of envs stepped by the host loop through gymnasium."""
+    return name.startswith((PREFIX, ATARI, DMC))
+
+
+def register_vector_env(name: str, factory: Callable[[int], Any]) -> None:
+    """Make `gymnasium:...` name `name` build `factory(num_envs)`, a gymnasium vector env."""
+    if not is_gymnasium_name(name):
+        raise ValueError(f"register_vector_env: name {name!r} must start with {PREFIX!r}")
+    if not callable(factory):
+        raise TypeError(f"register_vector_env: factory for {name!r} must be callable")
+    VECTOR_ENVS[name] = factory
 
 
 def make_vector_env(name: str, num_envs: int) -> Any:
-    """`gymnasium:ID` -> gymnasium.make_vec(ID, num_envs), stepped in this process."""
+    """A registered factory's vector env, or gymnasium.make_vec(ID, num_envs) for
+    `gymnasium:ID`; stepped in this process."""
+    if name in VECTOR_ENVS:
+        return VECTOR_ENVS[name](num_envs)
+    if name.startswith(ATARI):
+        return atari(name[len(ATARI):], num_envs)
+    if name.startswith(DMC):
+        return dm_control(name[len(DMC):], num_envs)
     gym = _import_gymnasium()
     env_id = name[len(PREFIX):] if is_gymnasium_name(name) else name
     try:
@@ -33,6 +58,56 @@ def make_vector_env(name: str, num_envs: int) -> Any:
                             vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
     except gym.error.Error as e:  # unknown id, missing extra (ale-py, shimmy[dm-control]) ...
         raise ValueError(f"gymnasium cannot make {env_id!r}: {e}") from None
+
+
+def atari(game: str, num_envs: int, size: int = 64, gray: bool = False, repeat: int = 4,
+          sticky: float = 0.0, noops: int = 30) -> Any:
+    """ALE `game` (e.g. "Pong") as DreamerV3's Atari100k config sees it: 64x64 RGB frames,
+    action repeat 4 with max-pooling of the last two frames, no sticky actions, up to 30
+    no-ops at reset, the minimal action set, no life-loss ends and no reward clipping.
+    (DreamerV3's Atari-200M config: size=96, gray=True, sticky=0.25.) Needs `wmjax[atari]`."""
+    gym = _import_gymnasium()
+    try:
+        import ale_py
+    except ImportError:
+        raise ImportError("Atari envs need the extra: pip install 'wmjax[atari]'") from None
+    gym.register_envs(ale_py)
+    from gymnasium.wrappers import AtariPreprocessing
+
+    def preprocess(env):
+        return AtariPreprocessing(env, noop_max=noops, frame_skip=repeat, screen_size=size,
+                                  grayscale_obs=gray, grayscale_newaxis=True, scale_obs=False,
+                                  terminal_on_life_loss=False)
+
+    try:
+        return gym.make_vec(f"ALE/{game}-v5", num_envs=num_envs, vectorization_mode="sync",
+                            frameskip=1, repeat_action_probability=sticky,
+                            full_action_space=False, wrappers=[preprocess],
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+    except gym.error.DependencyNotInstalled as e:
+        raise ImportError(f"Atari envs need the extra: pip install 'wmjax[atari]' ({e})") from None
+    except gym.error.Error as e:
+        raise ValueError(f"ale-py has no game {game!r} ({e}); e.g. atari:Pong, atari:Breakout") from None
+
+
+def dm_control(task: str, num_envs: int) -> Any:
+    """DeepMind Control `task` ("walker-walk", "cheetah-run", ...) with proprioceptive dict
+    observations, through shimmy, as DreamerV3's dmc_proprio config: action repeat 1, episodes
+    of 1000 steps ending by time limit (truncation). Needs `wmjax[dmc]`."""
+    gym = _import_gymnasium()
+    try:
+        import shimmy  # noqa: F401  (registers the dm_control/... ids)
+    except ImportError:
+        raise ImportError("DeepMind Control envs need the extra: pip install 'wmjax[dmc]'") from None
+    gym.register_envs(shimmy)
+    try:
+        return gym.make_vec(f"dm_control/{task}-v0", num_envs=num_envs, vectorization_mode="sync",
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
+    except gym.error.DependencyNotInstalled as e:
+        raise ImportError(f"DeepMind Control envs need the extra: pip install 'wmjax[dmc]' ({e})") from None
+    except gym.error.Error as e:
+        raise ValueError(f"dm_control has no task {task!r} ({e}); e.g. dmc:walker-walk, "
+                         f"dmc:cheetah-run") from None
 
 
 class GymnasiumEnv:
@@ -100,10 +175,11 @@ class GymnasiumEnv:
         return self._record(obs, reward, is_first, is_last, is_terminal), finished_return, finished_length
 
     def _record(self, obs, reward, is_first, is_last, is_terminal) -> dict[str, Any]:
+        n = self.num_envs
         if self.obs_keys is None:
             obs = _cast(obs)
-        else:
-            obs = {k: _cast(obs[k]) for k in self.obs_keys}
+        else:  # scalar keys (dm_control's "height", say) become (1,) vectors
+            obs = {k: _cast(np.reshape(obs[k], (n,) + s)) for k, s in self.spec.obs_shape}
         return dict(obs=obs, reward=np.asarray(reward, np.float32), is_first=is_first,
                     is_last=is_last, is_terminal=is_terminal)
 
@@ -123,6 +199,8 @@ def _cast(x: Any) -> np.ndarray:
 def _obs_layout(space: Any, gym: Any) -> tuple[list[str] | None, Any]:
     """(dict keys or None, the EnvSpec obs_shape) of a Box or Dict-of-Box observation space."""
     def shape_of(key, box):
+        if isinstance(box, gym.spaces.Box) and key and box.shape == ():
+            return (1,)  # a scalar entry of a Dict space
         if not isinstance(box, gym.spaces.Box) or len(box.shape) not in (1, 3):
             raise ValueError(f"observation {key}{box}; allowed: a Box of shape (D,) or (H, W, C) "
                              f"(uint8 images), or a Dict of them")
