@@ -14,3 +14,17 @@ TINY = TrainConfig(env="CartPole-v1", num_envs=4, seeds=2, steps=512, chunk_step
 TINY_FLAGS = ["--env", "CartPole-v1", "--envs", "4", "--seeds", "2", "--chunk-steps", "128",
               "--train-ratio", "24", "--replay-size", "1024", "--preset", "tiny",
               "--set", "warmup=10"]
+
+
+def run_chunks(trainer, chunks: int):
+    """Train `chunks` chunks from key 0; returns (final state, per-chunk lists of seed rows)."""
+    import jax
+
+    from wmjax.loop import host_metrics
+
+    state = trainer.init(jax.random.key(0))
+    rows = []
+    for _ in range(chunks):
+        state, metrics = trainer.train_chunk(state)
+        rows.append(host_metrics(metrics))
+    return state, rows

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from programs import TINY
+from programs import TINY, run_chunks
 from wmjax.distributed import DATA, SEEDS, initialize, make_mesh, mesh_shape
-from wmjax.loop import host_metrics
 from wmjax.run import cached_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,12 +23,7 @@ WORLD_MODEL = ("encoder", "rssm", "decoder", "reward", "cont")
 
 def _run(devices, chunks=2):
     trainer = cached_trainer(TINY, devices)
-    state = trainer.init(jax.random.key(0))
-    rows = []
-    for _ in range(chunks):
-        state, metrics = trainer.train_chunk(state)
-        rows.append(host_metrics(metrics))
-    return trainer, state, rows
+    return (trainer, *run_chunks(trainer, chunks))
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from programs import TINY
+from programs import TINY, run_chunks
 from wmjax import evaluate, load_policy
 from wmjax.cli import main
 from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env, register_vector_env
 from wmjax.host_loop import make_host_train
-from wmjax.loop import host_metrics
 from wmjax.run import cached_trainer, train
 
 
@@ -42,11 +41,7 @@ def test_records_follow_the_fused_layout():
 @pytest.fixture(scope="module")
 def chunks():
     trainer = cached_trainer(TINY.replace(env="gymnasium:CartPole-v1"))
-    state = trainer.init(jax.random.key(0))
-    rows = []
-    for _ in range(3):
-        state, metrics = trainer.train_chunk(state)
-        rows.append(host_metrics(metrics))
+    state, rows = run_chunks(trainer, 3)
     return trainer, state, rows
 
 
@@ -54,11 +49,9 @@ def test_host_loop_keeps_the_fused_train_ratio(chunks):
     """The same update counts, per chunk and seed, as the fused loop of the same config
     (tests/test_loop.py checks those against the ratio arithmetic)."""
     trainer, state, rows = chunks
-    fused = cached_trainer(TINY)
-    f_state = fused.init(jax.random.key(0))
-    for host_rows in rows:
-        f_state, metrics = fused.train_chunk(f_state)
-        expected = [(r["env_step"], r["updates"]) for r in host_metrics(metrics)]
+    _, fused_rows = run_chunks(cached_trainer(TINY), 3)
+    for host_rows, fused in zip(rows, fused_rows):
+        expected = [(r["env_step"], r["updates"]) for r in fused]
         assert [(r["env_step"], r["updates"]) for r in host_rows] == expected
     assert rows[-1][0]["updates"] > 0 and rows[-1][0]["episodes"] > 0
     assert np.isfinite(rows[-1][0]["loss/total"])

@@ -4,8 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from programs import TINY
-from wmjax.loop import host_metrics
+from programs import TINY, run_chunks
 from wmjax.run import cached_trainer
 
 # 4 envs, ratio 24, 128-step chunks: 96 replayed steps owed per vector step, 128 per update.
@@ -15,11 +14,7 @@ E, RATIO, CHUNK = TINY.num_envs, TINY.train_ratio, TINY.chunk_steps
 @pytest.fixture(scope="module")
 def run():
     trainer = cached_trainer(TINY)  # the program the other tests share
-    state = trainer.init(jax.random.key(0))
-    chunks = []
-    for _ in range(3):
-        state, metrics = trainer.train_chunk(state)
-        chunks.append(host_metrics(metrics))
+    state, chunks = run_chunks(trainer, 3)
     return trainer, state, chunks
 
 
