@@ -25,7 +25,7 @@ from wmjax.config import TrainConfig
 from wmjax.envs.core import Timestep
 from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env
 from wmjax.loop import (
-    TrainState, Trainer, _summarise, initial_state, make_agent_step, ratio_fraction, seed_hyper,
+    TrainState, Trainer, initial_state, make_agent_step, ratio_fraction, seed_hyper, summarise_chunk,
 )
 
 
@@ -92,7 +92,7 @@ def make_host_train(config: TrainConfig, envs: Any = None) -> Trainer:
         state = state._replace(timestep=jax.tree.map(jnp.asarray, to_seeds(records)))
         live["state"], live["records"] = state, records
         stats = {**{k: jnp.asarray(v, jnp.float32) for k, v in host.items()}, **acc}
-        return state, _summarise(stats, state, env)
+        return state, summarise_chunk(stats, state, env)
 
     def init(key: jax.Array, hyper: dict | None = None) -> TrainState:
         return init_seeds(key, seed_hyper(agent, hyper, S))

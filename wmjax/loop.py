@@ -99,7 +99,7 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
     def chunk_one(state: TrainState) -> tuple[TrainState, dict]:
         state, stats = jax.lax.scan(iteration, state, None, length=config.iters_per_chunk)
         stats = jax.tree.map(lambda x: x.sum(0), stats)  # reduce over the chunk's iterations
-        return state, _summarise(stats, state, env)
+        return state, summarise_chunk(stats, state, env)
 
     def init_seeds(key: jax.Array, hyper: dict) -> TrainState:
         keys = jax.random.split(jax.random.fold_in(key, config.seed), config.seeds)
@@ -202,7 +202,8 @@ def _record(ts: Timestep, action: jax.Array) -> dict:
                 is_last=ts.is_last, is_terminal=ts.is_terminal)
 
 
-def _summarise(stats: dict, state: TrainState, env: EnvAdapter) -> dict:
+def summarise_chunk(stats: dict, state: TrainState, env: EnvAdapter) -> dict:
+    """A chunk's summed stats as its log row: means per finished episode and per update."""
     eps = stats.pop("episodes")
     n = stats.pop("num_updates")
     out = {

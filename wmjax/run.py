@@ -124,11 +124,11 @@ def train(
         log(f"wmjax: resuming {logdir} after chunk {done}")
     else:
         state = trainer.init(key, hyper)
-        if logdir and main:
-            write_json(os.path.join(logdir, CONFIG_FILE), config.to_dict())
         if logdir:
-            if hyper and main:
-                write_json(os.path.join(logdir, HYPER_FILE), _hyper_lists(hyper, config.seeds))
+            if main:  # with several processes, process 0 writes the run folder's files
+                write_json(os.path.join(logdir, CONFIG_FILE), config.to_dict())
+                if hyper:
+                    write_json(os.path.join(logdir, HYPER_FILE), _hyper_lists(hyper, config.seeds))
             ckpt = Checkpointer(logdir)
 
     chunks = num_chunks(config)

@@ -225,6 +225,10 @@ REGISTRY = {
 }
 
 
+# Env names stepped from Python by the host loop (wmjax/envs/gymnasium.py), not by make_env.
+HOST_LOOP_PREFIXES = ("gymnasium:", "atari:", "dmc:")
+
+
 def register_env(name: str, factory: Callable[[str], EnvAdapter]) -> None:
     """Make `make_env(name)` (and so `train`, sweeps, `load_policy`) build `factory(name)`: how
     your own env, e.g. one with dict observations, joins wmjax. Registering a known name again
@@ -237,7 +241,7 @@ def register_env(name: str, factory: Callable[[str], EnvAdapter]) -> None:
 def check_env_name(name: str) -> None:
     """Raise ValueError naming the known envs if `name` is not one of them (names
     `gymnasium:ID` are gymnasium envs for the host loop, checked when they are made)."""
-    if name not in REGISTRY and not name.startswith(("gymnasium:", "atari:", "dmc:")):
+    if name not in REGISTRY and not name.startswith(HOST_LOOP_PREFIXES):
         raise ValueError(f"unknown env {name!r}; known envs: {', '.join(sorted(REGISTRY))}; or, "
                          f"stepped by the host loop, gymnasium:ID, atari:GAME, dmc:DOMAIN-TASK")
 

@@ -17,12 +17,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from wmjax.envs.core import EnvSpec
+from wmjax.envs.core import HOST_LOOP_PREFIXES, EnvSpec
 
-PREFIX = "gymnasium:"
-# Built-in recipes with DreamerV3's preprocessing: `atari:GAME` (extra [atari]) and
-# `dmc:DOMAIN-TASK` (extra [dmc]); see atari() and dm_control() below.
-ATARI, DMC = "atari:", "dmc:"
+# `gymnasium:ID`, and built-in recipes with DreamerV3's preprocessing: `atari:GAME` (extra
+# [atari]) and `dmc:DOMAIN-TASK` (extra [dmc]); see atari() and dm_control() below.
+PREFIX, ATARI, DMC = HOST_LOOP_PREFIXES
 
 # name -> factory(num_envs) returning a gymnasium vector env; see register_vector_env.
 VECTOR_ENVS: dict[str, Callable[[int], Any]] = {}
@@ -30,12 +29,12 @@ VECTOR_ENVS: dict[str, Callable[[int], Any]] = {}
 
 def is_gymnasium_name(name: str) -> bool:
     """Names of envs stepped by the host loop through gymnasium."""
-    return name.startswith((PREFIX, ATARI, DMC))
+    return name.startswith(HOST_LOOP_PREFIXES)
 
 
 def register_vector_env(name: str, factory: Callable[[int], Any]) -> None:
     """Make `gymnasium:...` name `name` build `factory(num_envs)`, a gymnasium vector env."""
-    if not is_gymnasium_name(name):
+    if not name.startswith(PREFIX):
         raise ValueError(f"register_vector_env: name {name!r} must start with {PREFIX!r}")
     if not callable(factory):
         raise TypeError(f"register_vector_env: factory for {name!r} must be callable")
