@@ -50,13 +50,22 @@ def make_vector_env(name: str, num_envs: int) -> Any:
         return atari(name[len(ATARI):], num_envs)
     if name.startswith(DMC):
         return dm_control(name[len(DMC):], num_envs)
-    gym = _import_gymnasium()
     env_id = name[len(PREFIX):] if is_gymnasium_name(name) else name
+    return _make_vec(env_id, num_envs, "gymnasium", f"gymnasium cannot make {env_id!r}")
+
+
+def _make_vec(env_id: str, num_envs: int, extra: str, unknown: str, **kwargs) -> Any:
+    """gymnasium.make_vec in this process with NEXT_STEP auto-resets; a missing dependency
+    names the wmjax extra to install, any other gymnasium error is reported as `unknown`."""
+    gym = _import_gymnasium()
     try:
         return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
-                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
-    except gym.error.Error as e:  # unknown id, missing extra (ale-py, shimmy[dm-control]) ...
-        raise ValueError(f"gymnasium cannot make {env_id!r}: {e}") from None
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP},
+                            **kwargs)
+    except gym.error.DependencyNotInstalled as e:
+        raise ImportError(f"{env_id} needs the extra: pip install 'wmjax[{extra}]' ({e})") from None
+    except gym.error.Error as e:
+        raise ValueError(f"{unknown} ({e})") from None
 
 
 def atari(game: str, num_envs: int, size: int = 64, gray: bool = False, repeat: int = 4,
@@ -78,15 +87,10 @@ def atari(game: str, num_envs: int, size: int = 64, gray: bool = False, repeat: 
                                   grayscale_obs=gray, grayscale_newaxis=True, scale_obs=False,
                                   terminal_on_life_loss=False)
 
-    try:
-        return gym.make_vec(f"ALE/{game}-v5", num_envs=num_envs, vectorization_mode="sync",
-                            frameskip=1, repeat_action_probability=sticky,
-                            full_action_space=False, wrappers=[preprocess],
-                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
-    except gym.error.DependencyNotInstalled as e:
-        raise ImportError(f"Atari envs need the extra: pip install 'wmjax[atari]' ({e})") from None
-    except gym.error.Error as e:
-        raise ValueError(f"ale-py has no game {game!r} ({e}); e.g. atari:Pong, atari:Breakout") from None
+    return _make_vec(f"ALE/{game}-v5", num_envs, "atari",
+                     f"ale-py has no game {game!r}; e.g. atari:Pong, atari:Breakout",
+                     frameskip=1, repeat_action_probability=sticky, full_action_space=False,
+                     wrappers=[preprocess])
 
 
 def dm_control(task: str, num_envs: int) -> Any:
@@ -99,14 +103,8 @@ def dm_control(task: str, num_envs: int) -> Any:
     except ImportError:
         raise ImportError("DeepMind Control envs need the extra: pip install 'wmjax[dmc]'") from None
     gym.register_envs(shimmy)
-    try:
-        return gym.make_vec(f"dm_control/{task}-v0", num_envs=num_envs, vectorization_mode="sync",
-                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP})
-    except gym.error.DependencyNotInstalled as e:
-        raise ImportError(f"DeepMind Control envs need the extra: pip install 'wmjax[dmc]' ({e})") from None
-    except gym.error.Error as e:
-        raise ValueError(f"dm_control has no task {task!r} ({e}); e.g. dmc:walker-walk, "
-                         f"dmc:cheetah-run") from None
+    return _make_vec(f"dm_control/{task}-v0", num_envs, "dmc",
+                     f"dm_control has no task {task!r}; e.g. dmc:walker-walk, dmc:cheetah-run")
 
 
 class GymnasiumEnv:
@@ -128,7 +126,7 @@ class GymnasiumEnv:
         self.envs = envs
         self.num_envs = int(envs.num_envs)
         name = name or PREFIX + str(getattr(getattr(envs, "spec", None), "id", type(envs).__name__))
-        self.obs_keys, obs_shape = _obs_layout(envs.single_observation_space, gym)
+        obs_shape = _obs_shape(envs.single_observation_space, gym)
         act = envs.single_action_space
         if isinstance(act, gym.spaces.Discrete):
             self.spec = EnvSpec(name, obs_shape, discrete=True, num_actions=int(act.n))
@@ -175,7 +173,7 @@ class GymnasiumEnv:
 
     def _record(self, obs, reward, is_first, is_last, is_terminal) -> dict[str, Any]:
         n = self.num_envs
-        if self.obs_keys is None:
+        if not self.spec.is_dict:
             obs = _cast(obs)
         else:  # scalar keys (dm_control's "height", say) become (1,) vectors
             obs = {k: _cast(np.reshape(obs[k], (n,) + s)) for k, s in self.spec.obs_shape}
@@ -195,8 +193,8 @@ def _cast(x: Any) -> np.ndarray:
     return x.astype(np.uint8) if x.ndim == 4 else x.astype(np.float32)  # (N, H, W, C) images
 
 
-def _obs_layout(space: Any, gym: Any) -> tuple[list[str] | None, Any]:
-    """(dict keys or None, the EnvSpec obs_shape) of a Box or Dict-of-Box observation space."""
+def _obs_shape(space: Any, gym: Any) -> Any:
+    """The EnvSpec obs_shape of a Box or Dict-of-Box observation space."""
     def shape_of(key, box):
         if isinstance(box, gym.spaces.Box) and key and box.shape == ():
             return (1,)  # a scalar entry of a Dict space
@@ -208,9 +206,8 @@ def _obs_layout(space: Any, gym: Any) -> tuple[list[str] | None, Any]:
         return tuple(int(d) for d in box.shape)
 
     if isinstance(space, gym.spaces.Dict):
-        keys = sorted(space.spaces)
-        return keys, {k: shape_of(f"{k!r}: ", space.spaces[k]) for k in keys}
-    return None, shape_of("", space)
+        return {k: shape_of(f"{k!r}: ", box) for k, box in space.spaces.items()}
+    return shape_of("", space)
 
 
 def _import_gymnasium():
