@@ -59,3 +59,37 @@ def test_imagine_shapes(rssm_and_params):
     assert actions.shape == (7, 6, 2)
     np.testing.assert_array_equal(traj.deter[:, 0], start.deter)
     np.testing.assert_allclose(traj.stoch[:, 1:].sum(-1), 1.0, rtol=1e-6)  # one-hot samples
+
+
+def test_unrolled_scans_compute_the_same(rssm_and_params):
+    """`unroll` (used to count every step's FLOPs) changes how the scans compile, not what
+    they compute; and the noise drawn before the scan matches the per-step keys."""
+    m, params = rssm_and_params
+    unrolled = m.clone(unroll=True)
+    B, T = 3, 6
+    embed = jax.random.normal(jax.random.key(1), (B, T, 5))
+    action = jax.random.normal(jax.random.key(2), (B, T, 2))
+    is_first = jnp.zeros((B, T), bool).at[:, 0].set(True)
+    key = jax.random.key(5)
+    for legacy in (False, True):  # typed keys and raw uint32 keys draw the same noise
+        k = jax.random.key_data(key) if legacy else key
+        a = m.apply(params, embed, action, is_first, k, method=RSSM.observe)[1]
+        b = unrolled.apply(params, embed, action, is_first, k, method=RSSM.observe)[1]
+        np.testing.assert_allclose(a.deter, b.deter, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(a.stoch, b.stoch)
+    start = jax.tree.map(lambda x: x[:, -1], a)
+    policy = lambda feat, k: jax.nn.one_hot(jax.random.randint(k, feat.shape[:-1], 0, 2), 2)
+    ta, aa = m.apply(params, start, policy, 4, key, method=RSSM.imagine)
+    tb, ab = unrolled.apply(params, start, policy, 4, key, method=RSSM.imagine)
+    np.testing.assert_allclose(ta.deter, tb.deter, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ta.stoch, tb.stoch)
+    np.testing.assert_array_equal(aa, ab)
+    # Step by step with img_step and the same per-step keys gives the same trajectory.
+    state = start
+    for t, k in enumerate(jax.random.split(key, 5)[:-1]):
+        k_policy, k_stoch = jax.random.split(k)
+        act = policy(m.apply(params, state, method=RSSM.feat), k_policy)
+        np.testing.assert_array_equal(aa[:, t], act)
+        state = m.apply(params, state, act, k_stoch, method=RSSM.img_step)
+        np.testing.assert_allclose(ta.deter[:, t + 1], state.deter, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ta.stoch[:, t + 1], state.stoch, atol=1e-6)

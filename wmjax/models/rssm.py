@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wmjax.nn.dists import categorical_kl, mode_onehot, sample_onehot, unimix_logits
+from wmjax.nn.dists import categorical_kl, gumbel_onehot, mode_onehot, unimix_logits
 from wmjax.nn.layers import Linear, NormAct, dreamer_init
 
 sg = jax.lax.stop_gradient
@@ -58,6 +58,7 @@ class RSSM(nn.Module):
     img_layers: int = 2
     obs_layers: int = 1
     dtype: Any = jnp.float32
+    unroll: int | bool = 1  # the scans' unroll; True unrolls fully (e.g. to count FLOPs)
 
     def setup(self) -> None:
         if self.deter % self.blocks:
@@ -153,7 +154,7 @@ class RSSM(nn.Module):
 
     def img_step(self, state: RSSMState, action: jax.Array, key: jax.Array | None) -> RSSMState:
         """One prior step; `key=None` takes the mode instead of sampling."""
-        return self._img_step(state, self._groups(state.deter), action, key)[0]
+        return self._img_step(state, self._groups(state.deter), action, self._noise(key, state))[0]
 
     def obs_step(
         self,
@@ -165,22 +166,34 @@ class RSSM(nn.Module):
     ) -> RSSMState:
         """One posterior step. `action` is the previous action; both it and the state are zeroed
         where `is_first` is set, so episodes never leak into each other."""
-        return self._obs_step(state, self._groups(state.deter), action, embed, is_first, key)[0]
+        noise = self._noise(key, state)
+        return self._obs_step(state, self._groups(state.deter), action, embed, is_first, noise)[0]
 
-    # The step functions the scans use carry the deter also in group-major layout (see `_core`).
+    # The step functions the scans use carry the deter also in group-major layout (see `_core`),
+    # and take Gumbel noise drawn before the scan (None: take the mode): drawn per step, it
+    # runs a small threefry loop every step, which on CPU costs more than the sampling.
 
-    def _img_step(self, state, deter_g, action, key):
+    def _noise(self, key: jax.Array | None, state: RSSMState) -> jax.Array | None:
+        """Gumbel noise for sampling the stoch of `state`'s batch shape; a batch of keys gives
+        one draw per key, in one call (the same numbers as one call per key)."""
+        if key is None:
+            return None
+        draw = lambda k: jax.random.gumbel(k, state.stoch.shape)
+        typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        return jax.vmap(draw)(key) if key.ndim > (0 if typed else 1) else draw(key)
+
+    def _img_step(self, state, deter_g, action, noise):
         deter, deter_g = self._core(state.deter, deter_g, state.stoch, action)
         logits = self.prior_logits(deter)
-        stoch = mode_onehot(logits) if key is None else sample_onehot(key, logits)
+        stoch = mode_onehot(logits) if noise is None else gumbel_onehot(logits, noise)
         return RSSMState(deter, stoch, logits), deter_g
 
-    def _obs_step(self, state, deter_g, action, embed, is_first, key):
+    def _obs_step(self, state, deter_g, action, embed, is_first, noise):
         state, action = _reset((state, action), is_first)
         deter_g = jnp.where(is_first[..., None], 0.0, deter_g)  # (g, batch, size) vs (batch,)
         deter, deter_g = self._core(state.deter, deter_g, state.stoch, action)
         logits = self.post_logits(deter, embed)
-        stoch = mode_onehot(logits) if key is None else sample_onehot(key, logits)
+        stoch = mode_onehot(logits) if noise is None else gumbel_onehot(logits, noise)
         return RSSMState(deter, stoch, logits), deter_g
 
     # ------------------------------------------------------------------ sequences
@@ -204,14 +217,16 @@ class RSSM(nn.Module):
         batch, length = is_first.shape
         if state is None:
             state = self.initial(batch)
-        keys = jax.random.split(key, length)
-        xs = (jnp.swapaxes(embed, 0, 1), jnp.swapaxes(action, 0, 1), is_first.T, keys)
+        noise = self._noise(jax.random.split(key, length), state)
+        xs = (jnp.swapaxes(embed, 0, 1), jnp.swapaxes(action, 0, 1), is_first.T, noise)
 
         def step(mdl, carry, x):
             new = mdl._obs_step(*carry, x[1], x[0], x[2], x[3])
             return new, new[0]
 
-        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False})
+        scan = nn.scan(
+            step, variable_broadcast="params", split_rngs={"params": False}, unroll=self.unroll
+        )
         (last, _), states = scan(self, (state, self._groups(state.deter)), xs)
         return last, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), states)
 
@@ -228,15 +243,20 @@ class RSSM(nn.Module):
         taken at each of those states (B, horizon + 1, A); the last action is never executed.
         """
         keys = jax.random.split(key, horizon + 1)
+        policy_keys, stoch_keys = jnp.swapaxes(jax.vmap(jax.random.split)(keys[:-1]), 0, 1)
+        noise = self._noise(stoch_keys, state)
 
-        def step(mdl, carry, k):
-            ka, ks = jax.random.split(k)
-            action = policy(mdl.feat(carry[0]), ka)
-            new = mdl._img_step(*carry, action, ks)
+        def step(mdl, carry, x):
+            action = policy(mdl.feat(carry[0]), x[0])
+            new = mdl._img_step(*carry, action, x[1])
             return new, (carry[0], action)
 
-        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False})
-        (last, _), (states, actions) = scan(self, (state, self._groups(state.deter)), keys[:-1])
+        scan = nn.scan(
+            step, variable_broadcast="params", split_rngs={"params": False}, unroll=self.unroll
+        )
+        (last, _), (states, actions) = scan(
+            self, (state, self._groups(state.deter)), (policy_keys, noise)
+        )
         final_action = policy(self.feat(last), keys[-1])
         traj = jax.tree.map(lambda s, l: jnp.concatenate([s, l[None]], 0), states, last)
         actions = jnp.concatenate([actions, final_action[None]], 0)

@@ -82,18 +82,26 @@ def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:
     return jnp.log(probs)
 
 
-def sample_onehot(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """One-hot sample with straight-through gradients to the probabilities."""
+def straight_through(logits: jax.Array, idx: jax.Array) -> jax.Array:
+    """one_hot(idx) in the forward pass, with the gradients of softmax(logits)."""
     probs = jax.nn.softmax(logits, -1)
-    idx = jax.random.categorical(key, logits, -1)
     onehot = jax.nn.one_hot(idx, logits.shape[-1], dtype=probs.dtype)
     return onehot + probs - sg(probs)
 
 
+def sample_onehot(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One-hot sample with straight-through gradients to the probabilities."""
+    return straight_through(logits, jax.random.categorical(key, logits, -1))
+
+
+def gumbel_onehot(logits: jax.Array, gumbel: jax.Array) -> jax.Array:
+    """`sample_onehot` with the Gumbel noise drawn beforehand (`jax.random.gumbel`, logits'
+    shape), so that a scan can draw all its noise in one call instead of one per step."""
+    return straight_through(logits, jnp.argmax(logits + gumbel, -1))
+
+
 def mode_onehot(logits: jax.Array) -> jax.Array:
-    probs = jax.nn.softmax(logits, -1)
-    onehot = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=probs.dtype)
-    return onehot + probs - sg(probs)
+    return straight_through(logits, jnp.argmax(logits, -1))
 
 
 def categorical_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
