@@ -11,6 +11,9 @@ STEPS  ?= 50000
 SEEDS  ?= 1
 LOGDIR ?=
 
+# XLA's CPU buffers on transparent huge pages: ~20% faster updates (wmjax/hugepages.py).
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
+
 .PHONY: train test bench clean
 
 $(STAMP): pyproject.toml

@@ -20,6 +20,7 @@ import time
 
 from wmjax.config import DreamerConfig, TrainConfig
 from wmjax.run import train
+from wmjax.hugepages import reexec_with_hugepages
 
 TARGETS = {"CartPole-v1": 450.0, "Acrobot-v1": -100.0, "Pendulum-v1": -250.0}
 RANDOM = {"CartPole-v1": 22.2, "Acrobot-v1": -499.7, "Pendulum-v1": -1224.0}
@@ -84,4 +85,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
     main()
