@@ -30,7 +30,7 @@ from benchmarks.ppo import PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.plots import curve  # noqa: E402
-from wmjax.run import holds_run, read_metrics, train  # noqa: E402
+from wmjax.run import holds_run, read_metrics, stop_on_sigterm, train  # noqa: E402
 from wmjax.hugepages import reexec_with_hugepages  # noqa: E402
 
 # name -> (env, env steps, train ratio). Budgets from the issue; see REFERENCE.md for sources.
@@ -183,4 +183,5 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
+    stop_on_sigterm()  # SIGTERM checkpoints the chunk in flight; --resume continues
     main()

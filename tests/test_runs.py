@@ -90,6 +90,47 @@ def test_resume_after_sigkill_is_bit_exact(reference, tmp_path):
     assert _rows(logdir) == _rows(ref_dir)  # every log point once, identical values
 
 
+def test_interrupt_checkpoints_the_chunk_in_flight(reference, tmp_path, monkeypatch):
+    """Ctrl-C while train waits for a chunk: the chunk is finished, logged and checkpointed
+    before the interrupt goes on, and a resume ends exactly where an uninterrupted run ends."""
+    import wmjax.run as run
+
+    ref_dir, ref_state = reference
+    real, calls = run.host_metrics, []
+
+    def interrupted_once(metrics):
+        calls.append(1)
+        if len(calls) == 6:  # while waiting for chunk 6 (checkpoints every 4: the last was 4)
+            raise KeyboardInterrupt
+        return real(metrics)
+
+    monkeypatch.setattr(run, "host_metrics", interrupted_once)
+    logdir = str(tmp_path / "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        train(CONFIG, logdir, checkpoint_every=4, verbose=False)
+    assert Checkpointer(logdir, read_only=True).latest() == 6
+    rows_per_chunk = len(_rows(ref_dir)) // CHUNKS
+    assert _rows(logdir) == _rows(ref_dir)[:6 * rows_per_chunk]  # chunk 6 logged once
+
+    monkeypatch.setattr(run, "host_metrics", real)
+    state, _ = train(None, logdir, resume=True, verbose=False)
+    _leaves_equal(state, ref_state)
+    assert _rows(logdir) == _rows(ref_dir)
+
+
+def test_sigterm_raises_keyboard_interrupt():
+    from wmjax.run import stop_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_resume_can_extend_steps_exactly(reference, tmp_path):
     _, ref_state = reference
     logdir = str(tmp_path / "short")

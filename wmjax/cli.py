@@ -119,10 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # includes config, run-folder and checkpoint errors
         print(f"wmjax: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # train has saved what it could and said so
+        print("wmjax: interrupted", file=sys.stderr)
+        return 130
 
 
 def _train(args: argparse.Namespace) -> int:
-    from wmjax.run import train
+    from wmjax.run import stop_on_sigterm, train
+
+    stop_on_sigterm()  # SIGTERM saves the chunk in flight, like Ctrl-C
 
     if args.coordinator or args.num_processes is not None or args.process_id is not None:
         from wmjax.distributed import initialize

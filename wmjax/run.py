@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -144,25 +146,49 @@ def train(
     progress = Progress(total, log, start_step=done * per_chunk)
     rows: list[dict] = []
     start = time.time()
+
+    def record(metrics) -> None:
+        """Log one finished chunk (waits for it)."""
+        chunk_rows = host_metrics(metrics)
+        for row in chunk_rows:
+            row["wall_time"] = round(time.time() - start, 3)
+        # After a resume, the chunks since the checkpoint are re-run bit-exactly; their rows
+        # are already in metrics.jsonl.
+        if writer and chunk_rows[0]["env_step"] > logged_up_to:
+            for row in chunk_rows:
+                writer.write(row)
+        if wb:
+            wb.log(chunk_rows)
+        rows.extend(chunk_rows)
+        progress.report(int(chunk_rows[0]["env_step"]), [r["episode_return"] for r in chunk_rows],
+                        f"  updates {int(chunk_rows[0]['updates']):,d}")
+
+    dispatched = logged = saved = done  # chunks started, logged and checkpointed
+    metrics = None
     try:
         for i in range(done, chunks):
             state, metrics = trainer.train_chunk(state)
-            chunk_rows = host_metrics(metrics)
-            for row in chunk_rows:
-                row["wall_time"] = round(time.time() - start, 3)
-            # After a resume, the chunks since the checkpoint are re-run bit-exactly; their rows
-            # are already in metrics.jsonl.
-            if writer and chunk_rows[0]["env_step"] > logged_up_to:
-                for row in chunk_rows:
-                    writer.write(row)
-            if wb:
-                wb.log(chunk_rows)
-            rows.extend(chunk_rows)
-            progress.report(int(chunk_rows[0]["env_step"]),
-                            [r["episode_return"] for r in chunk_rows],
-                            f"  updates {int(chunk_rows[0]['updates']):,d}")
+            dispatched = i + 1
+            record(metrics)
+            logged = i + 1
             if ckpt and ((checkpoint_every and (i + 1) % checkpoint_every == 0) or i + 1 == chunks):
                 ckpt.save(i + 1, state)
+                saved = i + 1
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM via stop_on_sigterm: keep what was trained
+        if ckpt and dispatched > saved:
+            log(f"\nwmjax: interrupted; finishing chunk {dispatched} and saving a checkpoint "
+                f"(interrupt again to abort)")
+            try:
+                if dispatched > logged:
+                    record(metrics)
+                ckpt.save(dispatched, state)
+                log(f"wmjax: saved checkpoint {dispatched}; continue with --resume {logdir}")
+            except KeyboardInterrupt:
+                log("wmjax: aborted; the newest complete checkpoint is kept")
+            except Exception as e:  # e.g. the state was already handed to the next chunk
+                log(f"wmjax: could not save on interrupt ({type(e).__name__}: {e}); the newest "
+                    f"complete checkpoint is kept")
+        raise
     finally:
         if writer:
             writer.close()
@@ -171,6 +197,17 @@ def train(
         if ckpt:
             ckpt.close()
     return state, rows
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (a cluster's preemption, `kill`) raise KeyboardInterrupt in the main thread,
+    so that `train` saves a checkpoint of the chunk in flight before the process exits."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cached_trainer(config: TrainConfig, devices: int | None = None):
