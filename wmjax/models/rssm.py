@@ -170,8 +170,8 @@ class RSSM(nn.Module):
         return self._obs_step(state, self._groups(state.deter), action, embed, is_first, noise)[0]
 
     # The step functions the scans use carry the deter also in group-major layout (see `_core`),
-    # and take Gumbel noise drawn before the scan (None: take the mode): drawn per step, it
-    # runs a small threefry loop every step, which on CPU costs more than the sampling.
+    # and take Gumbel noise drawn before the scan (None: take the mode): drawn inside, XLA's CPU
+    # backend runs a small threefry while-loop on every step.
 
     def _noise(self, key: jax.Array | None, state: RSSMState) -> jax.Array | None:
         """Gumbel noise for sampling the stoch of `state`'s batch shape; a batch of keys gives
