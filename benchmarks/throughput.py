@@ -44,8 +44,8 @@ import jax.numpy as jnp  # noqa: E402
 from wmjax.agents.dreamer import Batch, Dreamer  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
-from wmjax.loop import make_train  # noqa: E402
 from wmjax.hugepages import reexec_with_hugepages  # noqa: E402
+from wmjax.loop import make_train  # noqa: E402
 
 
 def _timed(fn, *args, repeats=3):
@@ -72,34 +72,36 @@ def _flops(cost) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def unrolled_gflop(agent: Dreamer, state, batch, key) -> float:
-    """GFLOP of one update with every scan step counted: the cost analysis of the lowered
-    update with the RSSM's scans fully unrolled."""
+def _fixed_batch(agent: Dreamer) -> Batch:
+    B, T, spec = agent.config.batch_size, agent.config.batch_length, agent.spec
+    return Batch(jax.random.normal(jax.random.key(0), (B, T) + spec.obs_shape),
+                 jax.nn.one_hot(jnp.zeros((B, T), jnp.int32), spec.num_actions),
+                 jnp.ones((B, T)), jnp.zeros((B, T), bool), jnp.zeros((B, T), bool),
+                 jnp.zeros((B, T), bool))
+
+
+def update_gflop(agent: Dreamer) -> tuple[float, float]:
+    """GFLOP of one single-seed update: as XLA's cost analysis of the compiled update counts it
+    (loop bodies once), and with every scan step counted (the cost analysis of the lowered
+    update with the RSSM's scans fully unrolled; compiling that takes minutes)."""
+    k = jax.random.key(0)
+    args = (agent.init(k), _fixed_batch(agent), k)
+    rolled = _flops(jax.jit(agent.update).lower(*args).compile().cost_analysis())
     unrolled = Dreamer(agent.config, agent.spec)
     unrolled.rssm = unrolled.rssm.clone(unroll=True)
-    return _flops(jax.jit(unrolled.update).lower(state, batch, key).cost_analysis()) / 1e9
+    every_step = _flops(jax.jit(unrolled.update).lower(*args).cost_analysis())
+    return rolled / 1e9, every_step / 1e9
 
 
-def bare_update(agent: Dreamer, seeds: int, repeats: int) -> tuple[float, float, float]:
-    """(seconds per vmapped update over `seeds`, GFLOP of one single-seed update as XLA counts
-    it (loop bodies once), GFLOP with every scan step counted)."""
-    c = agent.config
-    B, T = c.batch_size, c.batch_length
-    spec = agent.spec
+def bare_update(agent: Dreamer, seeds: int, repeats: int) -> float:
+    """Seconds per jitted update vmapped over `seeds`, on a fixed batch."""
     k = jax.random.key(0)
-    batch = Batch(jax.random.normal(k, (B, T) + spec.obs_shape),
-                  jax.nn.one_hot(jnp.zeros((B, T), jnp.int32), spec.num_actions),
-                  jnp.ones((B, T)), jnp.zeros((B, T), bool), jnp.zeros((B, T), bool),
-                  jnp.zeros((B, T), bool))
-    state = agent.init(k)
-    gflop = _flops(jax.jit(agent.update).lower(state, batch, k).compile().cost_analysis()) / 1e9
-    gflop_all = unrolled_gflop(agent, state, batch, k) if seeds == 1 else float("nan")
     states = jax.vmap(agent.init)(jax.random.split(k, seeds))
-    batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), batch)
+    batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), _fixed_batch(agent))
     keys = jax.random.split(k, seeds)
     step = jax.jit(jax.vmap(agent.update))
     t, _ = _timed(lambda s: step(s, batches, keys), states, repeats=repeats)
-    return t, gflop, gflop_all
+    return t
 
 
 def make_loop(kind: str, cfg: TrainConfig):
@@ -173,9 +175,10 @@ def main() -> None:
     spec = make_env("CartPole-v1").spec
     for preset in args.presets:
         agent = Dreamer(DreamerConfig.preset(preset), spec)
-        single_t, gflop, gflop_all = bare_update(agent, 1, repeats=3)
+        gflop, gflop_all = update_gflop(agent)
+        single_t = bare_update(agent, 1, repeats=3)
         for seeds in args.seeds:
-            bare_t = single_t if seeds == 1 else bare_update(agent, seeds, repeats=2)[0]
+            bare_t = single_t if seeds == 1 else bare_update(agent, seeds, repeats=2)
             for ratio in args.ratios:
                 fused_rate = None
                 for kind in args.loops:

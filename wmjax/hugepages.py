@@ -3,10 +3,11 @@
 XLA on a CPU allocates its large temporary buffers anew on every call, and every fresh 4 KiB
 page costs a page fault when first touched: about 100,000 faults per size1m DreamerV3 update on
 the reference machine. With the tunable set, glibc asks the kernel to back large allocations
-with 2 MiB pages; the faults drop to about 1-3,000, and in paired runs the update was up to 20%
-faster (the gain varied with the machine's load; see the README's throughput section). glibc reads the tunable only when a process starts, so
-`reexec_with_hugepages()` restarts the current command once with it set. The CLI and the
-benchmark scripts call it first; `make` exports the tunable itself. WMJAX_HUGEPAGES=0 opts out.
+with 2 MiB pages; the faults drop to about 1-3,000, and in paired runs the update was up to
+20% faster (the gain varied with the machine's load; see the README's throughput section).
+glibc reads the tunable only when a process starts, so `reexec_with_hugepages()` restarts the
+current command once with it set. The CLI, the benchmarks and the experiments call it first;
+`make` exports the tunable itself. WMJAX_HUGEPAGES=0 opts out.
 """
 from __future__ import annotations
 
