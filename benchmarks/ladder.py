@@ -184,4 +184,7 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
     stop_on_sigterm()  # SIGTERM checkpoints the chunk in flight; --resume continues
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # train has saved what it could and said how to continue
+        sys.exit(130)

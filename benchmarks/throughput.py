@@ -13,6 +13,7 @@ lowered program: compiling it unrolled takes minutes), i.e. every step counted; 
 
     python benchmarks/throughput.py                       # size1m and size12m, ratios 32/512, 1/8 seeds
     python benchmarks/throughput.py --presets size1m --seeds 1 --ratios 32
+    python benchmarks/throughput.py --presets size1m --seeds 1 --ratios 32 --set imag_starts=256
 
 Loop variants (--loops): `fused` (the one-program loop on gymnax CartPole), `host` (the host
 loop stepping gymnasium CartPole from Python; same agent, replay and ratio), and `fusedN` (the
@@ -42,6 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from wmjax.agents.dreamer import Batch, Dreamer  # noqa: E402
+from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
 from wmjax.hugepages import reexec_with_hugepages  # noqa: E402
@@ -117,9 +119,8 @@ def make_loop(kind: str, cfg: TrainConfig):
     raise ValueError(f"unknown loop {kind!r}; allowed: fused, host, fusedN (N devices)")
 
 
-def loop_throughput(preset: str, ratio: float, seeds: int, envs: int, min_updates: int,
-                    kind: str = "fused") -> dict:
-    agent_cfg = DreamerConfig.preset(preset)
+def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: int,
+                    min_updates: int, kind: str = "fused") -> dict:
     B, T = agent_cfg.batch_size, agent_cfg.batch_length
     upd_per_vec_step = envs * ratio / (B * T)
     iters = max(1, math.ceil(min_updates / upd_per_vec_step))
@@ -147,7 +148,7 @@ def loop_throughput(preset: str, ratio: float, seeds: int, envs: int, min_update
                 updates_per_s=updates * seeds / dt)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["size1m", "size12m"])
     ap.add_argument("--ratios", nargs="+", type=float, default=[32.0, 512.0])
@@ -158,8 +159,14 @@ def main() -> None:
                     help="fused, host (gymnasium from Python) and/or fusedN (sharded over N devices)")
     ap.add_argument("--cpu-devices", type=int, default=None,
                     help="split the CPU into this many XLA devices (for the fusedN variants)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="agent config overrides for every preset, e.g. imag_starts=256")
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+    except ValueError as e:
+        ap.error(str(e))
 
     peak = matmul_peak()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -174,7 +181,8 @@ def main() -> None:
     rows = []
     spec = make_env("CartPole-v1").spec
     for preset in args.presets:
-        agent = Dreamer(DreamerConfig.preset(preset), spec)
+        agent_cfg = DreamerConfig.preset(preset, **overrides)
+        agent = Dreamer(agent_cfg, spec)
         gflop, gflop_all = update_gflop(agent)
         single_t = bare_update(agent, 1, repeats=3)
         for seeds in args.seeds:
@@ -182,14 +190,14 @@ def main() -> None:
             for ratio in args.ratios:
                 fused_rate = None
                 for kind in args.loops:
-                    r = loop_throughput(preset, ratio, seeds, args.envs, args.min_updates, kind)
+                    r = loop_throughput(agent_cfg, ratio, seeds, args.envs, args.min_updates, kind)
                     per_update = r["chunk_s"] / max(1, r["updates_per_seed"])
                     overhead = per_update / bare_t - 1.0
                     achieved = gflop / single_t
                     pct_all = 100 * gflop_all / single_t / peak
                     fused_rate = r["env_steps_per_s"] if kind == "fused" else fused_rate
-                    row = dict(preset=preset, train_ratio=ratio, seeds=seeds, envs=args.envs,
-                               loop=kind, **r, bare_update_s=bare_t, loop_overhead=overhead,
+                    row = dict(preset=preset, overrides=overrides, train_ratio=ratio, seeds=seeds,
+                               envs=args.envs, loop=kind, **r, bare_update_s=bare_t, loop_overhead=overhead,
                                gflop_per_update=gflop, update_gflops=achieved, peak_gflops=peak,
                                pct_of_peak=100 * achieved / peak,
                                gflop_per_update_all_steps=gflop_all, pct_of_peak_all_steps=pct_all,
