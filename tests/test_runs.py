@@ -118,6 +118,36 @@ def test_interrupt_checkpoints_the_chunk_in_flight(reference, tmp_path, monkeypa
     assert _rows(logdir) == _rows(ref_dir)
 
 
+def test_interrupt_inside_a_chunk_is_held_until_it_returns(reference, tmp_path, monkeypatch):
+    """Ctrl-C while a chunk is being computed on the host (the host loop steps envs in Python
+    and donates the state as it goes): the chunk completes, and its state is what is saved."""
+    import wmjax.run as run
+
+    real, calls = run.cached_trainer, []
+
+    def interrupting(config, devices=None):
+        trainer = real(config, devices)
+
+        def train_chunk(state):
+            calls.append(1)
+            if len(calls) == 6:  # Ctrl-C arrives while chunk 6 is running
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # the handler runs here; unheld, chunk 6 would never start
+            return trainer.train_chunk(state)
+
+        return trainer._replace(train_chunk=train_chunk)
+
+    monkeypatch.setattr(run, "cached_trainer", interrupting)
+    logdir = str(tmp_path / "held")
+    with pytest.raises(KeyboardInterrupt):
+        train(CONFIG, logdir, checkpoint_every=4, verbose=False)
+    assert len(calls) == 6 and Checkpointer(logdir, read_only=True).latest() == 6
+    ref_dir, _ = reference
+    rows_per_chunk = len(_rows(ref_dir)) // CHUNKS
+    assert _rows(logdir) == _rows(ref_dir)[:6 * rows_per_chunk]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
 def test_sigterm_raises_keyboard_interrupt():
     from wmjax.run import stop_on_sigterm
 

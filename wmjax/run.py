@@ -9,6 +9,7 @@ A run folder holds:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -167,8 +168,9 @@ def train(
     metrics = None
     try:
         for i in range(done, chunks):
-            state, metrics = trainer.train_chunk(state)
-            dispatched = i + 1
+            with _interrupts_after_the_chunk():
+                state, metrics = trainer.train_chunk(state)
+                dispatched = i + 1
             record(metrics)
             logged = i + 1
             if ckpt and ((checkpoint_every and (i + 1) % checkpoint_every == 0) or i + 1 == chunks):
@@ -208,6 +210,38 @@ def stop_on_sigterm() -> None:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _interrupts_after_the_chunk():
+    """Hold Ctrl-C (and SIGTERM under stop_on_sigterm) until the chunk has been handed back.
+
+    The host loop steps its envs in Python and donates the state to each jitted step, so an
+    interrupt inside its `train_chunk` would leave no state to save. Held here, it is raised
+    once the new state is assigned, and `train` saves that. A second interrupt aborts at once.
+    The fused loop's `train_chunk` only dispatches, so for it the hold lasts microseconds.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum, frame):
+        if pending:
+            raise KeyboardInterrupt(f"signal {signum} (second interrupt)")
+        pending.append(signum)
+
+    held = [signal.SIGINT]
+    if signal.getsignal(signal.SIGTERM) is _raise_interrupt:
+        held.append(signal.SIGTERM)
+    previous = {s: signal.signal(s, hold) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if pending:
+        raise KeyboardInterrupt(f"signal {pending[0]}")
 
 
 def cached_trainer(config: TrainConfig, devices: int | None = None):
