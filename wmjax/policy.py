@@ -87,7 +87,10 @@ def load_policy(run_dir: str, seed: int = 0, mode: str = "eval", chunk: int | No
 
 def evaluate(policy: Policy, episodes: int = 10, key: jax.Array | None = None,
              max_steps: int = 100_000) -> jax.Array:
-    """Returns of `episodes` episodes, one per vmapped env, run in one jitted loop."""
+    """Returns of `episodes` episodes, one per vmapped env, run in one jitted loop.
+
+    It runs `policy.agent` with `policy.state` in `policy.mode` (compiled once per agent and
+    mode), not `policy.act`: a Policy whose `act` was replaced is evaluated as loaded."""
     if episodes < 1:
         raise ValueError(f"episodes={episodes}; allowed: >= 1")
     key = jax.random.key(0) if key is None else key
