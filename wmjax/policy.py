@@ -89,8 +89,9 @@ def evaluate(policy: Policy, episodes: int = 10, key: jax.Array | None = None,
              max_steps: int = 100_000) -> jax.Array:
     """Returns of `episodes` episodes, one per vmapped env, run in one jitted loop.
 
-    It runs `policy.agent` with `policy.state` in `policy.mode` (compiled once per agent and
-    mode), not `policy.act`: a Policy whose `act` was replaced is evaluated as loaded."""
+    On JAX envs it compiles `policy.agent` with `policy.state` in `policy.mode` (once per agent
+    and mode) rather than calling `policy.act`, so a Policy whose `act` was replaced is
+    evaluated as loaded; gymnasium envs are stepped on the host with `policy.act`."""
     if episodes < 1:
         raise ValueError(f"episodes={episodes}; allowed: >= 1")
     key = jax.random.key(0) if key is None else key
