@@ -20,7 +20,7 @@ import jax  # noqa: E402
 
 from wmjax.envs import make_env  # noqa: E402
 from wmjax.envs.core import EnvAdapter  # noqa: E402
-from wmjax.hugepages import reexec_with_hugepages  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
 
 
 def steps_per_second(env, envs: int, steps: int, step_batch) -> float:
@@ -66,5 +66,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
+    start_command()  # huge pages (restarts once) and the compile cache, before any work
     main()

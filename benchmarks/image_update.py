@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from wmjax import Batch, Dreamer, DreamerConfig, EnvSpec
-from wmjax.hugepages import reexec_with_hugepages
+from wmjax.startup import start_command
 
 
 def update_time(preset: str, size: int, repeats: int = 3) -> tuple[float, float]:
@@ -49,5 +49,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
+    start_command(cache=False)  # huge pages (restarts once); no cache: compile time is measured
     main()

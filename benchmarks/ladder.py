@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from benchmarks.ppo import PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
-from wmjax.hugepages import reexec_with_hugepages  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
 from wmjax.plots import curve  # noqa: E402
 from wmjax.run import holds_run, read_metrics, stop_on_sigterm, train  # noqa: E402
 
@@ -182,7 +182,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
+    start_command()  # huge pages (restarts once) and the compile cache, before any work
     stop_on_sigterm()  # SIGTERM checkpoints the chunk in flight; --resume continues
     try:
         main()

@@ -19,7 +19,7 @@ import os
 import time
 
 from wmjax.config import DreamerConfig, TrainConfig
-from wmjax.hugepages import reexec_with_hugepages
+from wmjax.startup import start_command
 from wmjax.run import train
 
 TARGETS = {"CartPole-v1": 450.0, "Acrobot-v1": -100.0, "Pendulum-v1": -250.0}
@@ -85,5 +85,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
+    start_command()  # huge pages (restarts once) and the compile cache, before any work
     main()

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from wmjax.envs import make_env  # noqa: E402
 from wmjax.envs.core import EPISODE_PREFIX  # noqa: E402
-from wmjax.hugepages import reexec_with_hugepages  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -235,5 +235,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
+    start_command()  # huge pages (restarts once) and the compile cache, before any work
     main()

@@ -46,7 +46,7 @@ from wmjax.agents.dreamer import Batch, Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
-from wmjax.hugepages import reexec_with_hugepages  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
 from wmjax.loop import make_train  # noqa: E402
 
 
@@ -221,5 +221,5 @@ def _save(path: str, peak: float, rows: list) -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
+    start_command(cache=False)  # huge pages (restarts once); no cache: compile time is measured
     main()

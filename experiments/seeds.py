@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from wmjax import sweep  # noqa: E402
-from wmjax.hugepages import reexec_with_hugepages  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,5 +36,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    reexec_with_hugepages()  # before any work: glibc reads the tunable at start-up
+    start_command()  # huge pages (restarts once) and the compile cache, before any work
     main()

@@ -1,8 +1,8 @@
 import sys
 
-from wmjax.hugepages import reexec_with_hugepages
+from wmjax.startup import start_command
 
-reexec_with_hugepages()  # before any work: glibc reads the tunable only at start-up
+start_command()  # huge pages (restarts once) and the compile cache, before any work
 
 from wmjax.cli import main  # noqa: E402
 

@@ -1,0 +1,42 @@
+"""The commands' persistent compilation cache: where it goes, the opt-out, and that it fills."""
+import os
+import subprocess
+import sys
+
+import jax
+
+from wmjax import compile_cache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_default_dir_is_per_jaxlib_and_cpu(monkeypatch, tmp_path):
+    import jaxlib
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = compile_cache.default_dir()
+    assert path.startswith(str(tmp_path / "wmjax" / "xla"))
+    assert f"jaxlib-{jaxlib.__version__}-" in os.path.basename(path)
+
+
+def test_opt_out_and_a_users_folder_are_respected(monkeypatch, tmp_path):
+    before = jax.config.jax_compilation_cache_dir  # the suite's own cache (conftest)
+    monkeypatch.setenv("WMJAX_COMPILATION_CACHE", "0")
+    assert compile_cache.enable(str(tmp_path)) is None
+    assert jax.config.jax_compilation_cache_dir == before
+    monkeypatch.delenv("WMJAX_COMPILATION_CACHE")
+    assert compile_cache.enable() == before  # already chosen by the user: kept
+
+
+def test_a_command_fills_the_cache(monkeypatch, tmp_path):
+    """In a fresh process (as `python -m wmjax` starts): compiled programs land in the folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               WMJAX_HUGEPAGES="0")
+    code = ("import jax, jax.numpy as jnp; from wmjax.startup import start_command; "
+            "start_command(); print(jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((8, 8))).sum())")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    folder = compile_cache.default_dir()
+    assert any(name.endswith("-cache") for name in os.listdir(folder)), os.listdir(folder)

@@ -1,0 +1,54 @@
+"""JAX's persistent compilation cache for wmjax's commands, so a resumed run starts at once.
+
+A long run is resumed many times (every working session, after every preemption), and each new
+process compiles its training program again: minutes for a size1m chunk, over ten for a
+Craftax one. JAX can keep compiled programs on disk and load them instead. `enable()` points
+it at a folder per jaxlib version and CPU (an XLA:CPU program is built for the CPU features of
+the machine that compiled it, and a home folder may be shared by different machines).
+The commands (`python -m wmjax`, benchmarks/, experiments/) call it at start-up; a library
+import does not. WMJAX_COMPILATION_CACHE=0 opts out, and a cache folder set through JAX's own
+JAX_COMPILATION_CACHE_DIR is left as it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+
+import jax
+
+
+def _cpu_fingerprint() -> str:
+    """A short hash of what the CPU can run (its /proc/cpuinfo flags where there are any)."""
+    flags = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags += line
+                    break
+    except OSError:
+        pass
+    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+def default_dir() -> str:
+    """~/.cache/wmjax/xla/jaxlib-VERSION-CPUHASH (XDG_CACHE_HOME is honoured)."""
+    import jaxlib
+
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "wmjax", "xla", f"jaxlib-{jaxlib.__version__}-{_cpu_fingerprint()}")
+
+
+def enable(path: str | None = None) -> str | None:
+    """Use the persistent compilation cache in `path` (default: `default_dir()`). Returns the
+    folder in use, or None when opted out with WMJAX_COMPILATION_CACHE=0."""
+    if os.environ.get("WMJAX_COMPILATION_CACHE", "1") == "0":
+        return None
+    current = jax.config.jax_compilation_cache_dir
+    if current and path is None:  # set by the user (JAX_COMPILATION_CACHE_DIR or jax.config)
+        return current
+    path = path or default_dir()
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
