@@ -93,3 +93,44 @@ def test_unrolled_scans_compute_the_same(rssm_and_params):
         state = m.apply(params, state, act, k_stoch, method=RSSM.img_step)
         np.testing.assert_allclose(ta.deter[:, t + 1], state.deter, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(ta.stoch[:, t + 1], state.stoch, atol=1e-6)
+
+
+def _block_gru_reference(m, deter, stoch, action):
+    """DreamerV3's block GRU written out group by group, plainly: group i reads its deter slice
+    and the three shared input projections; RMSNorm spans all groups; each group's gate output
+    splits into reset, candidate and update."""
+    action = action / jnp.maximum(1.0, jnp.abs(action))
+    proj = jnp.concatenate([m.in_deter(deter), m.in_stoch(stoch.reshape(len(deter), -1)),
+                            m.in_action(action)], -1)
+    size = m.deter // m.blocks
+    part = lambda x, i: x[:, i * size:(i + 1) * size]
+    x = jnp.concatenate([jnp.concatenate([part(deter, i), proj], -1) @ m.dyn_hidden_kernel[i]
+                         + m.dyn_hidden_bias[i] for i in range(m.blocks)], -1)
+    x = x * jax.lax.rsqrt(jnp.mean(x**2, -1, keepdims=True) + 1e-4) * m.dyn_norm_scale.reshape(-1)
+    x = jax.nn.silu(x)
+    new = []
+    for i in range(m.blocks):
+        gates = part(x, i) @ m.dyn_gates_kernel[i] + m.dyn_gates_bias[i]
+        reset, cand, update = jnp.split(gates, 3, -1)
+        cand = jnp.tanh(jax.nn.sigmoid(reset) * cand)
+        update = jax.nn.sigmoid(update - 1.0)
+        new.append(update * cand + (1.0 - update) * part(deter, i))
+    return jnp.concatenate(new, -1)
+
+
+def test_block_gru_matches_a_plain_reference(rssm_and_params):
+    m, params = rssm_and_params
+    leaves, tree = jax.tree.flatten(params)  # perturb every parameter, biases and scales too
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape)
+                                       for p, k in zip(leaves, keys)])
+    B = 5
+    deter = jax.random.normal(jax.random.key(8), (B, m.deter))
+    stoch = jax.nn.one_hot(jax.random.randint(jax.random.key(9), (B, m.stoch), 0, m.classes),
+                           m.classes)
+    action = 2.0 * jax.random.normal(jax.random.key(10), (B, 2))
+    ours = m.apply(params, deter, stoch, action,
+                   method=lambda mdl, d, s, a: mdl._core(d, mdl._groups(d), s, a))
+    ref = m.apply(params, deter, stoch, action, method=_block_gru_reference)
+    np.testing.assert_allclose(ours[0], ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m.apply(params, ours[1], method=RSSM._ungroup), ref, rtol=1e-5, atol=1e-5)
