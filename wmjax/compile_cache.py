@@ -7,7 +7,8 @@ it at a folder per jaxlib version and CPU (an XLA:CPU program is built for the C
 the machine that compiled it, and a home folder may be shared by different machines).
 The commands (`python -m wmjax`, benchmarks/, experiments/) call it at start-up; a library
 import does not. WMJAX_COMPILATION_CACHE=0 opts out, and a cache folder set through JAX's own
-JAX_COMPILATION_CACHE_DIR is left as it is.
+JAX_COMPILATION_CACHE_DIR is left as it is. The folder is kept under 1 GiB (least recently
+used programs are evicted first).
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ import os
 import platform
 
 import jax
+
+# The folder's size limit; JAX evicts the least recently used programs beyond it. A size1m
+# CartPole chunk takes about 2 MB, so this keeps hundreds of programs.
+MAX_BYTES = 1 << 30
 
 
 def _cpu_fingerprint() -> str:
@@ -51,4 +56,6 @@ def enable(path: str | None = None) -> str | None:
     path = path or default_dir()
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
+    if jax.config.jax_compilation_cache_max_size < 0:  # JAX's default: no limit
+        jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return path
