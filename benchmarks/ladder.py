@@ -29,9 +29,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from benchmarks.ppo import PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
-from wmjax.startup import start_command  # noqa: E402
 from wmjax.plots import curve  # noqa: E402
 from wmjax.run import holds_run, read_metrics, stop_on_sigterm, train  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
 
 # name -> (env, env steps, train ratio). Budgets from the issue; see REFERENCE.md for sources.
 RUNGS = {

@@ -19,8 +19,8 @@ import os
 import time
 
 from wmjax.config import DreamerConfig, TrainConfig
-from wmjax.startup import start_command
 from wmjax.run import train
+from wmjax.startup import start_command
 
 TARGETS = {"CartPole-v1": 450.0, "Acrobot-v1": -100.0, "Pendulum-v1": -250.0}
 RANDOM = {"CartPole-v1": 22.2, "Acrobot-v1": -499.7, "Pendulum-v1": -1224.0}

@@ -46,8 +46,8 @@ from wmjax.agents.dreamer import Batch, Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
-from wmjax.startup import start_command  # noqa: E402
 from wmjax.loop import make_train  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
 
 
 def _timed(fn, *args, repeats=3):
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
                     pct_all = 100 * gflop_all / single_t / peak
                     fused_rate = r["env_steps_per_s"] if kind == "fused" else fused_rate
                     row = dict(preset=preset, overrides=overrides, train_ratio=ratio, seeds=seeds,
-                               envs=args.envs, loop=kind, **r, bare_update_s=bare_t, loop_overhead=overhead,
+                               envs=args.envs, loop=kind, **r, bare_update_s=bare_t,
+                               loop_overhead=overhead,
                                gflop_per_update=gflop, update_gflops=achieved, peak_gflops=peak,
                                pct_of_peak=100 * achieved / peak,
                                gflop_per_update_all_steps=gflop_all, pct_of_peak_all_steps=pct_all,

@@ -32,8 +32,7 @@ def test_a_command_fills_the_cache(monkeypatch, tmp_path):
     """In a fresh process (as `python -m wmjax` starts): compiled programs land in the folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(XDG_CACHE_HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               WMJAX_HUGEPAGES="0")
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", WMJAX_HUGEPAGES="0")
     code = ("import jax, jax.numpy as jnp; from wmjax.startup import start_command; "
             "start_command(); print(jax.jit(lambda x: jnp.sin(x) @ x)(jnp.ones((8, 8))).sum())")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,

@@ -133,4 +133,5 @@ def test_block_gru_matches_a_plain_reference(rssm_and_params):
                    method=lambda mdl, d, s, a: mdl._core(d, mdl._groups(d), s, a))
     ref = m.apply(params, deter, stoch, action, method=_block_gru_reference)
     np.testing.assert_allclose(ours[0], ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(m.apply(params, ours[1], method=RSSM._ungroup), ref, rtol=1e-5, atol=1e-5)
+    grouped = m.apply(params, ours[1], method=RSSM._ungroup)
+    np.testing.assert_allclose(grouped, ref, rtol=1e-5, atol=1e-5)

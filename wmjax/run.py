@@ -168,7 +168,7 @@ def train(
     metrics = None
     try:
         for i in range(done, chunks):
-            with _interrupts_after_the_chunk():
+            with _interrupts_after_the_chunk(log):
                 state, metrics = trainer.train_chunk(state)
                 dispatched = i + 1
             record(metrics)
@@ -213,13 +213,14 @@ def _raise_interrupt(signum, frame):
 
 
 @contextlib.contextmanager
-def _interrupts_after_the_chunk():
+def _interrupts_after_the_chunk(log=lambda *a, **k: None):
     """Hold Ctrl-C (and SIGTERM under stop_on_sigterm) until the chunk has been handed back.
 
     The host loop steps its envs in Python and donates the state to each jitted step, so an
     interrupt inside its `train_chunk` would leave no state to save. Held here, it is raised
     once the new state is assigned, and `train` saves that. A second interrupt aborts at once.
-    The fused loop's `train_chunk` only dispatches, so for it the hold lasts microseconds.
+    The fused loop's `train_chunk` only dispatches, so for it the hold is short, except on the
+    first call, which compiles. `log` says that an interrupt is being held.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -230,6 +231,7 @@ def _interrupts_after_the_chunk():
         if pending:
             raise KeyboardInterrupt(f"signal {signum} (second interrupt)")
         pending.append(signum)
+        log("\nwmjax: interrupted; the chunk in progress finishes first (interrupt again to abort)")
 
     held = [signal.SIGINT]
     if signal.getsignal(signal.SIGTERM) is _raise_interrupt:
