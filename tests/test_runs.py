@@ -139,13 +139,33 @@ def test_interrupt_inside_a_chunk_is_held_until_it_returns(reference, tmp_path, 
 
     monkeypatch.setattr(run, "cached_trainer", interrupting)
     logdir = str(tmp_path / "held")
-    with pytest.raises(KeyboardInterrupt):
-        train(CONFIG, logdir, checkpoint_every=4, verbose=False)
+    # Ctrl-C's usual handler (a process started in the background, as CI may be, ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(CONFIG, logdir, checkpoint_every=4, verbose=False)
+        restored = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(calls) == 6 and Checkpointer(logdir, read_only=True).latest() == 6
     ref_dir, _ = reference
     rows_per_chunk = len(_rows(ref_dir)) // CHUNKS
     assert _rows(logdir) == _rows(ref_dir)[:6 * rows_per_chunk]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert restored is signal.default_int_handler
+
+
+def test_an_ignored_interrupt_stays_ignored_during_a_chunk():
+    from wmjax.run import _interrupts_after_the_chunk
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # e.g. a job started under nohup
+    try:
+        with _interrupts_after_the_chunk():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sigterm_raises_keyboard_interrupt():

@@ -233,9 +233,9 @@ def _interrupts_after_the_chunk(log=lambda *a, **k: None):
         pending.append(signum)
         log("\nwmjax: interrupted; the chunk in progress finishes first (interrupt again to abort)")
 
-    held = [signal.SIGINT]
-    if signal.getsignal(signal.SIGTERM) is _raise_interrupt:
-        held.append(signal.SIGTERM)
+    # Only signals that would interrupt now (an ignored SIGINT, e.g. under nohup, stays ignored).
+    raising = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _raise_interrupt}
+    held = [s for s, handler in raising.items() if signal.getsignal(s) is handler]
     previous = {s: signal.signal(s, hold) for s in held}
     try:
         yield
