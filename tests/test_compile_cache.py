@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from wmjax import compile_cache
 
@@ -39,3 +40,19 @@ def test_a_command_fills_the_cache(monkeypatch, tmp_path):
                    capture_output=True, timeout=300)
     folder = compile_cache.default_dir()
     assert any(name.endswith("-cache") for name in os.listdir(folder)), os.listdir(folder)
+
+
+def test_a_program_without_a_last_use_time_is_repaired(tmp_path):
+    """A program cached without the size limit has no -atime file; JAX's eviction then fails on
+    every later write. `repair` (run by `enable`) gives it one, so writes work again."""
+    from jax._src.lru_cache import LRUCache
+
+    (tmp_path / "old-program-cache").write_bytes(b"x" * 10)
+    with pytest.raises(FileNotFoundError):  # what JAX does with such a folder
+        LRUCache(str(tmp_path), max_size=1 << 20).put("new-program", b"y" * 10)
+    assert compile_cache.repair(str(tmp_path)) == ["old-program"]
+    assert compile_cache.repair(str(tmp_path)) == []
+    cache = LRUCache(str(tmp_path), max_size=25)
+    cache.put("new-program", b"y" * 20)  # evicts the old program, the least recently used
+    assert cache.get("new-program") == b"y" * 20
+    assert cache.get("old-program") is None

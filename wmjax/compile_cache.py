@@ -22,6 +22,9 @@ import jax
 # CartPole chunk takes about 2 MB, so this keeps hundreds of programs.
 MAX_BYTES = 1 << 30
 
+# How JAX's size-limited cache (jax/_src/lru_cache.py) names a program and its last-use time.
+_CACHE_SUFFIX, _ATIME_SUFFIX = "-cache", "-atime"
+
 
 def _cpu_fingerprint() -> str:
     """A short hash of what the CPU can run (its /proc/cpuinfo flags where there are any)."""
@@ -45,6 +48,31 @@ def default_dir() -> str:
     return os.path.join(root, "wmjax", "xla", f"jaxlib-{jaxlib.__version__}-{_cpu_fingerprint()}")
 
 
+def repair(path: str) -> list[str]:
+    """Give every program in `path` that lacks a last-use time its file's modification time.
+
+    A program written while the cache had no size limit (by an older wmjax, or by JAX with
+    the same folder and its default settings) has no `-atime` file. JAX's eviction reads one
+    for every program before each write, so one such program makes every later write fail
+    (a warning, and nothing more is cached). Returns the keys repaired."""
+    repaired = []
+    for name in sorted(os.listdir(path)):
+        if not name.endswith(_CACHE_SUFFIX):
+            continue
+        key = name[: -len(_CACHE_SUFFIX)]
+        atime = os.path.join(path, key + _ATIME_SUFFIX)
+        if os.path.exists(atime):
+            continue
+        try:
+            stamp = os.stat(os.path.join(path, name)).st_mtime_ns
+            with open(atime, "wb") as f:
+                f.write(stamp.to_bytes(8, "little"))
+        except OSError:  # evicted meanwhile by another process, or a read-only folder
+            continue
+        repaired.append(key)
+    return repaired
+
+
 def enable(path: str | None = None) -> str | None:
     """Use the persistent compilation cache in `path` (default: `default_dir()`). Returns the
     folder in use, or None when opted out with WMJAX_COMPILATION_CACHE=0."""
@@ -55,6 +83,7 @@ def enable(path: str | None = None) -> str | None:
         return current
     path = path or default_dir()
     os.makedirs(path, exist_ok=True)
+    repair(path)
     jax.config.update("jax_compilation_cache_dir", path)
     if jax.config.jax_compilation_cache_max_size < 0:  # JAX's default: no limit
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
