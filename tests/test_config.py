@@ -67,3 +67,16 @@ def test_config_round_trips_through_dict_and_names_unknown_fields():
 def test_batch_length_longer_than_replay_is_rejected():
     with pytest.raises(ValueError, match="replay_size"):
         TrainConfig(num_envs=1, replay_size=64, agent=DreamerConfig(batch_length=64))
+
+
+def test_cli_flags_reach_the_train_config():
+    from wmjax.cli import build_config, build_parser
+
+    args = build_parser().parse_args(["train", "--env", "Acrobot-v1", "--replay-obs-dtype",
+                                      "bfloat16", "--steps", "4096", "--set", "lr=1e-4"])
+    config = build_config(args)
+    assert (config.env, config.replay_obs_dtype, config.steps, config.agent.lr) == \
+        ("Acrobot-v1", "bfloat16", 4096, 1e-4)
+    assert build_config(build_parser().parse_args(["train"])).replay_obs_dtype == "float32"
+    with pytest.raises(SystemExit):  # argparse names the allowed choices
+        build_parser().parse_args(["train", "--replay-obs-dtype", "int8"])

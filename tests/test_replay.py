@@ -34,3 +34,43 @@ def test_windows_never_cross_the_write_head_after_wrapping():
     assert x.min() >= 17 and x.max() <= 26
     # Every valid start (17..23) is drawn.
     assert set(x[:, 0].tolist()) == set(range(17, 24))
+
+
+def test_a_field_stored_in_16_bits_comes_out_as_float32():
+    state = rb.init({"obs": jnp.zeros((3,), jnp.float16), "x": jnp.int32(0)}, num_envs=2, capacity=8)
+    for t in range(8):
+        obs = jnp.full((2, 3), 0.1 * t, jnp.float32)  # written as float32, stored in float16
+        state = rb.add(state, {"obs": obs, "x": jnp.full((2,), t, jnp.int32)})
+    assert state.data["obs"].dtype == jnp.float16 and state.data["obs"].nbytes == 2 * 8 * 3 * 2
+    batch = rb.sample(state, jax.random.key(0), batch=16, length=4)
+    assert batch["obs"].dtype == jnp.float32 and batch["x"].dtype == jnp.int32
+    expected = (0.1 * np.asarray(batch["x"], np.float32)).astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(batch["obs"])[..., 0], expected)
+
+
+def test_the_loop_stores_float_observations_in_the_configured_dtype():
+    """TrainConfig.replay_obs_dtype shrinks only the observations; the agent still gets float32."""
+    from programs import TINY
+    from wmjax.loop import make_train
+
+    def shapes(config):
+        trainer = make_train(config)
+        state = jax.eval_shape(lambda k: trainer.init(k), jax.random.key(0))  # no compile
+        batch = jax.eval_shape(lambda r: rb.sample(jax.tree.map(lambda x: x[0], r),
+                                                   jax.random.key(1), 4, 8), state.replay)
+        return state.replay.data, batch
+
+    data32, _ = shapes(TINY)
+    data16, batch = shapes(TINY.replace(replay_obs_dtype="bfloat16"))
+    assert data32["obs"].dtype == jnp.float32 and data16["obs"].dtype == jnp.bfloat16
+    assert data16["reward"].dtype == jnp.float32  # rewards keep their precision
+    assert batch["obs"].dtype == jnp.float32
+
+
+def test_an_unknown_replay_dtype_is_refused():
+    import pytest
+
+    from programs import TINY
+
+    with pytest.raises(ValueError, match="replay_obs_dtype.*float32, float16, bfloat16"):
+        TINY.replace(replay_obs_dtype="int8")

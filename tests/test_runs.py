@@ -223,6 +223,8 @@ def test_cli_resume_errors_exit_2(reference, capsys):
     logdir, _ = reference
     assert main(["train", "--resume", logdir, "--train-ratio", "8"]) == 2
     assert "train_ratio: 24 != 8.0" in capsys.readouterr().err
+    assert main(["train", "--resume", logdir, "--replay-obs-dtype", "float16"]) == 2
+    assert "replay_obs_dtype: 'float32' != 'float16'" in capsys.readouterr().err
     assert main(["train", "--resume", os.path.join(logdir, "nothing-here")]) == 2
     assert "holds no run" in capsys.readouterr().err
 

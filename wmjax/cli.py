@@ -15,13 +15,14 @@ import sys
 import time
 import typing
 
-from wmjax.config import PRESETS, DreamerConfig, TrainConfig
+from wmjax.config import PRESETS, REPLAY_OBS_DTYPES, DreamerConfig, TrainConfig
 from wmjax.envs import REGISTRY, check_env_name
 
 # TrainConfig flags and their defaults. They parse to None so that with --resume we can tell
 # which ones were given (and must then match the saved run).
 TRAIN_DEFAULTS = dict(env="CartPole-v1", preset="size1m", steps=50_000, seeds=1, seed=0,
-                      envs=16, train_ratio=32.0, replay_size=1_000_000, chunk_steps=2048)
+                      envs=16, train_ratio=32.0, replay_size=1_000_000, chunk_steps=2048,
+                      replay_obs_dtype="float32")
 
 
 def parse_override(text: str) -> tuple[str, typing.Any]:
@@ -52,7 +53,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     check_env_name(get("env"))
     return TrainConfig(env=get("env"), num_envs=envs, seeds=get("seeds"), seed=get("seed"),
                        steps=steps, train_ratio=get("train_ratio"), replay_size=replay_size,
-                       chunk_steps=get("chunk_steps"), agent=agent)
+                       chunk_steps=get("chunk_steps"), replay_obs_dtype=get("replay_obs_dtype"),
+                       agent=agent)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-ratio", type=float,
                    help="replayed steps per env step, DreamerV3's train_ratio (default 32)")
     t.add_argument("--replay-size", type=int, help="replay capacity per seed (default 1M)")
+    t.add_argument("--replay-obs-dtype", choices=REPLAY_OBS_DTYPES,
+                   help="how replay stores float observations (default float32; float16 or "
+                        "bfloat16 halve its memory, e.g. for many Craftax-Symbolic seeds)")
     t.add_argument("--chunk-steps", type=int,
                    help="env steps per seed between log points (default 2048)")
     t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -170,7 +175,9 @@ def _resume_config(args: argparse.Namespace) -> TrainConfig:
         seeds=flag("seeds", saved.seeds), seed=flag("seed", saved.seed),
         steps=flag("steps", saved.steps), train_ratio=flag("train_ratio", saved.train_ratio),
         replay_size=flag("replay_size", saved.replay_size),
-        chunk_steps=flag("chunk_steps", saved.chunk_steps), agent=saved.agent.replace(**agent),
+        chunk_steps=flag("chunk_steps", saved.chunk_steps),
+        replay_obs_dtype=flag("replay_obs_dtype", saved.replay_obs_dtype),
+        agent=saved.agent.replace(**agent),
     )
 
 

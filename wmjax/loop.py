@@ -133,6 +133,9 @@ def initial_state(config: TrainConfig, agent: Dreamer, k_agent: jax.Array, k_loo
     E = config.num_envs
     carry = agent.initial_carry(E)
     example = _record(jax.tree.map(lambda x: x[0], timestep), carry.action[0])
+    example["obs"] = jax.tree.map(  # the storage dtype of float observations; sample widens them
+        lambda x: x.astype(config.replay_obs_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        example["obs"])
     zero = jnp.zeros((), jnp.int32)
     return TrainState(agent.init(k_agent, hyper), env_state, timestep, carry,
                       rb.init(example, E, config.replay_size // E), k_loop, zero, zero, zero)

@@ -7,7 +7,8 @@ step this is a (num_envs, capacity) array per field, one write index, and a gath
 that jit, vmap over seeds and donate cleanly, with no version pin to track.
 
 All functions are pure: `init` builds the empty state from one example record, `add` writes one
-record per env, `sample` draws (batch, length) windows.
+record per env, `sample` draws (batch, length) windows. A field may be stored in float16 or
+bfloat16 (`init`'s example decides); `sample` returns it as float32.
 """
 from __future__ import annotations
 
@@ -63,4 +64,9 @@ def sample(state: ReplayState, key: jax.Array, batch: int, length: int) -> Any:
     offset = jax.random.randint(key_start, (batch,), 0, num_starts)
     oldest = (state.pos - state.count) % cap
     idx = (oldest + offset[:, None] + jnp.arange(length)[None, :]) % cap
-    return jax.tree.map(lambda buf: buf[env[:, None], idx], state.data)
+    return jax.tree.map(lambda buf: _widen(buf[env[:, None], idx]), state.data)
+
+
+def _widen(x: jax.Array) -> jax.Array:
+    """Fields stored in a 16-bit float (to halve replay's memory) come out as float32."""
+    return x.astype(jnp.float32) if x.dtype in (jnp.float16, jnp.bfloat16) else x
