@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from wmjax import replay as rb
 
@@ -68,8 +69,6 @@ def test_the_loop_stores_float_observations_in_the_configured_dtype():
 
 
 def test_an_unknown_replay_dtype_is_refused():
-    import pytest
-
     from programs import TINY
 
     with pytest.raises(ValueError, match="replay_obs_dtype.*float32, float16, bfloat16"):
