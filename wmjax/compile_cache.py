@@ -54,7 +54,8 @@ def repair(path: str) -> list[str]:
     A program written while the cache had no size limit (by an older wmjax, or by JAX with
     the same folder and its default settings) has no `-atime` file. JAX's eviction reads one
     for every program before each write, so one such program makes every later write fail
-    (a warning, and nothing more is cached). Returns the keys repaired."""
+    (a warning, and nothing more is cached): jax-ml/jax#39880, fixed upstream in #39883 but
+    present in the JAX releases gymnax allows here (0.10.x). Returns the keys repaired."""
     repaired = []
     for name in sorted(os.listdir(path)):
         if not name.endswith(_CACHE_SUFFIX):
