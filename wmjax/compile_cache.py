@@ -55,7 +55,7 @@ def repair(path: str) -> list[str]:
     the same folder and its default settings) has no `-atime` file. JAX's eviction reads one
     for every program before each write, so one such program makes every later write fail
     (a warning, and nothing more is cached): jax-ml/jax#39880, fixed upstream in #39883 but
-    present in the JAX releases gymnax allows here (0.10.x). Returns the keys repaired."""
+    still present in the JAX installed here (0.10.2). Returns the keys repaired."""
     repaired = []
     for name in sorted(os.listdir(path)):
         if not name.endswith(_CACHE_SUFFIX):
