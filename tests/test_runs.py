@@ -262,3 +262,27 @@ def test_broken_wandb_does_not_stop_training(tmp_path, monkeypatch, capsys, brok
     assert len(_rows(logdir)) == 4
     out = capsys.readouterr().out
     assert f"wandb {broken} failed" in out and out.count("continuing without wandb") == 1
+
+
+def test_cartpole_failures_counts_how_every_episode_ended(reference, capsys):
+    """benchmarks/cartpole_failures.py on a trained run: one row per seed, every episode counted
+    once; a run on another env is refused."""
+    from benchmarks.cartpole_failures import CAUSES, main
+
+    logdir, _ = reference
+    rows = main([logdir, "--episodes", "6"])
+    assert [r["seed"] for r in rows] == [0, 1] and all(r["chunk"] == CHUNKS for r in rows)
+    for r in rows:
+        assert sum(r[c] for c in CAUSES) == 6 and 1 <= r["mean_length"] <= 500
+        # an untrained tiny policy drops the pole long before the cart reaches the edge
+        assert r["pole angle"] > 0
+    assert "seed 1" in capsys.readouterr().out
+    with open(os.path.join(logdir, "config.json")) as f:
+        other = json.load(f)
+    other_dir = os.path.join(os.path.dirname(logdir), "acrobot_config")
+    os.makedirs(other_dir, exist_ok=True)
+    with open(os.path.join(other_dir, "config.json"), "w") as f:
+        json.dump({**other, "env": "Acrobot-v1"}, f)
+    with pytest.raises(SystemExit):
+        main([other_dir])
+    assert "reads CartPole-v1 runs only" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""Why do a CartPole run's episodes end? The pole falls, the cart leaves the track, or time runs out.
+
+Loads each seed's newest checkpoint of a CartPole-v1 run (a `python -m wmjax train` folder, a
+ladder rung's `dreamer/` folder or a sweep point), plays `--episodes` episodes per seed with
+the policy (`--mode train` samples actions as in training, `eval` takes the mode) and counts how
+each episode ended. A return below 500 says that the policy failed, not how; this says how.
+
+    python benchmarks/cartpole_failures.py runs/ladder/cartpole/dreamer
+    python benchmarks/cartpole_failures.py RUN_DIR --episodes 64 --mode eval
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import gymnax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from wmjax.policy import load_policy  # noqa: E402
+from wmjax.run import load_config  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
+
+CAUSES = ("pole angle", "cart position", "time limit")
+
+
+def episode_ends(run_dir: str, seed: int, episodes: int, mode: str, key: jax.Array) -> dict:
+    """Counts of each cause in CAUSES over `episodes` episodes, and their mean length."""
+    env, params = gymnax.make("CartPole-v1")
+    policy = load_policy(run_dir, seed=seed, mode=mode)
+    key, k_reset = jax.random.split(key)
+    obs, state = jax.vmap(env.reset_env, (0, None))(jax.random.split(k_reset, episodes), params)
+    step = jax.jit(jax.vmap(env.step_env, (0, 0, 0, None)))
+    carry, first = policy.initial_carry(episodes), jnp.ones(episodes, bool)
+    cause = np.full(episodes, -1)
+    length = np.zeros(episodes, int)
+    for t in range(params.max_steps_in_episode):
+        key, k_act, k_step = jax.random.split(key, 3)
+        action, carry = policy.act(carry, obs, first, k_act)
+        action = jnp.argmax(action, -1) if action.ndim == 2 else action  # one-hot -> index
+        obs, state, _, terminated, _ = step(jax.random.split(k_step, episodes), state, action,
+                                            params)
+        first = jnp.zeros(episodes, bool)
+        # gymnax 1.0's step_env reports termination only; the time limit is checked apart
+        done = np.asarray(terminated) | (np.asarray(state.time) >= params.max_steps_in_episode)
+        ended = done & (cause < 0)
+        angle = np.abs(np.asarray(state.theta)) > params.theta_threshold_radians
+        position = np.abs(np.asarray(state.x)) > params.x_threshold
+        cause[ended] = np.where(angle, 0, np.where(position, 1, 2))[ended]
+        length[ended] = t + 1
+        if (cause >= 0).all():
+            break
+    counts = {name: int((cause == i).sum()) for i, name in enumerate(CAUSES)}
+    return dict(seed=seed, chunk=policy.chunk, mean_length=float(length.mean()), **counts)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--episodes", type=int, default=32, help="episodes per seed")
+    ap.add_argument("--mode", choices=("train", "eval"), default="train")
+    ap.add_argument("--key", type=int, default=0)
+    args = ap.parse_args(argv)
+    config = load_config(args.run_dir)
+    if config.env != "CartPole-v1":
+        ap.error(f"{args.run_dir} trained on {config.env}; this script reads CartPole-v1 runs only")
+    rows = []
+    for seed in range(config.seeds):
+        row = episode_ends(args.run_dir, seed, args.episodes, args.mode,
+                           jax.random.fold_in(jax.random.key(args.key), seed))
+        rows.append(row)
+        print(f"seed {seed} (chunk {row['chunk']}): mean length {row['mean_length']:5.1f}  "
+              + "  ".join(f"{name} {row[name]:3d}" for name in CAUSES))
+    return rows
+
+
+if __name__ == "__main__":
+    start_command()
+    main()
