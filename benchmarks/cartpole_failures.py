@@ -35,6 +35,7 @@ def episode_ends(run_dir: str, seed: int, episodes: int, mode: str, key: jax.Arr
     key, k_reset = jax.random.split(key)
     obs, state = jax.vmap(env.reset_env, (0, None))(jax.random.split(k_reset, episodes), params)
     step = jax.jit(jax.vmap(env.step_env, (0, 0, 0, None)))
+    truncated = jax.jit(jax.vmap(env.is_truncated, (0, None)))  # as wmjax.envs.core does
     carry, first = policy.initial_carry(episodes), jnp.ones(episodes, bool)
     cause = np.full(episodes, -1)
     length = np.zeros(episodes, int)
@@ -45,8 +46,8 @@ def episode_ends(run_dir: str, seed: int, episodes: int, mode: str, key: jax.Arr
         obs, state, _, terminated, _ = step(jax.random.split(k_step, episodes), state, action,
                                             params)
         first = jnp.zeros(episodes, bool)
-        # gymnax 1.0's step_env reports termination only; the time limit is checked apart
-        done = np.asarray(terminated) | (np.asarray(state.time) >= params.max_steps_in_episode)
+        # gymnax 1.0's step_env reports termination only; the time limit is its is_truncated
+        done = np.asarray(terminated) | np.asarray(truncated(state, params))
         ended = done & (cause < 0)
         angle = np.abs(np.asarray(state.theta)) > params.theta_threshold_radians
         position = np.abs(np.asarray(state.x)) > params.x_threshold

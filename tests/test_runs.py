@@ -264,7 +264,7 @@ def test_broken_wandb_does_not_stop_training(tmp_path, monkeypatch, capsys, brok
     assert f"wandb {broken} failed" in out and out.count("continuing without wandb") == 1
 
 
-def test_cartpole_failures_counts_how_every_episode_ended(reference, capsys):
+def test_cartpole_failures_counts_how_every_episode_ended(reference, capsys, tmp_path):
     """benchmarks/cartpole_failures.py on a trained run: one row per seed, every episode counted
     once; a run on another env is refused."""
     from benchmarks.cartpole_failures import CAUSES, main
@@ -279,8 +279,7 @@ def test_cartpole_failures_counts_how_every_episode_ended(reference, capsys):
     assert "seed 1" in capsys.readouterr().out
     with open(os.path.join(logdir, "config.json")) as f:
         other = json.load(f)
-    other_dir = os.path.join(os.path.dirname(logdir), "acrobot_config")
-    os.makedirs(other_dir, exist_ok=True)
+    other_dir = str(tmp_path)
     with open(os.path.join(other_dir, "config.json"), "w") as f:
         json.dump({**other, "env": "Acrobot-v1"}, f)
     with pytest.raises(SystemExit):
