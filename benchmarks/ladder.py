@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -30,7 +29,7 @@ from benchmarks.ppo import PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.plots import curve  # noqa: E402
-from wmjax.run import holds_run, read_metrics, stop_on_sigterm, train  # noqa: E402
+from wmjax.run import holds_run, read_metrics, stop_on_sigterm, train, training_wall_time  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 # name -> (env, env steps, train ratio). Budgets from the issue; see REFERENCE.md for sources.
@@ -83,10 +82,10 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                          chunk_steps=chunk_steps or min(2048 if steps <= 100_000 else 16_384, steps),
                          agent=agent)
     run_dir = os.path.join(logdir, rung, "dreamer")
-    start = time.time()
     train(config, run_dir, resume=resume and holds_run(run_dir), checkpoint_every=5)
-    dreamer_wall = time.time() - start
-    d_steps, d_mean, d_low, d_high = curve(read_metrics(run_dir))
+    d_rows = read_metrics(run_dir)
+    dreamer_wall = training_wall_time(d_rows)  # summed over every resume of a long rung
+    d_steps, d_mean, d_low, d_high = curve(d_rows)
     print(f"PPO baseline: {env}, {steps:,d} steps x {seeds} seed(s)")
     ppo = train_ppo(env, steps, seeds, config=PPOConfig(num_envs=ppo_envs))
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
@@ -108,7 +107,6 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     if env.startswith("Craftax"):  # the Crafter score over every training episode, per seed
         from wmjax.envs.craftax import crafter_score
 
-        d_rows = read_metrics(run_dir)
         result["dreamer"]["crafter_score"] = [crafter_score(d_rows, s) for s in range(seeds)]
         result["ppo"]["crafter_score"] = [crafter_score(ppo["rows"], s) for s in range(seeds)]
         result["score_references"] = SCORE_REFERENCES

@@ -15,7 +15,7 @@ import pytest
 
 from programs import TINY, TINY_FLAGS
 from wmjax.checkpoint import CheckpointError, Checkpointer
-from wmjax.run import RunDirError, train
+from wmjax.run import RunDirError, read_metrics, train, training_wall_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = TINY.replace(steps=2048)  # 16 chunks; replay (1024) wraps around
@@ -116,6 +116,18 @@ def test_interrupt_checkpoints_the_chunk_in_flight(reference, tmp_path, monkeypa
     state, _ = train(None, logdir, resume=True, verbose=False)
     _leaves_equal(state, ref_state)
     assert _rows(logdir) == _rows(ref_dir)
+    # The resumed run's clock goes on from the checkpoint's, so the total is the last row's.
+    clock = [r["wall_time"] for r in read_metrics(logdir) if r["seed"] == 0]
+    assert all(b >= a for a, b in zip(clock, clock[1:])), clock
+    assert training_wall_time(read_metrics(logdir)) == clock[-1]
+
+
+def test_training_wall_time_sums_clocks_that_restart_at_a_resume():
+    """Logs written before the clock went on across resumes restart it at each one."""
+    rows = [{"seed": s, "env_step": i, "wall_time": t}
+            for i, t in enumerate([10.0, 20.0, 5.0, 8.0, 3.0]) for s in (0, 1)]
+    assert training_wall_time(rows) == 20.0 + 8.0 + 3.0
+    assert training_wall_time([]) == 0.0
 
 
 def test_interrupt_inside_a_chunk_is_held_until_it_returns(reference, tmp_path, monkeypatch):

@@ -68,6 +68,22 @@ def read_metrics(run_dir: str) -> list[dict]:
     return rows
 
 
+def training_wall_time(rows: list[dict]) -> float:
+    """Seconds of training behind a run's metrics. A resumed run's `wall_time` goes on from the
+    one logged at its checkpoint; logs written before wmjax did so restart it at every resume,
+    so a drop is read as a new call and the calls' times are summed."""
+    total = last = 0.0
+    first_seed = min((r["seed"] for r in rows), default=0)
+    for row in rows:
+        t = row.get("wall_time")
+        if row["seed"] != first_seed or t is None:
+            continue
+        if t < last:  # a resumed call starts its clock again
+            total += last
+        last = t
+    return total + last
+
+
 def load_hyper(run_dir: str) -> dict[str, list[float]] | None:
     path = os.path.join(run_dir, HYPER_FILE)
     if not os.path.exists(path):
@@ -142,6 +158,7 @@ def train(
         f"({trainer.updates_per_env_step:.4f} updates per env step)")
     writer = JsonlWriter(os.path.join(logdir, METRICS_FILE)) if logdir and main else None
     logged_up_to = _last_logged_step(logdir) if resume and main else -1
+    clock = _wall_time_at(logdir, done * per_chunk) if resume and main else 0.0
     wb = WandbLogger(logdir or "runs/wandb", config.to_dict(), wandb_project, wandb_group,
                      resume=resume, out=log) if wandb and main else None
     progress = Progress(total, log, start_step=done * per_chunk)
@@ -152,7 +169,7 @@ def train(
         """Log one finished chunk (waits for it)."""
         chunk_rows = host_metrics(metrics)
         for row in chunk_rows:
-            row["wall_time"] = round(time.time() - start, 3)
+            row["wall_time"] = round(clock + time.time() - start, 3)
         # After a resume, the chunks since the checkpoint are re-run bit-exactly; their rows
         # are already in metrics.jsonl.
         if writer and chunk_rows[0]["env_step"] > logged_up_to:
@@ -319,6 +336,15 @@ def _last_logged_step(logdir: str) -> int:
     if torn:
         write_jsonl(os.path.join(logdir, METRICS_FILE), rows)
     return max((int(r["env_step"]) for r in rows), default=-1)
+
+
+def _wall_time_at(logdir: str, env_step: int) -> float:
+    """The `wall_time` logged at a checkpoint's env step, from which a resumed run's clock goes
+    on (0 if that row is missing)."""
+    if not os.path.exists(os.path.join(logdir, METRICS_FILE)):
+        return 0.0
+    rows = [r for r in read_metrics(logdir) if int(r["env_step"]) == env_step]
+    return float(rows[-1].get("wall_time", 0.0)) if rows else 0.0
 
 
 def write_json(path: str, data: Any) -> None:
