@@ -288,6 +288,7 @@ def test_cartpole_failures_counts_how_every_episode_ended(reference, capsys, tmp
         assert sum(r[c] for c in CAUSES) == 6 and 1 <= r["mean_length"] <= 500
         # an untrained tiny policy drops the pole long before the cart reaches the edge
         assert r["pole angle"] > 0
+        assert np.isfinite(r["value_centre"])  # the critic read along the way
     assert "seed 1" in capsys.readouterr().out
     with open(os.path.join(logdir, "config.json")) as f:
         other = json.load(f)
@@ -297,3 +298,41 @@ def test_cartpole_failures_counts_how_every_episode_ended(reference, capsys, tmp
     with pytest.raises(SystemExit):
         main([other_dir])
     assert "reads CartPole-v1 runs only" in capsys.readouterr().err
+
+
+def test_continue_head_reads_every_replayed_record(reference, capsys):
+    """benchmarks/continue_head.py on a trained run: every record of the replay is predicted
+    once, the terminal records are the replay's, and CartPole's causes add up to them."""
+    from benchmarks.continue_head import CARTPOLE_LIMITS, continue_predictions, main, replay_in_order
+    from wmjax.policy import load_train_state
+    from wmjax.run import cached_trainer
+
+    logdir, _ = reference
+    # 256 records per env: a short last window; then the head alone, trained hard
+    rows = main([logdir, "--window", "40", "--fit-steps", "100", "--fit-lr", "1e-2"])
+    config, _, state = load_train_state(logdir)
+    replay = state.replay
+    for seed, row in enumerate(rows):
+        term = np.asarray(replay.data["is_terminal"][seed])[:, :int(replay.count[seed])]
+        assert row["records"] == term.size and row["terminals"] == int(term.sum()) > 0
+        assert sum(row[f"terminals/{c}"] for c in CARTPOLE_LIMITS) == row["terminals"]
+        assert 0.0 < row["cont_elsewhere"] < 1.0 and 0.0 <= row["cont_at_terminals"] <= 1.0
+        assert row["fitted"]["cont_at_terminals"] < row["cont_at_terminals"] - 0.1
+    # oldest first, the newest record last (the ring has wrapped around)
+    full, pos = replay_in_order(replay, 0), int(replay.pos[0])
+    for k in ("reward", "is_first", "is_terminal"):
+        np.testing.assert_array_equal(full[k][:, -1], np.asarray(replay.data[k][0])[:, pos - 1])
+        np.testing.assert_array_equal(full[k][:, 0], np.asarray(replay.data[k][0])[:, pos])
+    # windowing does not change a prediction, except that each window starts a fresh state
+    records = replay_in_order(replay, 0, last=20)
+    np.testing.assert_array_equal(records["reward"], full["reward"][:, -20:])
+    params = jax.tree.map(lambda x: x[0], state.agent.params)
+    agent = cached_trainer(config).agent
+    whole = continue_predictions(agent, params, records, window=20)
+    assert whole.shape == records["is_first"].shape and np.isfinite(whole).all()
+    windowed = continue_predictions(agent, params, records, window=8)  # [0,8) [8,16) [12,20)
+    np.testing.assert_allclose(windowed[:, :8], whole[:, :8], rtol=1e-5)
+    tail = jax.tree.map(lambda x: x[:, 12:], records)
+    np.testing.assert_allclose(windowed[:, 16:], continue_predictions(agent, params, tail)[:, 4:],
+                               rtol=1e-5)
+    assert "seed 1" in capsys.readouterr().out
