@@ -88,6 +88,8 @@ def test_resume_after_sigkill_is_bit_exact(reference, tmp_path):
     state, _ = train(None, logdir, resume=True, verbose=False)
     _leaves_equal(state, ref_state)  # params, optimizer, replay, env states, keys, counters
     assert _rows(logdir) == _rows(ref_dir)  # every log point once, identical values
+    clock = [r["wall_time"] for r in read_metrics(logdir) if r["seed"] == 0]
+    assert all(b >= a for a, b in zip(clock, clock[1:])), clock  # never backwards
 
 
 def test_interrupt_checkpoints_the_chunk_in_flight(reference, tmp_path, monkeypatch):

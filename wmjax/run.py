@@ -69,9 +69,9 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 
 def training_wall_time(rows: list[dict]) -> float:
-    """Seconds of training behind a run's metrics. A resumed run's `wall_time` goes on from the
-    one logged at its checkpoint; logs written before wmjax did so restart it at every resume,
-    so a drop is read as a new call and the calls' times are summed."""
+    """Seconds of training behind a run's metrics. A resumed run's `wall_time` goes on from its
+    newest logged row; logs written before wmjax did so restart it at every resume, so a drop
+    is read as a new call and the calls' times are summed."""
     total = last = 0.0
     first_seed = min((r["seed"] for r in rows), default=0)
     for row in rows:
@@ -157,8 +157,8 @@ def train(
         f"{total:,d} env steps per seed in {chunks} chunks, train ratio {config.train_ratio:g} "
         f"({trainer.updates_per_env_step:.4f} updates per env step)")
     writer = JsonlWriter(os.path.join(logdir, METRICS_FILE)) if logdir and main else None
-    logged_up_to = _last_logged_step(logdir) if resume and main else -1
-    clock = _wall_time_at(logdir, done * per_chunk) if resume and main else 0.0
+    # A resumed run's clock goes on from its newest logged row, so it never runs backwards.
+    logged_up_to, clock = _newest_logged(logdir) if resume and main else (-1, 0.0)
     wb = WandbLogger(logdir or "runs/wandb", config.to_dict(), wandb_project, wandb_group,
                      resume=resume, out=log) if wandb and main else None
     progress = Progress(total, log, start_step=done * per_chunk)
@@ -325,26 +325,20 @@ def _hyper_lists(hyper: dict[str, Any], seeds: int) -> dict[str, list[float]]:
     return out
 
 
-def _last_logged_step(logdir: str) -> int:
-    """The newest env_step in metrics.jsonl (-1 if none). A line cut short by a kill is dropped
-    from the file, so the rows appended after it stay readable."""
+def _newest_logged(logdir: str) -> tuple[int, float]:
+    """The newest env_step in metrics.jsonl and its wall_time ((-1, 0.0) if none). A line cut
+    short by a kill is dropped from the file, so the rows appended after it stay readable."""
     if not os.path.exists(os.path.join(logdir, METRICS_FILE)):
-        return -1
+        return -1, 0.0
     rows = read_metrics(logdir)
     with open(os.path.join(logdir, METRICS_FILE), encoding="utf-8") as f:
         torn = sum(1 for _ in f) != len(rows)
     if torn:
         write_jsonl(os.path.join(logdir, METRICS_FILE), rows)
-    return max((int(r["env_step"]) for r in rows), default=-1)
-
-
-def _wall_time_at(logdir: str, env_step: int) -> float:
-    """The `wall_time` logged at a checkpoint's env step, from which a resumed run's clock goes
-    on (0 if that row is missing)."""
-    if not os.path.exists(os.path.join(logdir, METRICS_FILE)):
-        return 0.0
-    rows = [r for r in read_metrics(logdir) if int(r["env_step"]) == env_step]
-    return float(rows[-1].get("wall_time", 0.0)) if rows else 0.0
+    if not rows:
+        return -1, 0.0
+    newest = max(rows, key=lambda r: int(r["env_step"]))
+    return int(newest["env_step"]), float(newest.get("wall_time", 0.0))
 
 
 def write_json(path: str, data: Any) -> None:
