@@ -19,6 +19,7 @@ apart: it trains a copy of the head alone on the frozen features and reports aga
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -48,33 +49,42 @@ def replay_in_order(replay, seed: int, last: int | None = None):
     return jax.tree.map(lambda x: np.asarray(x[seed][:, idx]), replay.data)
 
 
-def features(agent: Dreamer, params: dict, records, window: int = 1024) -> np.ndarray:
-    """Posterior features at every record (num_envs, records, feat), computed window by window,
-    each window starting from a fresh state as a replayed training window does."""
-    n = records["is_first"].shape[1]
-    window = min(window, n)
+@functools.lru_cache(maxsize=8)
+def _programs(agent: Dreamer):
+    """The jitted feature and head functions of one agent, with parameters as arguments, so
+    another seed or checkpoint reuses the compiled program instead of baking in constants."""
 
-    @jax.jit
-    def feat(obs, action, is_first):
+    def feat(params, obs, action, is_first):
         prev = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
         embed = agent.encoder.apply({"params": params["encoder"]}, obs)
         _, post, _ = agent.rssm.apply({"params": params["rssm"]}, embed, prev,
                                       is_first.at[:, 0].set(True), jax.random.key(0))
         return agent.rssm.apply({"params": params["rssm"]}, post, method=RSSM.feat)
 
+    def cont(head, feats):
+        return jax.nn.sigmoid(agent.cont.apply({"params": head}, feats)[..., 0])
+
+    return jax.jit(feat), jax.jit(cont)
+
+
+def features(agent: Dreamer, params: dict, records, window: int = 1024) -> np.ndarray:
+    """Posterior features at every record (num_envs, records, feat), computed window by window,
+    each window starting from a fresh state as a replayed training window does."""
+    feat = _programs(agent)[0]
+    n = records["is_first"].shape[1]
+    window = min(window, n)
     out = np.zeros(records["is_first"].shape + (agent.config.feat_size,), np.float32)
     for start in range(0, n, window):
         lo = min(start, n - window)  # the last window ends at n and keeps its shape
         part = jax.tree.map(lambda x: x[:, lo:lo + window], records)
-        out[:, start:lo + window] = np.asarray(feat(part["obs"], part["action"],
+        out[:, start:lo + window] = np.asarray(feat(params, part["obs"], part["action"],
                                                     part["is_first"]))[:, start - lo:]
     return out
 
 
 def continue_head(agent: Dreamer, head: dict, feats: np.ndarray) -> np.ndarray:
     """The continue head's probability that the episode goes on, at every feature."""
-    return np.asarray(jax.jit(lambda h, f: jax.nn.sigmoid(agent.cont.apply({"params": h}, f)[..., 0]))(
-        head, feats))
+    return np.asarray(_programs(agent)[1](head, feats))
 
 
 def continue_predictions(agent: Dreamer, params: dict, records, window: int = 1024) -> np.ndarray:
@@ -89,22 +99,31 @@ def fit_head(agent: Dreamer, head: dict, feats: np.ndarray, is_terminal: np.ndar
     the head is short of updates or the features cannot tell the ends apart."""
     feats = jnp.asarray(feats.reshape(-1, feats.shape[-1]))
     target = jnp.asarray((1.0 - is_terminal.reshape(-1)) * agent.config.gamma, jnp.float32)
+    key = jax.random.key(0) if key is None else key
+    return _fitter(agent, lr, batch)(head, feats, target, jax.random.split(key, steps))
+
+
+@functools.lru_cache(maxsize=8)
+def _fitter(agent: Dreamer, lr: float, batch: int):
+    """fit_head's whole loop as one program; features and targets are arguments, not constants."""
     opt = optax.adam(lr)
 
-    def loss(h, idx):
-        logit = agent.cont.apply({"params": h}, feats[idx])[..., 0]
-        return optax.sigmoid_binary_cross_entropy(logit, target[idx]).mean()
-
     @jax.jit
-    def step(carry, k):
-        h, opt_state = carry
-        grads = jax.grad(loss)(h, jax.random.randint(k, (batch,), 0, feats.shape[0]))
-        updates, opt_state = opt.update(grads, opt_state)
-        return (optax.apply_updates(h, updates), opt_state), None
+    def fit(head, feats, target, keys):
+        def loss(h, idx):
+            logit = agent.cont.apply({"params": h}, feats[idx])[..., 0]
+            return optax.sigmoid_binary_cross_entropy(logit, target[idx]).mean()
 
-    key = jax.random.key(0) if key is None else key
-    (head, _), _ = jax.lax.scan(step, (head, opt.init(head)), jax.random.split(key, steps))
-    return head
+        def step(carry, k):
+            h, opt_state = carry
+            grads = jax.grad(loss)(h, jax.random.randint(k, (batch,), 0, feats.shape[0]))
+            updates, opt_state = opt.update(grads, opt_state)
+            return (optax.apply_updates(h, updates), opt_state), None
+
+        (head, _), _ = jax.lax.scan(step, (head, opt.init(head)), keys)
+        return head
+
+    return fit
 
 
 def summarise(cont: np.ndarray, records, env: str) -> dict:
