@@ -31,7 +31,6 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from wmjax.agents.dreamer.agent import Dreamer  # noqa: E402
-from wmjax.models.rssm import RSSM  # noqa: E402
 from wmjax.policy import load_train_state  # noqa: E402
 from wmjax.run import cached_trainer  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
@@ -55,11 +54,7 @@ def _programs(agent: Dreamer):
     another seed or checkpoint reuses the compiled program instead of baking in constants."""
 
     def feat(params, obs, action, is_first):
-        prev = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
-        embed = agent.encoder.apply({"params": params["encoder"]}, obs)
-        _, post, _ = agent.rssm.apply({"params": params["rssm"]}, embed, prev,
-                                      is_first.at[:, 0].set(True), jax.random.key(0))
-        return agent.rssm.apply({"params": params["rssm"]}, post, method=RSSM.feat)
+        return agent.observe(params, obs, action, is_first, jax.random.key(0))[3]
 
     def cont(head, feats):
         return jax.nn.sigmoid(agent.cont.apply({"params": head}, feats)[..., 0])

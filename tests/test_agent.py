@@ -65,6 +65,23 @@ def _max_abs(tree):
     return max(float(jnp.abs(g).max()) for g in jax.tree.leaves(tree))
 
 
+def test_continue_metrics_sum_the_head_at_terminal_records(setup):
+    """The update's continue-head sums and counts (logged as cont/terminal, the mean prediction
+    at terminal records) equal the head applied to the loss's own posterior features."""
+    agent, state, batch, (one, _, metrics) = setup
+    B, T = batch.is_first.shape
+    term = np.asarray(batch.is_terminal, np.float32)
+    assert float(metrics["cont/terminals"]) == term.sum() == B - 1
+    assert float(metrics["cont/nonterminals"]) == B * T - term.sum()
+    # The metrics came from update(one, batch, key 3); the loss observes with the first split.
+    key_obs = jax.random.split(jax.random.key(3))[0]
+    feat = agent.observe(one.params, batch.obs, batch.action, batch.is_first, key_obs)[3]
+    cont = np.asarray(jax.nn.sigmoid(agent.cont.apply({"params": one.params["cont"]}, feat)[..., 0]))
+    np.testing.assert_allclose(float(metrics["cont/terminal_sum"]), (cont * term).sum(), rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["cont/nonterminal_sum"]), (cont * (1 - term)).sum(),
+                               rtol=1e-4)
+
+
 def test_update_changes_every_parameter(setup):
     agent, state, batch, (one, new, metrics) = setup
     # Zero-initialised output layers (reward, critic) pass no gradient to their hidden layers on

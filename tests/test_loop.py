@@ -57,3 +57,39 @@ def test_replay_holds_dreamer_layout(run):
     assert np.all(last[term])  # terminal implies last
     np.testing.assert_array_equal(data["reward"][:, :count][first], 0.0)
     np.testing.assert_allclose(data["action"][:, :count].sum(-1), 1.0)  # one-hot actions
+
+
+def test_continue_ratios_are_taken_over_the_chunks_records():
+    """A ratio metric is the chunk's summed numerator over its summed denominator, not a mean
+    of per-update ratios: one terminal at 0.9 and three summing to 0.3 give 1.2 / 4 = 0.3."""
+    import jax.numpy as jnp
+
+    from wmjax.agents.dreamer.agent import RATIO_METRICS
+    from wmjax.envs import make_env
+    from wmjax.loop import summarise_chunk
+
+    env = make_env("CartPole-v1")
+    state = type("S", (), {"env_steps": jnp.array(64), "updates": jnp.array(2)})()
+    base = {"episodes": jnp.array(0.0), "num_updates": jnp.array(2.0),
+            "episode_return_sum": jnp.array(0.0), "episode_length_sum": jnp.array(0.0),
+            "cont/nonterminal_sum": jnp.array(100.0), "cont/nonterminals": jnp.array(200.0)}
+    out = summarise_chunk({**base, "cont/terminal_sum": jnp.array(1.2),
+                           "cont/terminals": jnp.array(4.0)}, state, env, RATIO_METRICS)
+    np.testing.assert_allclose(out["cont/terminal"], 0.3, rtol=1e-6)
+    np.testing.assert_allclose(out["cont/nonterminal"], 0.5, rtol=1e-6)
+    assert float(out["cont/terminals"]) == 2.0  # per update
+    assert "cont/terminal_sum" not in out
+    none = summarise_chunk({**base, "cont/terminal_sum": jnp.array(0.0),
+                            "cont/terminals": jnp.array(0.0)}, state, env, RATIO_METRICS)
+    assert np.isnan(none["cont/terminal"])
+
+
+def test_continue_metrics_are_logged(run):
+    """Every chunk row has the continue head's means at terminal and other records; the
+    counts per update add up to the replayed batch."""
+    trainer, _, chunks = run
+    c = trainer.config.agent
+    for row in chunks[-1]:
+        assert row["cont/terminals"] + row["cont/nonterminals"] == pytest.approx(c.batch_size * c.batch_length)
+        assert 0.0 <= row["cont/nonterminal"] <= 1.0
+        assert row["cont/terminal"] is None or 0.0 <= row["cont/terminal"] <= 1.0

@@ -92,7 +92,7 @@ def make_host_train(config: TrainConfig, envs: Any = None) -> Trainer:
         state = state._replace(timestep=jax.tree.map(jnp.asarray, to_seeds(records)))
         live["state"], live["records"] = state, records
         stats = {**{k: jnp.asarray(v, jnp.float32) for k, v in host.items()}, **acc}
-        return state, summarise_chunk(stats, state, env)
+        return state, summarise_chunk(stats, state, env, agent.ratio_metrics)
 
     def init(key: jax.Array, hyper: dict | None = None) -> TrainState:
         return init_seeds(key, seed_hyper(agent, hyper, S))

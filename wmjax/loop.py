@@ -97,9 +97,20 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
         return state._replace(env_state=env_state, timestep=timestep), stats
 
     def chunk_one(state: TrainState) -> tuple[TrainState, dict]:
-        state, stats = jax.lax.scan(iteration, state, None, length=config.iters_per_chunk)
-        stats = jax.tree.map(lambda x: x.sum(0), stats)  # reduce over the chunk's iterations
-        return state, summarise_chunk(stats, state, env)
+        """`config.iters_per_chunk` iterations; their stats are summed in the scan's carry."""
+        names = ["episode_return_sum", "episode_length_sum", "episodes", "num_updates",
+                 *agent.metric_names,
+                 *(EPISODE_PREFIX + k for k in jax.eval_shape(jax.vmap(env.episode_stats),
+                                                              state.env_state.inner))]
+        zeros = {k: jnp.zeros((), jnp.float32) for k in names}
+
+        def body(carry, _):
+            state, sums = carry
+            state, stats = iteration(state, None)
+            return (state, jax.tree.map(jnp.add, sums, stats)), None
+
+        (state, stats), _ = jax.lax.scan(body, (state, zeros), None, length=config.iters_per_chunk)
+        return state, summarise_chunk(stats, state, env, agent.ratio_metrics)
 
     def init_seeds(key: jax.Array, hyper: dict) -> TrainState:
         keys = jax.random.split(jax.random.fold_in(key, config.seed), config.seeds)
@@ -205,8 +216,10 @@ def _record(ts: Timestep, action: jax.Array) -> dict:
                 is_last=ts.is_last, is_terminal=ts.is_terminal)
 
 
-def summarise_chunk(stats: dict, state: TrainState, env: EnvAdapter) -> dict:
-    """A chunk's summed stats as its log row: means per finished episode and per update."""
+def summarise_chunk(stats: dict, state: TrainState, env: EnvAdapter, ratios: dict) -> dict:
+    """A chunk's summed stats as its log row: means per finished episode and per update, and
+    each of `ratios` (name -> (numerator, denominator)) as a ratio of the chunk's sums, so that
+    a rare event is averaged over every record it occurred in (NaN if none)."""
     eps = stats.pop("episodes")
     n = stats.pop("num_updates")
     out = {
@@ -220,6 +233,9 @@ def summarise_chunk(stats: dict, state: TrainState, env: EnvAdapter) -> dict:
     for k in [k for k in stats if k.startswith(EPISODE_PREFIX)]:  # means over finished episodes
         out[k] = jnp.where(eps > 0, stats.pop(k) / jnp.maximum(eps, 1), jnp.nan)
     out.update(env.chunk_metrics(out))  # e.g. the Crafter score of the chunk's episodes
+    for name, (num, den) in ratios.items():
+        total, count = stats.pop(num), stats[den]
+        out[name] = jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
     for k, v in stats.items():
         out[k] = jnp.where(n > 0, v / jnp.maximum(n, 1), jnp.nan)
     return out

@@ -62,7 +62,14 @@ TUNABLES = ("lr", "actent", "rec_scale", "reward_scale", "cont_scale", "dyn_scal
 # The scalar metrics `update` returns, known without tracing it (the fused loop sums them).
 METRICS = ("loss/total", "loss/world_model", "loss/rec", "loss/reward", "loss/cont", "loss/dyn",
            "loss/rep", "loss/policy", "loss/value", "loss/repval", "imag/return", "imag/reward",
-           "imag/cont", "imag/entropy", "imag/retnorm_scale", "grad_norm", "update_norm")
+           "imag/cont", "imag/entropy", "imag/retnorm_scale", "grad_norm", "update_norm",
+           "cont/terminal_sum", "cont/terminals", "cont/nonterminal_sum", "cont/nonterminals")
+
+# Metrics logged as a ratio of two summed METRICS (name -> (numerator, denominator)), taken over
+# a whole chunk: the continue head's mean prediction at terminal records, an event too rare
+# (under 1% of CartPole's records) to show in loss/cont, and elsewhere (target: gamma).
+RATIO_METRICS = {"cont/terminal": ("cont/terminal_sum", "cont/terminals"),
+                 "cont/nonterminal": ("cont/nonterminal_sum", "cont/nonterminals")}
 
 
 class Carry(NamedTuple):
@@ -87,11 +94,20 @@ def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def _continue_stats(cont: jax.Array, is_terminal: jax.Array) -> dict:
+    """Summed continue predictions and counts at terminal and other records (RATIO_METRICS)."""
+    terminal = is_terminal.astype(jnp.float32)
+    other = 1.0 - terminal
+    return {"cont/terminal_sum": (cont * terminal).sum(), "cont/terminals": terminal.sum(),
+            "cont/nonterminal_sum": (cont * other).sum(), "cont/nonterminals": other.sum()}
+
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class Dreamer:
     metric_names = METRICS
+    ratio_metrics = RATIO_METRICS
 
     def __init__(self, config: DreamerConfig, spec: EnvSpec):
         self.config = c = config
@@ -251,6 +267,18 @@ class Dreamer:
         )
         return self._apply(params, "rssm", traj, method=RSSM.feat), actions
 
+    def observe(self, params: dict, obs: Any, action: jax.Array, is_first: jax.Array,
+                key: jax.Array) -> tuple[RSSMState, RSSMState, jax.Array, jax.Array]:
+        """The world model's posterior over replayed windows (B, T) of records, as training
+        sees them: every window starts from a fresh state, and the action fed at step t is the
+        one taken at t - 1 (zero at t = 0). Returns (last state, posterior states (B, T),
+        prior logits (B, T, ...), features (B, T, feat))."""
+        prev_action = jnp.concatenate([jnp.zeros_like(action[:, :1]), action[:, :-1]], 1)
+        embed = self._apply(params, "encoder", obs)
+        last, post, prior_logits = self._apply(params, "rssm", embed, prev_action,
+                                               is_first.at[:, 0].set(True), key)
+        return last, post, prior_logits, self._apply(params, "rssm", post, method=RSSM.feat)
+
     def open_loop(self, params: dict, batch: Batch, context: int, key: jax.Array) -> jax.Array:
         """DreamerV3's open-loop report: observe the first `context` steps of each sequence, then
         predict the rest from the prior alone under the recorded actions (the mode of each
@@ -259,20 +287,17 @@ class Dreamer:
         B, T = batch.is_first.shape
         if not 1 <= context < T:
             raise ValueError(f"open_loop: context={context}; allowed: 1 <= context < {T}")
-        is_first = batch.is_first.at[:, 0].set(True)
-        prev_action = jnp.concatenate(
-            [jnp.zeros_like(batch.action[:, :1]), batch.action[:, :-1]], 1
-        )
-        embed = self._apply(params, "encoder", jax.tree.map(lambda x: x[:, :context], batch.obs))
-        last, post, _ = self._apply(
-            params, "rssm", embed, prev_action[:, :context], is_first[:, :context], key
+        last, post, _, _ = self.observe(
+            params, jax.tree.map(lambda x: x[:, :context], batch.obs), batch.action[:, :context],
+            batch.is_first[:, :context], key,
         )
 
         def step(state, action):
             new = self._apply(params, "rssm", state, action, None, method=RSSM.img_step)
             return new, new
 
-        _, prior = jax.lax.scan(step, last, jnp.swapaxes(prev_action[:, context:], 0, 1))
+        # The action fed at step t is the one taken at t - 1.
+        _, prior = jax.lax.scan(step, last, jnp.swapaxes(batch.action[:, context - 1:-1], 0, 1))
         prior = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prior)
         states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), post, prior)
         feat = self._apply(params, "rssm", states, method=RSSM.feat)
@@ -290,16 +315,10 @@ class Dreamer:
         c, h = self.config, hyper
         key_obs, key_img = jax.random.split(key)
         B, T = batch.is_first.shape
-        # Every replayed window starts from a fresh state.
-        is_first = batch.is_first.at[:, 0].set(True)
-        prev_action = jnp.concatenate(
-            [jnp.zeros_like(batch.action[:, :1]), batch.action[:, :-1]], 1
-        )
 
         # ---- world model
-        embed = self._apply(params, "encoder", batch.obs)
-        _, post, prior_logits = self._apply(params, "rssm", embed, prev_action, is_first, key_obs)
-        feat = self._apply(params, "rssm", post, method=RSSM.feat)
+        _, post, prior_logits, feat = self.observe(params, batch.obs, batch.action,
+                                                   batch.is_first, key_obs)
         dyn, rep = kl_loss(post.logits, prior_logits, c.free_nats)
         rec = self.decoder.loss(self._apply(params, "decoder", feat), batch.obs)
         rew_loss = self.twohot.loss(self._apply(params, "reward", feat), batch.reward)
@@ -376,5 +395,6 @@ class Dreamer:
             "imag/cont": img_con.mean(),
             "imag/entropy": entropy.mean(),
             "imag/retnorm_scale": scale,
+            **_continue_stats(sg(jax.nn.sigmoid(con_logit)), batch.is_terminal),
         }
         return total, (metrics, retnorm)
