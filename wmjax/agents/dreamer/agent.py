@@ -96,7 +96,7 @@ def _global_norm(tree: Any) -> jax.Array:
 
 def _continue_stats(cont: jax.Array, is_terminal: jax.Array) -> dict:
     """Summed continue predictions and counts at terminal and other records (RATIO_METRICS)."""
-    terminal = is_terminal.astype(jnp.float32)
+    cont, terminal = cont.astype(jnp.float32), is_terminal.astype(jnp.float32)
     other = 1.0 - terminal
     return {"cont/terminal_sum": (cont * terminal).sum(), "cont/terminals": terminal.sum(),
             "cont/nonterminal_sum": (cont * other).sum(), "cont/nonterminals": other.sum()}
