@@ -70,9 +70,23 @@ def final_value(steps: np.ndarray, mean: np.ndarray, last: int = 3) -> float | N
     return float(np.mean(mean[-last:])) if len(mean) else None
 
 
+def final_policy_returns(run_dir: str, seeds: int, episodes: int) -> list[float]:
+    """Each seed's newest checkpoint played frozen for `episodes` episodes, sampling actions as
+    in training: its mean return. Training returns come from a policy that changes every few
+    env steps, so a regression in the last chunks does not show in them until its episodes end."""
+    import jax
+
+    from wmjax.policy import evaluate, load_policy
+
+    return [float(np.mean(evaluate(load_policy(run_dir, seed, "train"), episodes,
+                                   jax.random.key(seed))))
+            for seed in range(seeds)]
+
+
 def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float | None,
              overrides: dict, logdir: str, out: str, resume: bool, ppo_envs: int,
-             envs: int = 16, chunk_steps: int | None = None, replay_size: int | None = None) -> dict:
+             envs: int = 16, chunk_steps: int | None = None, replay_size: int | None = None,
+             eval_episodes: int = 32) -> dict:
     env, budget, default_ratio = RUNGS[rung]
     steps = steps or budget
     ratio = ratio or default_ratio
@@ -86,6 +100,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     d_rows = read_metrics(run_dir)
     dreamer_wall = training_wall_time(d_rows)  # summed over every resume of a long rung
     d_steps, d_mean, d_low, d_high = curve(d_rows)
+    frozen = final_policy_returns(run_dir, seeds, eval_episodes) if eval_episodes else None
     print(f"PPO baseline: {env}, {steps:,d} steps x {seeds} seed(s)")
     ppo = train_ppo(env, steps, seeds, config=PPOConfig(num_envs=ppo_envs))
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
@@ -98,7 +113,10 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
         rung=rung, env=env, steps=steps, seeds=seeds, preset=preset, train_ratio=ratio,
         overrides=overrides, reduced_budget=reduced,
         dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
-                     curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir),
+                     curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
+                     final_policy=None if frozen is None else dict(
+                         mode="train", episodes=eval_episodes, returns=frozen,
+                         mean=float(np.mean(frozen)))),
         ppo=dict(final=final_value(p_steps[keep], p_mean), wall_s=ppo["wall_s"],
                  num_envs=ppo_envs,
                  curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)]),
@@ -119,6 +137,9 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     print(f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){', reduced budget' if reduced else ''}): "
           f"DreamerV3 {d:.1f} in {dreamer_wall / 60:.1f} min, PPO {p:.1f} in {ppo['wall_s'] / 60:.1f} min; "
           f"references {result['references']}")
+    if frozen:
+        print(f"DreamerV3's final checkpoint played frozen ({eval_episodes} episodes per seed): "
+              f"{np.mean(frozen):.1f} (per seed {[round(r, 1) for r in frozen]})")
     if "score_references" in result:
         print(f"Crafter score (%): DreamerV3 {result['dreamer']['crafter_score']}, PPO "
               f"{result['ppo']['crafter_score']}; references {result['score_references']}")
@@ -134,6 +155,10 @@ def _plot(result, dreamer, ppo, path):
                                    f"{result['train_ratio']:g})", dreamer), ("PPO baseline", ppo)):
         (line,) = ax.plot(s, m, label=label)
         ax.fill_between(s, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    frozen = result["dreamer"]["final_policy"]
+    if frozen:
+        ax.scatter([dreamer[0][-1]] * len(frozen["returns"]), frozen["returns"], marker="*", s=60,
+                   color="black", zorder=3, label="DreamerV3 final checkpoint, played frozen")
     for i, (label, value) in enumerate(result["references"].items()):
         ax.axhline(value, color="gray", ls=[":", "--", "-."][i % 3], lw=1, label=label)
     ax.set_xlabel("env steps")
@@ -164,10 +189,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--replay-size", type=int, default=None,
                     help="replay capacity per seed (default: the whole run)")
     ap.add_argument("--ppo-envs", type=int, default=PPOConfig.num_envs)
+    ap.add_argument("--eval-episodes", type=int, default=32,
+                    help="play each seed's final checkpoint frozen for this many episodes "
+                         "(0: skip)")
     ap.add_argument("--logdir", default="runs/ladder")
     ap.add_argument("--out", default="benchmarks/results/ladder")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
+    if args.eval_episodes < 0:
+        ap.error(f"--eval-episodes {args.eval_episodes}; allowed: >= 0")
     sets = args.set
     if sets is None:  # imagining from 256 of the 1024 replayed states halves the update's time
         sets = ["lr=3e-4", "warmup=200", "imag_starts=256"] if RUNGS[args.rung][1] <= 100_000 \
@@ -178,7 +208,7 @@ def main(argv=None) -> dict:
         ap.error(str(e))
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
                     args.logdir, args.out, args.resume, args.ppo_envs, args.envs, args.chunk_steps,
-                    args.replay_size)
+                    args.replay_size, args.eval_episodes)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,19 @@
 import json
 import os
 
+import jax
+import numpy as np
+
 from benchmarks.ladder import REFERENCES, RUNGS, main
 from benchmarks.ppo import PPOConfig, train_ppo
+from wmjax.policy import evaluate, load_policy
 
 
 def test_tiny_rung_writes_json_and_png(tmp_path):
     # The DreamerV3 side is the suite's shared program (tests/programs.py).
     result = main(["--rung", "cartpole", "--steps", "512", "--preset", "tiny", "--seeds", "2",
                    "--train-ratio", "24", "--envs", "4", "--chunk-steps", "128",
-                   "--replay-size", "1024", "--set", "warmup=10",
+                   "--replay-size", "1024", "--set", "warmup=10", "--eval-episodes", "3",
                    "--logdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
     saved = json.load(open(tmp_path / "out" / "cartpole.json"))
     assert saved["reduced_budget"] and saved["steps"] == 512 and saved["seeds"] == 2
@@ -21,6 +25,13 @@ def test_tiny_rung_writes_json_and_png(tmp_path):
     png = tmp_path / "out" / "cartpole.png"
     assert os.path.getsize(png) > 10_000 and open(png, "rb").read(4) == b"\x89PNG"
     assert result["ppo"]["final"] == saved["ppo"]["final"]
+    # Each seed's final checkpoint played frozen, as wmjax.policy.evaluate plays it.
+    frozen = saved["dreamer"]["final_policy"]
+    run_dir = str(tmp_path / "runs" / "cartpole" / "dreamer")
+    again = [float(np.mean(evaluate(load_policy(run_dir, s, "train"), 3, jax.random.key(s))))
+             for s in range(2)]
+    assert frozen["episodes"] == 3 and frozen["returns"] == again
+    assert frozen["mean"] == np.mean(again) and all(r >= 8 for r in again)  # CartPole's minimum
 
 
 def test_ppo_baseline_learns_cartpole():
