@@ -179,3 +179,25 @@ def test_traced_tunables_equal_the_static_config():
     assert all(jax.tree.leaves(changed["actor"]))  # the two grid points really differ
     with pytest.raises(ValueError, match="unknown tunable.*'deter'.*tunables are: lr"):
         agent.hyper({"deter": 3})
+
+
+def test_cont_terminal_weight_scales_only_terminal_records():
+    """cont_terminal_weight multiplies the continue loss at terminal records only: with none in
+    the batch the loss is unchanged, with some it grows; 1 is DreamerV3's loss."""
+    spec = make_env("CartPole-v1").spec
+    base = Dreamer(DreamerConfig.preset("tiny"), spec)
+    heavy = Dreamer(DreamerConfig.preset("tiny", cont_terminal_weight=5.0), spec)
+    state = base.init(jax.random.key(0))
+    c = base.config
+    batch = _batch(spec, c.batch_size, c.batch_length, jax.random.key(1))
+    none = batch._replace(is_terminal=jnp.zeros_like(batch.is_terminal))
+
+    def cont_loss(agent, b):
+        metrics = agent.loss(state.params, state.slow_critic, state.retnorm, state.hyper, b,
+                             jax.random.key(2))[1][0]
+        return float(metrics["loss/cont"])
+
+    assert cont_loss(heavy, none) == pytest.approx(cont_loss(base, none), rel=1e-6)
+    assert cont_loss(heavy, batch) > cont_loss(base, batch) * 1.01
+    with pytest.raises(ValueError, match="cont_terminal_weight"):
+        DreamerConfig.preset("tiny", cont_terminal_weight=0.0)

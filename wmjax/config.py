@@ -66,6 +66,10 @@ class DreamerConfig:
     rec_scale: float = 1.0
     reward_scale: float = 1.0
     cont_scale: float = 1.0
+    # Weight of terminal records in the continue loss; 1 is DreamerV3's loss. A static field
+    # (not a tunable), so checkpoints keep their layout. Raise it where terminations are too
+    # rare for the head to learn (see the continue-head diagnosis in the README).
+    cont_terminal_weight: float = 1.0
     dyn_scale: float = 1.0
     rep_scale: float = 0.1
     policy_scale: float = 1.0
@@ -131,6 +135,8 @@ class DreamerConfig:
                      "free_nats", "agc", "eps"):
             v = getattr(self, name)
             _check(v >= 0.0, name, v, ">= 0")
+        _check(self.cont_terminal_weight > 0.0, "cont_terminal_weight", self.cont_terminal_weight,
+               "> 0")
         starts = self.batch_size * self.batch_length
         _check(self.imag_starts <= starts, "imag_starts", self.imag_starts,
                f"0 (all) or at most batch_size*batch_length={starts}")

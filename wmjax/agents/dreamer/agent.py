@@ -325,6 +325,8 @@ class Dreamer:
         con_logit = self._apply(params, "cont", feat)[..., 0]
         con_target = (1.0 - batch.is_terminal.astype(jnp.float32)) * c.gamma
         con_loss = optax.sigmoid_binary_cross_entropy(con_logit, con_target)
+        if c.cont_terminal_weight != 1.0:  # static: DreamerV3's loss is unchanged by default
+            con_loss = con_loss * jnp.where(batch.is_terminal, c.cont_terminal_weight, 1.0)
         wm_loss = (
             h["rec_scale"] * rec + h["reward_scale"] * rew_loss + h["cont_scale"] * con_loss
             + h["dyn_scale"] * dyn + h["rep_scale"] * rep
