@@ -29,6 +29,7 @@ from benchmarks.ppo import PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.plots import curve  # noqa: E402
+from wmjax.policy import seed_returns  # noqa: E402
 from wmjax.run import holds_run, read_metrics, stop_on_sigterm, train, training_wall_time  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
@@ -70,19 +71,6 @@ def final_value(steps: np.ndarray, mean: np.ndarray, last: int = 3) -> float | N
     return float(np.mean(mean[-last:])) if len(mean) else None
 
 
-def final_policy_returns(run_dir: str, seeds: int, episodes: int) -> list[float]:
-    """Each seed's newest checkpoint played frozen for `episodes` episodes, sampling actions as
-    in training: its mean return. Training returns come from a policy that changes every few
-    env steps, so a regression in the last chunks does not show in them until its episodes end."""
-    import jax
-
-    from wmjax.policy import evaluate, load_policy
-
-    return [float(np.mean(evaluate(load_policy(run_dir, seed, "train"), episodes,
-                                   jax.random.key(seed))))
-            for seed in range(seeds)]
-
-
 def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float | None,
              overrides: dict, logdir: str, out: str, resume: bool, ppo_envs: int,
              envs: int = 16, chunk_steps: int | None = None, replay_size: int | None = None,
@@ -100,7 +88,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     d_rows = read_metrics(run_dir)
     dreamer_wall = training_wall_time(d_rows)  # summed over every resume of a long rung
     d_steps, d_mean, d_low, d_high = curve(d_rows)
-    frozen = final_policy_returns(run_dir, seeds, eval_episodes) if eval_episodes else None
+    frozen = seed_returns(run_dir, eval_episodes) if eval_episodes else None
     print(f"PPO baseline: {env}, {steps:,d} steps x {seeds} seed(s)")
     ppo = train_ppo(env, steps, seeds, config=PPOConfig(num_envs=ppo_envs))
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])

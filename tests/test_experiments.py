@@ -2,6 +2,8 @@ import importlib.util
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from programs import TINY_FLAGS
@@ -73,6 +75,11 @@ def test_lr_entropy_grid_is_one_program_with_a_folder_per_point(tmp_path):
     assert float(policy.state.hyper["lr"]) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="seeds 0..0"):
         wmjax.load_policy(os.path.join(tmp_path, "points", "lr=0.001,actent=0.0003"), seed=1)
+    # Played frozen, the point's one seed is the program's member 1, with key 0.
+    point = os.path.join(tmp_path, "points", "lr=0.001,actent=0.0003")
+    frozen = wmjax.seed_returns(point, episodes=2, mode="train")
+    played = wmjax.evaluate(wmjax.load_policy(point, 0, "train"), 2, jax.random.key(0))
+    assert frozen == [float(np.mean(played))]
 
 
 def test_sweep_rejects_bad_settings(tmp_path, capsys):

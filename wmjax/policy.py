@@ -60,8 +60,7 @@ def resolve_member(run_dir: str, seed: int) -> tuple[str, int]:
     path = os.path.join(run_dir, "members.json")
     if not os.path.exists(path):
         return run_dir, seed
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
+    info = _read_json(path)
     if not 0 <= seed < len(info["members"]):
         raise ValueError(f"seed={seed}; this sweep point has seeds 0..{len(info['members']) - 1}")
     return os.path.normpath(os.path.join(run_dir, info["program"])), info["members"][seed]
@@ -72,10 +71,43 @@ def load_policy(run_dir: str, seed: int = 0, mode: str = "eval", chunk: int | No
 
     mode "eval" acts with the policy's mode, "train" samples as during training.
     """
-    if mode not in ("train", "eval"):
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    _check_mode(mode)
     run_dir, seed = resolve_member(run_dir, seed)
     config, chunk, state = load_train_state(run_dir, chunk)
+    return _member_policy(config, chunk, state, seed, mode)
+
+
+def seed_returns(run_dir: str, episodes: int = 32, mode: str = "train",
+                 chunk: int | None = None) -> list[float]:
+    """Every seed of a run (or sweep point) played frozen from one checkpoint (default: the
+    newest): the mean return of `episodes` episodes per seed, seed i played with key i.
+
+    Training returns come from a policy that changes every few env steps, so a regression in
+    the last chunks does not show in them until its episodes end; this reads the policy as saved.
+    The checkpoint is loaded once for all seeds."""
+    _check_mode(mode)
+    path = os.path.join(run_dir, "members.json")
+    members = _read_json(path)["members"] if os.path.exists(path) else None
+    config, chunk, state = load_train_state(resolve_member(run_dir, 0)[0], chunk)
+    members = list(range(config.seeds)) if members is None else members
+    return [float(np.mean(evaluate(_member_policy(config, chunk, state, m, mode), episodes,
+                                   jax.random.key(i))))
+            for i, m in enumerate(members)]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _member_policy(config: TrainConfig, chunk: int, state: TrainState, seed: int,
+                   mode: str) -> Policy:
+    """Seed `seed` of a loaded batched TrainState as a Policy."""
     if not 0 <= seed < config.seeds:
         raise ValueError(f"seed={seed}; this run has seeds 0..{config.seeds - 1}")
     trainer = cached_trainer(config)
