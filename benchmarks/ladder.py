@@ -90,7 +90,8 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     d_steps, d_mean, d_low, d_high = curve(d_rows)
     frozen = seed_returns(run_dir, eval_episodes) if eval_episodes else None
     print(f"PPO baseline: {env}, {steps:,d} steps x {seeds} seed(s)")
-    ppo = train_ppo(env, steps, seeds, config=PPOConfig(num_envs=ppo_envs))
+    ppo = train_ppo(env, steps, seeds, config=PPOConfig(num_envs=ppo_envs),
+                    eval_episodes=eval_episodes)
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
     p_steps = np.asarray(ppo["env_steps"])
     keep = ~np.all(np.isnan(p_returns), 0)
@@ -102,11 +103,9 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
         overrides=overrides, reduced_budget=reduced,
         dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
-                     final_policy=None if frozen is None else dict(
-                         mode="train", episodes=eval_episodes, returns=frozen,
-                         mean=float(np.mean(frozen)))),
+                     final_policy=_frozen(frozen, eval_episodes)),
         ppo=dict(final=final_value(p_steps[keep], p_mean), wall_s=ppo["wall_s"],
-                 num_envs=ppo_envs,
+                 num_envs=ppo_envs, final_policy=_frozen(ppo["final_policy"], eval_episodes),
                  curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)]),
         references=REFERENCES.get(env, {}),
     )
@@ -126,12 +125,21 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
           f"DreamerV3 {d:.1f} in {dreamer_wall / 60:.1f} min, PPO {p:.1f} in {ppo['wall_s'] / 60:.1f} min; "
           f"references {result['references']}")
     if frozen:
-        print(f"DreamerV3's final checkpoint played frozen ({eval_episodes} episodes per seed): "
-              f"{np.mean(frozen):.1f} (per seed {[round(r, 1) for r in frozen]})")
+        print(f"Final policies played frozen ({eval_episodes} episodes per seed): DreamerV3 "
+              f"{np.mean(frozen):.1f} (per seed {[round(r, 1) for r in frozen]}), PPO "
+              f"{np.mean(ppo['final_policy']):.1f} (per seed "
+              f"{[round(r, 1) for r in ppo['final_policy']]})")
     if "score_references" in result:
         print(f"Crafter score (%): DreamerV3 {result['dreamer']['crafter_score']}, PPO "
               f"{result['ppo']['crafter_score']}; references {result['score_references']}")
     return result
+
+
+def _frozen(returns: list[float] | None, episodes: int) -> dict | None:
+    """The JSON record of a frozen play: per-seed mean returns, sampling as in training."""
+    if returns is None:
+        return None
+    return dict(mode="train", episodes=episodes, returns=returns, mean=float(np.mean(returns)))
 
 
 def _plot(result, dreamer, ppo, path):
@@ -139,14 +147,16 @@ def _plot(result, dreamer, ppo, path):
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, (s, m, lo, hi) in ((f"wmjax DreamerV3 ({result['preset']}, ratio "
-                                   f"{result['train_ratio']:g})", dreamer), ("PPO baseline", ppo)):
+    for name, label, (s, m, lo, hi) in (
+            ("dreamer", f"wmjax DreamerV3 ({result['preset']}, ratio {result['train_ratio']:g})",
+             dreamer), ("ppo", "PPO baseline", ppo)):
         (line,) = ax.plot(s, m, label=label)
         ax.fill_between(s, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    frozen = result["dreamer"]["final_policy"]
-    if frozen:
-        ax.scatter([dreamer[0][-1]] * len(frozen["returns"]), frozen["returns"], marker="*", s=60,
-                   color="black", zorder=3, label="DreamerV3 final checkpoint, played frozen")
+        frozen = result[name].get("final_policy")
+        if frozen:  # at the last step, each seed's final policy played frozen
+            ax.scatter([s[-1] if len(s) else result["steps"]] * len(frozen["returns"]), frozen["returns"], marker="*", s=70,
+                       color=line.get_color(), edgecolor="black", linewidth=0.5, zorder=3,
+                       label=f"{label.split(' (')[0]}: final policy played frozen")
     for i, (label, value) in enumerate(result["references"].items()):
         ax.axhline(value, color="gray", ls=[":", "--", "-."][i % 3], lw=1, label=label)
     ax.set_xlabel("env steps")
@@ -178,8 +188,8 @@ def main(argv=None) -> dict:
                     help="replay capacity per seed (default: the whole run)")
     ap.add_argument("--ppo-envs", type=int, default=PPOConfig.num_envs)
     ap.add_argument("--eval-episodes", type=int, default=32,
-                    help="play each seed's final checkpoint frozen for this many episodes "
-                         "(0: skip)")
+                    help="play each seed's final DreamerV3 checkpoint and final PPO parameters "
+                         "frozen for this many episodes (0: skip)")
     ap.add_argument("--logdir", default="runs/ladder")
     ap.add_argument("--out", default="benchmarks/results/ladder")
     ap.add_argument("--resume", action="store_true")

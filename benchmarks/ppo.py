@@ -88,10 +88,15 @@ def _log_prob_entropy(out, log_std, action, discrete):
     return lp, (log_std + 0.5 * jnp.log(2 * jnp.pi * jnp.e)).sum() * jnp.ones(out.shape[:-1])
 
 
-def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
-    """(run, env_steps): run(keys) trains one seed per key and returns per-update metrics, each
+def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig(),
+             max_eval_steps: int = 100_000):
+    """(run, env_steps, play).
+
+    run(keys) trains one seed per key and returns (metrics, params): per-update metrics, each
     (seeds, U): episode_return (mean over the episodes that ended, NaN if none), episodes, and the
-    env's episode statistics (`episode/<name>`); env_steps (U,) is the step count."""
+    env's episode statistics (`episode/<name>`), and each seed's final parameters. env_steps (U,)
+    is the step count. play(params, keys, episodes) plays each seed's parameters frozen, sampling
+    as in training: returns (seeds, episodes), and whether every episode finished."""
     env = make_env(env_name)
     spec, c = env.spec, config
     net = ActorCritic(spec.num_actions, spec.discrete, c.hidden)
@@ -179,8 +184,29 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
                    **{EPISODE_PREFIX + k: mean(v) for k, v in stats.items()}}
             return (params, opt, env_state, ts, key), out
 
-        _, out = jax.lax.scan(update, (params, opt, env_state, ts, key), None, updates)
-        return out
+        (params, *_), out = jax.lax.scan(update, (params, opt, env_state, ts, key), None, updates)
+        return out, params
+
+    def play(params, key, episodes):
+        """One seed's frozen policy in `episodes` vmapped envs until each has ended once."""
+        k_reset, key = jax.random.split(key)
+        env_state, ts = env.reset_batch(k_reset, episodes)
+        finished = jnp.zeros((episodes,), bool)
+        returns = jnp.zeros((episodes,), jnp.float32)
+
+        def body(c):
+            env_state, ts, key, finished, returns, t = c
+            key, k_act, k_step = jax.random.split(key, 3)
+            out, log_std, _ = net.apply(params, _features(ts.obs))
+            env_state, ts = env.step_batch(k_step, env_state, sample(k_act, out, log_std))
+            returns = jnp.where(ts.is_last & ~finished, env_state.episode_return, returns)
+            return env_state, ts, key, finished | ts.is_last, returns, t + 1
+
+        def cond(c):
+            return ~c[3].all() & (c[5] < max_eval_steps)
+
+        out = jax.lax.while_loop(cond, body, (env_state, ts, key, finished, returns, 0))
+        return out[4], out[3]
 
     def init_params(keys):
         """Per-seed parameters, made eagerly, outside the compiled program: the orthogonal
@@ -192,18 +218,30 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig()):
 
     env_steps = np.arange(1, updates + 1) * batch
     compiled = jax.jit(jax.vmap(run))
-    return (lambda keys: compiled(keys, init_params(keys))), env_steps
+    played = jax.jit(jax.vmap(play, in_axes=(0, 0, None)), static_argnums=2)
+    return (lambda keys: compiled(keys, init_params(keys))), env_steps, played
 
 
 def train_ppo(env_name: str, steps: int, seeds: int, seed: int = 0,
-              config: PPOConfig = PPOConfig()) -> dict:
+              config: PPOConfig = PPOConfig(), eval_episodes: int = 0) -> dict:
     """Train `seeds` PPO seeds at once. Returns env steps, returns (seeds, updates), metrics
     rows like wmjax's metrics.jsonl (one per seed and update, with the env's episode
-    statistics) and wall time."""
-    run, env_steps = make_ppo(env_name, steps, config)
+    statistics) and wall time; with `eval_episodes`, also `final_policy`: each seed's final
+    parameters played frozen for that many episodes (seed i with key i), their mean return."""
+    if eval_episodes < 0:
+        raise ValueError(f"eval_episodes={eval_episodes}; allowed: >= 0")
+    run, env_steps, play = make_ppo(env_name, steps, config)
     start = time.time()
-    out = jax.device_get(run(jax.random.split(jax.random.key(seed), seeds)))
+    out, params = run(jax.random.split(jax.random.key(seed), seeds))
+    out = jax.device_get(out)
     wall = time.time() - start
+    final_policy = None
+    if eval_episodes:
+        keys = jnp.stack([jax.random.key(i) for i in range(seeds)])
+        returns, finished = play(params, keys, eval_episodes)
+        if not bool(finished.all()):
+            raise RuntimeError("PPO frozen play: episodes did not finish within max_eval_steps")
+        final_policy = [float(r) for r in np.asarray(returns).mean(1)]
     clean = lambda v: None if np.isnan(v) else float(v)
     rows = [{"seed": s, "env_step": int(step),
              **{k: clean(float(v[s, u])) for k, v in out.items()}}
@@ -211,7 +249,7 @@ def train_ppo(env_name: str, steps: int, seeds: int, seed: int = 0,
     return dict(env=env_name, steps=int(env_steps[-1]), seeds=seeds, config=asdict(config),
                 env_steps=env_steps.tolist(),
                 returns=[[clean(v) for v in row] for row in np.asarray(out["episode_return"])],
-                rows=rows, wall_s=wall)
+                rows=rows, wall_s=wall, final_policy=final_policy)
 
 
 def main(argv=None) -> dict:

@@ -32,13 +32,18 @@ def test_tiny_rung_writes_json_and_png(tmp_path):
              for s in range(2)]
     assert frozen["episodes"] == 3 and frozen["returns"] == again
     assert frozen["mean"] == np.mean(again) and all(r >= 8 for r in again)  # CartPole's minimum
+    ppo_frozen = saved["ppo"]["final_policy"]
+    assert ppo_frozen["episodes"] == 3 and len(ppo_frozen["returns"]) == 2
+    assert all(r >= 8 for r in ppo_frozen["returns"])
 
 
 def test_ppo_baseline_learns_cartpole():
-    result = train_ppo("CartPole-v1", 40_000, seeds=2, config=PPOConfig())
+    result = train_ppo("CartPole-v1", 40_000, seeds=2, config=PPOConfig(), eval_episodes=8)
     first = [v for v in result["returns"][0][:3] if v is not None]
     last = [row[-1] for row in result["returns"]]
     assert max(first) < 40 and min(last) > 60, (first, last)  # random is ~22
+    # The final parameters, played frozen, keep what training reached (an untrained net: ~22).
+    assert len(result["final_policy"]) == 2 and min(result["final_policy"]) > 60, result["final_policy"]
     rows = result["rows"]  # metrics rows, as wmjax writes them, for the ladder's extra metrics
     assert len(rows) == 2 * len(result["env_steps"])
     assert rows[-1]["seed"] == 1 and rows[-1]["episode_return"] == result["returns"][1][-1]
