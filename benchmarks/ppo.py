@@ -259,13 +259,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--num-envs", type=int, default=PPOConfig.num_envs)
     ap.add_argument("--lr", type=float, default=PPOConfig.lr)
+    ap.add_argument("--eval-episodes", type=int, default=0,
+                    help="play each seed's final parameters frozen for this many episodes")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     args = ap.parse_args(argv)
+    if args.eval_episodes < 0:
+        ap.error(f"--eval-episodes {args.eval_episodes}; allowed: >= 0")
     result = train_ppo(args.env, args.steps, args.seeds,
-                       config=PPOConfig(num_envs=args.num_envs, lr=args.lr))
+                       config=PPOConfig(num_envs=args.num_envs, lr=args.lr),
+                       eval_episodes=args.eval_episodes)
     final = [np.nanmean([v for v in row[-5:] if v is not None] or [np.nan]) for row in result["returns"]]
     print(f"PPO {args.env}: {result['steps']:,d} steps x {args.seeds} seeds in "
           f"{result['wall_s']:.0f} s; final return per seed {np.round(final, 1).tolist()}")
+    if result["final_policy"]:
+        print(f"final parameters played frozen ({args.eval_episodes} episodes per seed): "
+              f"{np.round(result['final_policy'], 1).tolist()}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f)
