@@ -154,7 +154,8 @@ def _plot(result, dreamer, ppo, path):
         ax.fill_between(s, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         frozen = result[name].get("final_policy")
         if frozen:  # at the last step, each seed's final policy played frozen
-            ax.scatter([s[-1] if len(s) else result["steps"]] * len(frozen["returns"]), frozen["returns"], marker="*", s=70,
+            x = s[-1] if len(s) else result["steps"]
+            ax.scatter([x] * len(frozen["returns"]), frozen["returns"], marker="*", s=70,
                        color=line.get_color(), edgecolor="black", linewidth=0.5, zorder=3,
                        label=f"{label.split(' (')[0]}: final policy played frozen")
     for i, (label, value) in enumerate(result["references"].items()):

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from wmjax.envs import make_env  # noqa: E402
 from wmjax.envs.core import EPISODE_PREFIX  # noqa: E402
+from wmjax.policy import play_episodes  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 
@@ -189,24 +190,11 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig(),
 
     def play(params, key, episodes):
         """One seed's frozen policy in `episodes` vmapped envs until each has ended once."""
-        k_reset, key = jax.random.split(key)
-        env_state, ts = env.reset_batch(k_reset, episodes)
-        finished = jnp.zeros((episodes,), bool)
-        returns = jnp.zeros((episodes,), jnp.float32)
+        def act(carry, obs, is_first, k):
+            out, log_std, _ = net.apply(params, _features(obs))
+            return sample(k, out, log_std), carry
 
-        def body(c):
-            env_state, ts, key, finished, returns, t = c
-            key, k_act, k_step = jax.random.split(key, 3)
-            out, log_std, _ = net.apply(params, _features(ts.obs))
-            env_state, ts = env.step_batch(k_step, env_state, sample(k_act, out, log_std))
-            returns = jnp.where(ts.is_last & ~finished, env_state.episode_return, returns)
-            return env_state, ts, key, finished | ts.is_last, returns, t + 1
-
-        def cond(c):
-            return ~c[3].all() & (c[5] < max_eval_steps)
-
-        out = jax.lax.while_loop(cond, body, (env_state, ts, key, finished, returns, 0))
-        return out[4], out[3]
+        return play_episodes(env, act, (), episodes, key, max_eval_steps)
 
     def init_params(keys):
         """Per-seed parameters, made eagerly, outside the compiled program: the orthogonal

@@ -180,29 +180,35 @@ def _rollout_fn(env: EnvAdapter, agent: Dreamer, mode: str, n: int, max_steps: i
 
 
 def _make_rollout(env: EnvAdapter, agent: Dreamer, mode: str, n: int, max_steps: int):
-    act = functools.partial(agent.act, mode=mode)
-
     @jax.jit
     def run(state, key):
-        k_reset, key = jax.random.split(key)
-        env_state, ts = env.reset_batch(k_reset, n)
-        carry = agent.initial_carry(n)
-        finished = jnp.zeros((n,), bool)
-        returns = jnp.zeros((n,), jnp.float32)
-
-        def cond(c):
-            return jnp.logical_and(~c[4].all(), c[6] < max_steps)
-
-        def body(c):
-            env_state, ts, carry, key, finished, returns, t = c
-            key, k_act, k_env = jax.random.split(key, 3)
-            action, carry = act(state, carry, ts.obs, ts.is_first, k_act)
-            env_state, ts = env.step_batch(k_env, env_state, action)
-            newly = ts.is_last & ~finished
-            returns = jnp.where(newly, env_state.episode_return, returns)
-            return env_state, ts, carry, key, finished | ts.is_last, returns, t + 1
-
-        out = jax.lax.while_loop(cond, body, (env_state, ts, carry, key, finished, returns, 0))
-        return out[5], out[4]
+        act = functools.partial(agent.act, state, mode=mode)
+        return play_episodes(env, act, agent.initial_carry(n), n, key, max_steps)
 
     return run
+
+
+def play_episodes(env: EnvAdapter, act: Callable, carry, episodes: int, key: jax.Array,
+                  max_steps: int = 100_000) -> tuple[jax.Array, jax.Array]:
+    """Step `episodes` vmapped envs under `act(carry, obs, is_first, key) -> (action, carry)`
+    until each has ended once, in one traceable while loop (any agent or baseline can use it).
+
+    Returns each env's first episode return and whether it ended within `max_steps`."""
+    k_reset, key = jax.random.split(key)
+    env_state, ts = env.reset_batch(k_reset, episodes)
+    finished = jnp.zeros((episodes,), bool)
+    returns = jnp.zeros((episodes,), jnp.float32)
+
+    def cond(c):
+        return jnp.logical_and(~c[4].all(), c[6] < max_steps)
+
+    def body(c):
+        env_state, ts, carry, key, finished, returns, t = c
+        key, k_act, k_env = jax.random.split(key, 3)
+        action, carry = act(carry, ts.obs, ts.is_first, k_act)
+        env_state, ts = env.step_batch(k_env, env_state, action)
+        returns = jnp.where(ts.is_last & ~finished, env_state.episode_return, returns)
+        return env_state, ts, carry, key, finished | ts.is_last, returns, t + 1
+
+    out = jax.lax.while_loop(cond, body, (env_state, ts, carry, key, finished, returns, 0))
+    return out[5], out[4]
