@@ -5,6 +5,7 @@ observations, actions, episode boundaries and env-step budget. The ladder uses i
 the sample-efficiency gap instead of assuming it.
 
     python benchmarks/ppo.py --env CartPole-v1 --steps 100000 --seeds 3
+    python benchmarks/ppo.py --env Acrobot-v1 --steps 50000 --eval-episodes 32   # + frozen play
 
 Per seed: num_envs envs, rollouts of num_steps, GAE(γ 0.99, λ 0.95), clipped objective (0.2),
 4 epochs x 4 minibatches, Adam 2.5e-4 annealed linearly, grad-norm clip 0.5, entropy 0.01,
