@@ -57,13 +57,23 @@ def load_train_state(run_dir: str, chunk: int | None = None) -> tuple[TrainConfi
 def resolve_member(run_dir: str, seed: int) -> tuple[str, int]:
     """A sweep point's folder (see wmjax.sweep.train_grid) names the program that trained it and
     which of its members are this point's seeds; other folders are their own program."""
+    program, members = _program(run_dir)
+    if members is None:
+        return run_dir, seed
+    if not 0 <= seed < len(members):
+        raise ValueError(f"seed={seed}; this sweep point has seeds 0..{len(members) - 1}")
+    return program, members[seed]
+
+
+def _program(run_dir: str) -> tuple[str, list[int] | None]:
+    """The folder of the program that trained `run_dir`, and the members that are its seeds
+    (None: a plain run, its own program, every member its own)."""
     path = os.path.join(run_dir, "members.json")
     if not os.path.exists(path):
-        return run_dir, seed
-    info = _read_json(path)
-    if not 0 <= seed < len(info["members"]):
-        raise ValueError(f"seed={seed}; this sweep point has seeds 0..{len(info['members']) - 1}")
-    return os.path.normpath(os.path.join(run_dir, info["program"])), info["members"][seed]
+        return run_dir, None
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    return os.path.normpath(os.path.join(run_dir, info["program"])), info["members"]
 
 
 def load_policy(run_dir: str, seed: int = 0, mode: str = "eval", chunk: int | None = None) -> Policy:
@@ -86,9 +96,8 @@ def seed_returns(run_dir: str, episodes: int = 32, mode: str = "train",
     the last chunks does not show in them until its episodes end; this reads the policy as saved.
     The checkpoint is loaded once for all seeds."""
     _check_mode(mode)
-    path = os.path.join(run_dir, "members.json")
-    members = _read_json(path)["members"] if os.path.exists(path) else None
-    config, chunk, state = load_train_state(resolve_member(run_dir, 0)[0], chunk)
+    program, members = _program(run_dir)
+    config, chunk, state = load_train_state(program, chunk)
     members = list(range(config.seeds)) if members is None else members
     return [float(np.mean(evaluate(_member_policy(config, chunk, state, m, mode), episodes,
                                    jax.random.key(i))))
@@ -98,11 +107,6 @@ def seed_returns(run_dir: str, episodes: int = 32, mode: str = "train",
 def _check_mode(mode: str) -> None:
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-
-
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _member_policy(config: TrainConfig, chunk: int, state: TrainState, seed: int,
