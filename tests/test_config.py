@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from wmjax.config import PRESETS, DreamerConfig, TrainConfig
@@ -39,6 +41,9 @@ def test_unknown_preset_lists_known():
     (dict(train_ratio=-2.0), "train_ratio"),
     (dict(num_envs=0), "num_envs"),
     (dict(replay_size=100, num_envs=16), "replay_size"),
+    (dict(seeds=2, seed_ids=(0,)), "seed_ids.*2 integers"),
+    (dict(seeds=2, seed_ids=(0, -1)), "seed_ids"),
+    (dict(seeds=1, seed_ids=(True,)), "seed_ids"),
 ])
 def test_bad_train_config_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -60,6 +65,11 @@ def test_config_round_trips_through_dict_and_names_unknown_fields():
     data["agent"]["learning_rate"] = 1.0
     with pytest.raises(ValueError, match="unknown DreamerConfig field.*learning_rate"):
         TrainConfig.from_dict(data)
+    # A sweep program's seed ids come back from JSON as a list and are kept as a tuple.
+    program = config.replace(seeds=4, seed_ids=[0, 1, 0, 1])
+    assert program.seed_ids == (0, 1, 0, 1) and program.member_seeds == (0, 1, 0, 1)
+    assert TrainConfig.from_dict(json.loads(json.dumps(program.to_dict()))) == program
+    assert config.member_seeds == (0, 1, 2)
     other = config.replace(train_ratio=64.0, agent=config.agent.replace(lr=2e-3))
     assert config.differences(other) == ["agent.lr: 0.001 != 0.002", "train_ratio: 32.0 != 64.0"]
 

@@ -61,6 +61,7 @@ def test_lr_entropy_grid_is_one_program_with_a_folder_per_point(tmp_path):
     assert sorted(results) == ["lr=0.0001,actent=0.0003", "lr=0.001,actent=0.0003"]
     program = json.load(open(os.path.join(tmp_path, "program", "config.json")))
     assert program["seeds"] == 2  # 2 points x 1 seed in one vmapped program
+    assert program["seed_ids"] == [0, 0]  # both points train seed 0
     hyper = json.load(open(os.path.join(tmp_path, "program", "hyper.json")))
     assert hyper["lr"] == pytest.approx([1e-4, 1e-3])
     for name in results:
@@ -68,8 +69,15 @@ def test_lr_entropy_grid_is_one_program_with_a_folder_per_point(tmp_path):
         config = json.load(open(os.path.join(folder, "config.json")))
         assert config["seeds"] == 1 and config["agent"]["warmup"] == 10
         assert f"lr={config['agent']['lr']:g}" in name
+        assert config["seed_ids"] is None  # the point's config is a plain run's
         rows = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
         assert {r["seed"] for r in rows} == {0} and len(rows) == 4
+    # Both points are seed 0, so they act alike until the tunables first matter: the first
+    # replay records, written before any update, are the same (members differ in a plain run).
+    _, _, state = wmjax.policy.load_train_state(os.path.join(tmp_path, "program"))
+    obs = np.asarray(state.replay.data["obs"])[:, :, :16]  # (members, envs, steps, ...)
+    np.testing.assert_array_equal(obs[0], obs[1])
+    assert not np.array_equal(obs[0, 0], obs[0, 1])  # the envs of one seed differ
     # A point folder loads like a run: seed 0 of the second point is member 1 of the program.
     policy = wmjax.load_policy(os.path.join(tmp_path, "points", "lr=0.001,actent=0.0003"), seed=0)
     assert float(policy.state.hyper["lr"]) == pytest.approx(1e-3)

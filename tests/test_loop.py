@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from programs import TINY, run_chunks
+from wmjax.loop import host_metrics
 from wmjax.run import cached_trainer
 
 # 4 envs, ratio 24, 128-step chunks: 96 replayed steps owed per vector step, 128 per update.
@@ -44,6 +45,30 @@ def test_seeds_are_vmapped_and_differ(run):
     assert len(chunks[-1]) == 2 and all(isinstance(v, (int, float, type(None)))
                                         for v in chunks[-1][0].values())
     assert chunks[-1][0]["loss/total"] is not None and chunks[-1][0]["episodes"] > 0
+
+
+def test_members_with_one_seed_id_train_like_that_seed_of_a_plain_run(run):
+    # A sweep gives every grid point seeds 0..n-1: members with seed id 1 start from seed 1's
+    # key of a plain run, so with equal tunables they train exactly like it. Same program.
+    trainer, _, chunks = run
+    state = trainer.init(jax.random.key(0), None, (1, 1))
+    plain = trainer.init(jax.random.key(0))
+    for same, seeds in zip(jax.tree.leaves(state.agent.params), jax.tree.leaves(plain.agent.params)):
+        np.testing.assert_array_equal(same[0], same[1])
+        np.testing.assert_array_equal(same[0], seeds[1])
+    assert not all(np.array_equal(p[0], p[1]) for p in jax.tree.leaves(plain.agent.params))
+    for _ in range(2):  # the second chunk trains (the first fills replay)
+        state, metrics = trainer.train_chunk(state)
+    rows = host_metrics(metrics)
+    assert chunks[1][1]["updates"] > 0 and chunks[1][1]["loss/total"] is not None
+    for row in rows:
+        for name, value in chunks[1][1].items():  # seed 1's second chunk in the plain run
+            if value is None or name == "seed":
+                assert name == "seed" or row[name] is None, name
+            else:
+                assert row[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    ids = trainer.init(jax.random.key(0), None, (0, 1))  # the plain run's seeds, named
+    np.testing.assert_array_equal(jax.random.key_data(ids.key), jax.random.key_data(plain.key))
 
 
 def test_replay_holds_dreamer_layout(run):

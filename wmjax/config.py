@@ -185,6 +185,10 @@ class TrainConfig:
     num_envs: int = 16
     seeds: int = 1
     seed: int = 0
+    # The seed index each member of the program trains with (one per member); None: member m is
+    # seed m. Seed s's random stream is the same whatever the run's size, so a tunables sweep
+    # (wmjax.sweep.train_grid) gives every grid point seeds 0..n-1, the seeds of a plain run.
+    seed_ids: tuple[int, ...] | None = None
     steps: int = 50_000  # env steps per seed
     train_ratio: float = 32.0
     replay_size: int = 1_000_000  # steps per seed, split evenly over the envs
@@ -199,6 +203,12 @@ class TrainConfig:
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, name, v, "an integer >= 1")
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        if self.seed_ids is not None:
+            ids = self.seed_ids
+            _check(isinstance(ids, (list, tuple)) and len(ids) == self.seeds
+                   and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids),
+                   "seed_ids", ids, f"None or {self.seeds} integers >= 0, one per member (seeds)")
+            object.__setattr__(self, "seed_ids", tuple(ids))  # a JSON list becomes a tuple
         _check(self.train_ratio > 0, "train_ratio", self.train_ratio, "> 0")
         _check(self.replay_obs_dtype in REPLAY_OBS_DTYPES, "replay_obs_dtype",
                self.replay_obs_dtype, f"one of {', '.join(REPLAY_OBS_DTYPES)}")
@@ -228,6 +238,11 @@ class TrainConfig:
         mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
         return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in sorted(mine)
                 if k not in ignore and mine[k] != theirs[k]]
+
+    @property
+    def member_seeds(self) -> tuple[int, ...]:
+        """Each member's seed index: `seed_ids`, or 0..seeds-1 when it is None."""
+        return self.seed_ids if self.seed_ids is not None else tuple(range(self.seeds))
 
     @property
     def iters_per_chunk(self) -> int:

@@ -14,6 +14,7 @@ Seeds: one vector env of seeds * num_envs envs; seed s acts in envs [s*E, (s+1)*
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -25,7 +26,8 @@ from wmjax.config import TrainConfig
 from wmjax.envs.core import Timestep
 from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env
 from wmjax.loop import (
-    TrainState, Trainer, initial_state, make_agent_step, ratio_fraction, seed_hyper, summarise_chunk,
+    TrainState, Trainer, initial_state, make_agent_step, member_keys, ratio_fraction, seed_hyper,
+    summarise_chunk,
 )
 
 
@@ -50,10 +52,9 @@ def make_host_train(config: TrainConfig, envs: Any = None) -> Trainer:
                                jnp.ones(E, bool), jnp.zeros(E, bool), jnp.zeros(E, bool))
         return initial_state(config, agent, k_agent, k_loop, hyper, None, placeholder)
 
-    @jax.jit
-    def init_seeds(key: jax.Array, hyper: dict) -> TrainState:
-        keys = jax.random.split(jax.random.fold_in(key, config.seed), S)
-        return jax.vmap(init_one)(keys, hyper)
+    @functools.partial(jax.jit, static_argnums=2)
+    def init_seeds(key: jax.Array, hyper: dict, seed_ids: tuple[int, ...] | None) -> TrainState:
+        return jax.vmap(init_one)(member_keys(config, key, seed_ids), hyper)
 
     def step_one(state: TrainState, ts: Timestep):
         key, k_act, _, k_update = jax.random.split(state.key, 4)
@@ -94,8 +95,10 @@ def make_host_train(config: TrainConfig, envs: Any = None) -> Trainer:
         stats = {**{k: jnp.asarray(v, jnp.float32) for k, v in host.items()}, **acc}
         return state, summarise_chunk(stats, state, env, agent.ratio_metrics)
 
-    def init(key: jax.Array, hyper: dict | None = None) -> TrainState:
-        return init_seeds(key, seed_hyper(agent, hyper, S))
+    def init(key: jax.Array, hyper: dict | None = None, seed_ids: tuple[int, ...] | None = None
+             ) -> TrainState:
+        ids = None if seed_ids is None else tuple(int(i) for i in seed_ids)
+        return init_seeds(key, seed_hyper(agent, hyper, S), ids)
 
     ratio = ratio_fraction(config.train_ratio)
     return Trainer(config, env, agent, init, train_chunk, None, None,

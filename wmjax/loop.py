@@ -43,7 +43,7 @@ class Trainer(NamedTuple):
     config: TrainConfig
     env: EnvAdapter
     agent: Dreamer
-    init: Callable[..., TrainState]  # (key, hyper=None) -> batched TrainState
+    init: Callable[..., TrainState]  # (key, hyper=None, seed_ids=None) -> batched TrainState
     train_chunk: Callable[[TrainState], tuple[TrainState, dict]]
     init_one: Callable[[jax.Array], TrainState]
     chunk_one: Callable[[TrainState], tuple[TrainState, dict]]
@@ -112,30 +112,49 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
         (state, stats), _ = jax.lax.scan(body, (state, zeros), None, length=config.iters_per_chunk)
         return state, summarise_chunk(stats, state, env, agent.ratio_metrics)
 
-    def init_seeds(key: jax.Array, hyper: dict) -> TrainState:
-        keys = jax.random.split(jax.random.fold_in(key, config.seed), config.seeds)
-        return jax.vmap(init_one, spmd_axis_name=None if mesh is None else distributed.SEEDS)(keys, hyper)
+    def init_seeds(key: jax.Array, hyper: dict, seed_ids: tuple[int, ...] | None = None
+                   ) -> TrainState:
+        return jax.vmap(init_one, spmd_axis_name=None if mesh is None else distributed.SEEDS)(
+            member_keys(config, key, seed_ids), hyper)
 
     shardings = None
     if mesh is None:
-        batched_init = jax.jit(init_seeds)
+        batched_init = jax.jit(init_seeds, static_argnums=2)
         batched_chunk = jax.jit(jax.vmap(chunk_one), donate_argnums=0)
     else:
         like = jax.eval_shape(init_seeds, jax.random.key(0), seed_hyper(agent, None, config.seeds))
         shardings = distributed.state_shardings(like, mesh, E)
         everywhere = distributed.replicated(mesh)
-        batched_init = jax.jit(init_seeds, in_shardings=everywhere, out_shardings=shardings)
+        batched_init = jax.jit(init_seeds, in_shardings=everywhere, out_shardings=shardings,
+                               static_argnums=2)
         batched_chunk = jax.jit(jax.vmap(chunk_one, spmd_axis_name=distributed.SEEDS),
                                 in_shardings=(shardings,), out_shardings=(shardings, everywhere),
                                 donate_argnums=0)
 
-    def init(key: jax.Array, hyper: dict | None = None) -> TrainState:
-        """Initial state of every seed. `hyper` maps tunables (TUNABLES) to one value for all
-        seeds or a sequence of one value per seed, so a grid is one vmapped program."""
-        return batched_init(key, seed_hyper(agent, hyper, config.seeds))
+    def init(key: jax.Array, hyper: dict | None = None, seed_ids: tuple[int, ...] | None = None
+             ) -> TrainState:
+        """Initial state of every member. `hyper` maps tunables (TUNABLES) to one value for all
+        members or a sequence of one value per member, so a grid is one vmapped program.
+        `seed_ids`: each member's seed index (see `member_keys`; default 0..seeds-1)."""
+        ids = None if seed_ids is None else tuple(int(i) for i in seed_ids)
+        return batched_init(key, seed_hyper(agent, hyper, config.seeds), ids)
 
     return Trainer(config, env, agent, init, batched_chunk, init_one, chunk_one,
                    float(ratio) / (B * T), mesh, shardings)
+
+
+def member_keys(config: TrainConfig, key: jax.Array, seed_ids: tuple[int, ...] | None = None
+                ) -> jax.Array:
+    """One PRNG key per member of the program. Seed s's key is split s of the run's base key,
+    split into as many keys as there are seeds (max(seed_ids) + 1 when given). So members with
+    equal seed ids start alike, and a sweep point's seeds 0..n-1 are those of a plain run with
+    n seeds. None: member m is seed m."""
+    base = jax.random.fold_in(key, config.seed)
+    if seed_ids is None:
+        return jax.random.split(base, config.seeds)
+    if len(seed_ids) != config.seeds:
+        raise ValueError(f"seed_ids={seed_ids}: needs one seed index per member ({config.seeds})")
+    return jax.random.split(base, max(seed_ids) + 1)[jnp.asarray(seed_ids)]
 
 
 def initial_state(config: TrainConfig, agent: Dreamer, k_agent: jax.Array, k_loop: jax.Array,

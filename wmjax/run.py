@@ -142,7 +142,7 @@ def train(
         done, state = ckpt.restore(abstract_state(trainer, key, hyper))
         log(f"wmjax: resuming {logdir} after chunk {done}")
     else:
-        state = trainer.init(key, hyper)
+        state = trainer.init(key, hyper, config.seed_ids)
         if logdir:
             if main:  # with several processes, process 0 writes the run folder's files
                 write_json(os.path.join(logdir, CONFIG_FILE), config.to_dict())
@@ -266,8 +266,9 @@ def _interrupts_after_the_chunk(log=lambda *a, **k: None):
 def cached_trainer(config: TrainConfig, devices: int | None = None):
     """make_train for a config, kept so that training the same config again in this process
     (a resume, a longer run, a sweep point, an evaluation) reuses the traced and compiled
-    program. The step budget is not part of the program, so it is not part of the key."""
-    return _trainer(config.replace(steps=1), devices)
+    program. The step budget and the members' seed ids (an argument of `init`) are not part of
+    the program, so they are not part of the key."""
+    return _trainer(config.replace(steps=1, seed_ids=None), devices)
 
 
 @functools.lru_cache(maxsize=16)

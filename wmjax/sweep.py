@@ -88,10 +88,12 @@ def train_grid(config: TrainConfig, points: list[dict[str, float]], seeds: int, 
     """Train every point of a tunables grid with `seeds` seeds each, all in one vmapped program
     (in `logdir/program`), then write `logdir/points/<name>/` per point: config.json (that
     point's resolved config), metrics.jsonl (its seeds, numbered 0..seeds-1) and members.json
-    (which members of the program it was). Returns each point's rows by point name."""
+    (which members of the program it was). Every point trains seeds 0..seeds-1, the seeds of a
+    plain run of its config (`config.seed_ids`), so points differ only in their tunables.
+    Returns each point's rows by point name."""
     members = len(points) * seeds
     hyper = {k: [p[k] for p in points for _ in range(seeds)] for k in points[0]}
-    program = config.replace(seeds=members)
+    program = config.replace(seeds=members, seed_ids=tuple(s for _ in points for s in range(seeds)))
     run_point(program, os.path.join(logdir, PROGRAM_DIR), resume=resume, hyper=hyper,
               **train_kwargs)
     rows = read_metrics(os.path.join(logdir, PROGRAM_DIR))
@@ -101,7 +103,8 @@ def train_grid(config: TrainConfig, points: list[dict[str, float]], seeds: int, 
         folder = os.path.join(logdir, POINTS_DIR, name)
         ids = list(range(i * seeds, (i + 1) * seeds))
         mine = [{**r, "seed": r["seed"] - i * seeds} for r in rows if r["seed"] in ids]
-        point_config = config.replace(seeds=seeds, agent=config.agent.replace(**point))
+        point_config = config.replace(seeds=seeds, seed_ids=None,
+                                      agent=config.agent.replace(**point))
         write_json(os.path.join(folder, "config.json"), point_config.to_dict())
         write_json(os.path.join(folder, "members.json"),
                     dict(program=os.path.join("..", "..", PROGRAM_DIR), members=ids, point=point))
