@@ -186,8 +186,8 @@ class TrainConfig:
     seeds: int = 1
     seed: int = 0
     # The seed index each member of the program trains with (one per member); None: member m is
-    # seed m. Seed s's random stream is the same whatever the run's size, so a tunables sweep
-    # (wmjax.sweep.train_grid) gives every grid point seeds 0..n-1, the seeds of a plain run.
+    # seed m. A tunables sweep (wmjax.sweep.train_grid) sets it so that every grid point trains
+    # seeds 0..n-1, the random streams of a plain run with n seeds (wmjax.loop.member_keys).
     seed_ids: tuple[int, ...] | None = None
     steps: int = 50_000  # env steps per seed
     train_ratio: float = 32.0
@@ -238,11 +238,6 @@ class TrainConfig:
         mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
         return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in sorted(mine)
                 if k not in ignore and mine[k] != theirs[k]]
-
-    @property
-    def member_seeds(self) -> tuple[int, ...]:
-        """Each member's seed index: `seed_ids`, or 0..seeds-1 when it is None."""
-        return self.seed_ids if self.seed_ids is not None else tuple(range(self.seeds))
 
     @property
     def iters_per_chunk(self) -> int:
