@@ -69,6 +69,8 @@ def test_members_with_one_seed_id_train_like_that_seed_of_a_plain_run(run):
                 assert row[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     ids = trainer.init(jax.random.key(0), None, (0, 1))  # the plain run's seeds, named
     np.testing.assert_array_equal(jax.random.key_data(ids.key), jax.random.key_data(plain.key))
+    with pytest.raises(ValueError, match="seed_ids=.*2 seed indices"):
+        trainer.init(jax.random.key(0), None, (0,))
 
 
 def test_replay_holds_dreamer_layout(run):

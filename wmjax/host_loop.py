@@ -27,7 +27,7 @@ from wmjax.envs.core import Timestep
 from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env
 from wmjax.loop import (
     TrainState, Trainer, initial_state, make_agent_step, member_keys, ratio_fraction, seed_hyper,
-    summarise_chunk,
+    static_seed_ids, summarise_chunk,
 )
 
 
@@ -97,8 +97,7 @@ def make_host_train(config: TrainConfig, envs: Any = None) -> Trainer:
 
     def init(key: jax.Array, hyper: dict | None = None, seed_ids: tuple[int, ...] | None = None
              ) -> TrainState:
-        ids = None if seed_ids is None else tuple(int(i) for i in seed_ids)
-        return init_seeds(key, seed_hyper(agent, hyper, S), ids)
+        return init_seeds(key, seed_hyper(agent, hyper, S), static_seed_ids(config, seed_ids))
 
     ratio = ratio_fraction(config.train_ratio)
     return Trainer(config, env, agent, init, train_chunk, None, None,

@@ -136,8 +136,8 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
         """Initial state of every member. `hyper` maps tunables (TUNABLES) to one value for all
         members or a sequence of one value per member, so a grid is one vmapped program.
         `seed_ids`: each member's seed index (see `member_keys`; default 0..seeds-1)."""
-        ids = None if seed_ids is None else tuple(int(i) for i in seed_ids)
-        return batched_init(key, seed_hyper(agent, hyper, config.seeds), ids)
+        return batched_init(key, seed_hyper(agent, hyper, config.seeds),
+                            static_seed_ids(config, seed_ids))
 
     return Trainer(config, env, agent, init, batched_chunk, init_one, chunk_one,
                    float(ratio) / (B * T), mesh, shardings)
@@ -152,9 +152,19 @@ def member_keys(config: TrainConfig, key: jax.Array, seed_ids: tuple[int, ...] |
     base = jax.random.fold_in(key, config.seed)
     if seed_ids is None:
         return jax.random.split(base, config.seeds)
-    if len(seed_ids) != config.seeds:
-        raise ValueError(f"seed_ids={seed_ids}: needs one seed index per member ({config.seeds})")
     return jax.random.split(base, max(seed_ids) + 1)[jnp.asarray(seed_ids)]
+
+
+def static_seed_ids(config: TrainConfig, seed_ids) -> tuple[int, ...] | None:
+    """`seed_ids` checked (one index >= 0 per member) and made a tuple, the hashable form that
+    `init`'s jitted program takes as a static argument."""
+    if seed_ids is None:
+        return None
+    ids = tuple(int(i) for i in seed_ids)
+    if len(ids) != config.seeds or min(ids, default=0) < 0:
+        raise ValueError(f"seed_ids={seed_ids}; allowed: {config.seeds} seed indices >= 0, one "
+                         f"per member")
+    return ids
 
 
 def initial_state(config: TrainConfig, agent: Dreamer, k_agent: jax.Array, k_loop: jax.Array,
