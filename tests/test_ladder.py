@@ -5,8 +5,10 @@ import os
 import jax
 import numpy as np
 
-from benchmarks.ladder import REFERENCES, RUNGS, main
+from benchmarks.ladder import REFERENCES, RUNG_SETS, RUNGS, main
 from benchmarks.ppo import PPOConfig, train_ppo
+from wmjax.cli import parse_override
+from wmjax.config import DreamerConfig
 from wmjax.policy import evaluate, load_policy
 
 
@@ -51,3 +53,14 @@ def test_ppo_baseline_learns_cartpole():
 
 def test_every_rung_has_references():
     assert {env for env, _, _ in RUNGS.values()} <= set(REFERENCES)
+
+
+def test_every_rung_has_default_settings_that_make_a_valid_config():
+    assert set(RUNG_SETS) == set(RUNGS)
+    for rung, sets in RUNG_SETS.items():
+        overrides = dict(parse_override(item) for item in sets)
+        config = DreamerConfig.preset("size1m", **overrides)  # validates every field and value
+        assert config.imag_starts == 256, rung
+    # The classic rungs' settings are the README table's (benchmarks/README.md has the runs).
+    assert DreamerConfig.preset("size1m", **dict(map(parse_override, RUNG_SETS["acrobot"]))).actent == 3e-3
+    assert DreamerConfig.preset("size1m", **dict(map(parse_override, RUNG_SETS["pendulum"]))).actent == 3e-4
