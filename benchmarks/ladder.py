@@ -53,11 +53,10 @@ RUNGS = {
 # states, which halves the update's time.
 _CLASSIC = ("lr=3e-4", "warmup=200", "imag_starts=256")
 _RARE_ENDS = ("cont_terminal_weight=10", "actent=3e-3")
-RUNG_SETS = {
+RUNG_SETS = {rung: ("imag_starts=256",) for rung in RUNGS} | {
     "cartpole": _CLASSIC + _RARE_ENDS,
     "acrobot": _CLASSIC + _RARE_ENDS,
     "pendulum": _CLASSIC,
-    **{rung: ("imag_starts=256",) for rung in ("breakout", "spaceinvaders", "asterix", "freeway", "craftax")},
 }
 
 # Published reference returns (label -> value) per env, from benchmarks/REFERENCE.md.
