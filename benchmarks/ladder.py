@@ -193,10 +193,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--preset", default="size1m")
     ap.add_argument("--train-ratio", type=float, default=None, help="default: the rung's")
     ap.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
-                    help="agent overrides; replaces the rung's defaults (RUNG_SETS: for "
-                         "classic control lr=3e-4 warmup=200 imag_starts=256, plus "
-                         "cont_terminal_weight=10 actent=3e-3 on cartpole and acrobot; for the "
-                         "1M-step rungs imag_starts=256)")
+                    help="agent overrides, replacing the rung's defaults: " + "; ".join(
+                        f"{rung} {' '.join(sets)}" for rung, sets in RUNG_SETS.items()))
     ap.add_argument("--envs", type=int, default=16, help="DreamerV3's vmapped envs per seed")
     ap.add_argument("--chunk-steps", type=int, default=None,
                     help="env steps per compiled chunk (default: 2048, 16384 above 100k steps)")
