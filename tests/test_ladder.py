@@ -62,6 +62,7 @@ def test_every_rung_has_default_settings_that_make_a_valid_config():
                for rung, sets in RUNG_SETS.items()}
     assert all(c.imag_starts == 256 for c in configs.values())
     # The classic rungs' settings are the README table's (benchmarks/README.md has the runs).
-    assert configs["cartpole"].actent == configs["acrobot"].actent == 3e-3
+    assert all(configs[rung].actent == 3e-3 for rung in ("cartpole", "acrobot", "craftax"))
     assert configs["acrobot"].cont_terminal_weight == 10 and configs["pendulum"].actent == 3e-4
-    assert configs["breakout"].lr == DreamerConfig().lr  # the 1M-step rungs keep DreamerV3's lr
+    assert configs["craftax"].lr == 3e-4 and configs["craftax"].cont_terminal_weight == 1
+    assert configs["breakout"].lr == DreamerConfig().lr  # MinAtar keeps DreamerV3's lr
