@@ -61,7 +61,7 @@ def test_every_rung_has_default_settings_that_make_a_valid_config():
     configs = {rung: DreamerConfig.preset("size1m", **dict(map(parse_override, sets)))
                for rung, sets in RUNG_SETS.items()}
     assert all(c.imag_starts == 256 for c in configs.values())
-    # The classic rungs' settings are the README table's (benchmarks/README.md has the runs).
+    # The rungs' settings are the README table's (benchmarks/README.md has the runs).
     assert all(configs[rung].actent == 3e-3 for rung in ("cartpole", "acrobot", "craftax"))
     assert configs["acrobot"].cont_terminal_weight == 10 and configs["pendulum"].actent == 3e-4
     assert configs["craftax"].lr == 3e-4 and configs["craftax"].cont_terminal_weight == 1
