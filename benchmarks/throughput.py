@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -50,7 +51,8 @@ from wmjax.loop import make_train  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 
-def _timed(fn, *args, repeats=3):
+def _timed(fn, *args, repeats=3, stat=min):
+    """`stat` (min or median) of `repeats` timed calls after a warm-up call, and the output."""
     out = fn(*args)
     jax.block_until_ready(out)
     times = []
@@ -59,7 +61,7 @@ def _timed(fn, *args, repeats=3):
         out = fn(*args)
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t)
-    return min(times), out
+    return stat(times), out
 
 
 def matmul_peak(n: int = 2048) -> float:
@@ -96,13 +98,13 @@ def update_gflop(agent: Dreamer) -> tuple[float, float]:
 
 
 def bare_update(agent: Dreamer, seeds: int, repeats: int) -> float:
-    """Seconds per jitted update vmapped over `seeds`, on a fixed batch."""
+    """Median seconds per jitted update vmapped over `seeds`, on a fixed batch."""
     k = jax.random.key(0)
     states = jax.vmap(agent.init)(jax.random.split(k, seeds))
     batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), _fixed_batch(agent))
     keys = jax.random.split(k, seeds)
     step = jax.jit(jax.vmap(agent.update))
-    t, _ = _timed(lambda s: step(s, batches, keys), states, repeats=repeats)
+    t, _ = _timed(lambda s: step(s, batches, keys), states, repeats=repeats, stat=statistics.median)
     return t
 
 
@@ -120,7 +122,9 @@ def make_loop(kind: str, cfg: TrainConfig):
 
 
 def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: int,
-                    min_updates: int, kind: str = "fused") -> dict:
+                    min_updates: int, kind: str = "fused", timed_chunks: int = 3) -> dict:
+    """Env steps/s and updates/s of `timed_chunks` chunks of at least `min_updates` updates per
+    seed, from the median chunk (this machine's speed drifts by 5-10% between runs)."""
     B, T = agent_cfg.batch_size, agent_cfg.batch_length
     upd_per_vec_step = envs * ratio / (B * T)
     iters = max(1, math.ceil(min_updates / upd_per_vec_step))
@@ -136,16 +140,19 @@ def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: in
     while int(m["updates"][0]) == 0 or int(m["chunk_updates"][0]) < int(
             math.floor(upd_per_vec_step * iters)):  # fill replay until every chunk trains fully
         state, m = trainer.train_chunk(state)
-    updates_before = int(m["updates"][0])
-    t0 = time.perf_counter()
-    state, m = trainer.train_chunk(state)
-    jax.block_until_ready(m)
-    dt = time.perf_counter() - t0
-    updates = int(m["updates"][0]) - updates_before
+    times = []
+    for _ in range(timed_chunks):
+        updates_before = int(m["updates"][0])
+        t0 = time.perf_counter()
+        state, m = trainer.train_chunk(state)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+        updates = int(m["updates"][0]) - updates_before  # the same in every full chunk
+    dt = statistics.median(times)
     steps = iters * envs
-    return dict(first_chunk_s=round(first_chunk, 2), chunk_s=dt, env_steps_per_seed=steps,
-                updates_per_seed=updates, env_steps_per_s=steps * seeds / dt,
-                updates_per_s=updates * seeds / dt)
+    return dict(first_chunk_s=round(first_chunk, 2), chunk_s=dt, chunk_s_each=times,
+                env_steps_per_seed=steps, updates_per_seed=updates,
+                env_steps_per_s=steps * seeds / dt, updates_per_s=updates * seeds / dt)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ratios", nargs="+", type=float, default=[32.0, 512.0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--envs", type=int, default=16)
-    ap.add_argument("--min-updates", type=int, default=4, help="updates per seed in the timed chunk")
+    ap.add_argument("--min-updates", type=int, default=4, help="updates per seed in a timed chunk")
+    ap.add_argument("--timed-chunks", type=int, default=3,
+                    help="chunks timed per row; rates are from the median chunk")
     ap.add_argument("--loops", nargs="+", default=["fused"],
                     help="fused, host (gymnasium from Python) and/or fusedN (sharded over N devices)")
     ap.add_argument("--cpu-devices", type=int, default=None,
@@ -184,13 +193,14 @@ def main(argv: list[str] | None = None) -> None:
         agent_cfg = DreamerConfig.preset(preset, **overrides)
         agent = Dreamer(agent_cfg, spec)
         gflop, gflop_all = update_gflop(agent)
-        single_t = bare_update(agent, 1, repeats=3)
+        single_t = bare_update(agent, 1, repeats=5)
         for seeds in args.seeds:
-            bare_t = single_t if seeds == 1 else bare_update(agent, seeds, repeats=2)
+            bare_t = single_t if seeds == 1 else bare_update(agent, seeds, repeats=3)
             for ratio in args.ratios:
                 fused_rate = None
                 for kind in args.loops:
-                    r = loop_throughput(agent_cfg, ratio, seeds, args.envs, args.min_updates, kind)
+                    r = loop_throughput(agent_cfg, ratio, seeds, args.envs, args.min_updates, kind,
+                                        args.timed_chunks)
                     per_update = r["chunk_s"] / max(1, r["updates_per_seed"])
                     overhead = per_update / bare_t - 1.0
                     achieved = gflop / single_t

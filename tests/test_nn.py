@@ -7,6 +7,7 @@ from wmjax.agents.dreamer.losses import lambda_return
 from wmjax.models.rssm import kl_loss
 from wmjax.nn import (BoundedNormal, Categorical, MLP, TwoHot, symexp, symlog, twohot_bins,
                       unimix_logits)
+from wmjax.nn.dists import inverse_cdf_index, straight_through_probs, unimix_probs
 
 
 def test_symlog_symexp_are_inverse():
@@ -53,6 +54,27 @@ def test_unimix_keeps_one_percent_floor():
     np.testing.assert_allclose(probs[0, 1:], 0.0025, rtol=1e-3)
 
 
+def test_inverse_cdf_sampling_follows_the_probabilities():
+    """The RSSM samples its latents at uniform noise through the CDF: frequencies must match
+    the probabilities, a zero-probability class is never drawn, and every u in [0, 1) maps to
+    a valid class."""
+    probs = jnp.array([[0.1, 0.0, 0.6, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    u = jax.random.uniform(jax.random.key(0), (200_000, 2))
+    idx = inverse_cdf_index(jnp.broadcast_to(probs, (200_000, 2, 4)), u)
+    freq = jax.vmap(lambda i: jnp.bincount(i, length=4), 1)(idx)
+    np.testing.assert_allclose(freq / 200_000, probs, atol=4e-3)
+    assert int(freq[0, 1]) == 0
+    edges = inverse_cdf_index(jnp.array([0.0, 0.25, 0.0, 0.75]), jnp.array([0.0, 0.2, 0.25, 0.9999999]))
+    np.testing.assert_array_equal(edges, [1, 1, 3, 3])
+    # Straight-through: one-hot forward, the gradients of the probabilities backward.
+    onehot = straight_through_probs(probs, jnp.array([2, 0]))
+    np.testing.assert_allclose(onehot, jax.nn.one_hot(jnp.array([2, 0]), 4), atol=1e-7)
+    w = jnp.arange(8.0).reshape(2, 4)
+    grad = jax.grad(lambda p: (straight_through_probs(p, jnp.array([2, 0])) * w).sum())(probs)
+    np.testing.assert_allclose(grad, w)
+    np.testing.assert_allclose(jnp.log(unimix_probs(jnp.zeros(4), 0.01)), unimix_logits(jnp.zeros(4), 0.01))
+
+
 def test_free_bits_apply_after_summing_over_latents():
     # 4 latents each with a small KL: the sum is above 1, each one is below.
     post = jnp.log(jnp.array([[[0.6, 0.4]] * 4]))
@@ -86,6 +108,9 @@ def test_lambda_return_matches_hand_computation():
     r0 = 1.0 + disc * ((1 - lam) * 20.0 + lam * r1)
     out = lambda_return(last, term, rew, boot, disc, lam)
     np.testing.assert_allclose(out, [[r0, r1, r2]], rtol=1e-6)
+    # Time-major inputs (axis=0) give the same returns, time-major.
+    out_t = lambda_return(last.T, term.T, rew.T, boot.T, disc, lam, axis=0)
+    np.testing.assert_allclose(out_t, [[r0], [r1], [r2]], rtol=1e-6)
     # A terminal at step 2 stops bootstrapping beyond it.
     term = jnp.array([[0.0, 0.0, 1.0, 0.0]])
     out = lambda_return(last, term, rew, boot, disc, lam)

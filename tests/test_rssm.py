@@ -59,6 +59,12 @@ def test_imagine_shapes(rssm_and_params):
     assert actions.shape == (7, 6, 2)
     np.testing.assert_array_equal(traj.deter[:, 0], start.deter)
     np.testing.assert_allclose(traj.stoch[:, 1:].sum(-1), 1.0, rtol=1e-6)  # one-hot samples
+    # time_major gives the same rollout laid out (steps, batch, ...), without the transpose.
+    traj_t, actions_t = m.apply(params, start, policy, 5, jax.random.key(0), True,
+                                method=RSSM.imagine)
+    np.testing.assert_array_equal(jnp.swapaxes(traj_t.deter, 0, 1), traj.deter)
+    np.testing.assert_array_equal(jnp.swapaxes(traj_t.stoch, 0, 1), traj.stoch)
+    np.testing.assert_array_equal(jnp.swapaxes(actions_t, 0, 1), actions)
 
 
 def test_unrolled_scans_compute_the_same(rssm_and_params):

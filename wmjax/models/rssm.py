@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wmjax.nn.dists import categorical_kl, gumbel_onehot, mode_onehot, unimix_logits
+from wmjax.nn.dists import categorical_kl, inverse_cdf_index, straight_through_probs, unimix_probs
 from wmjax.nn.layers import Linear, NormAct, dreamer_init
 
 sg = jax.lax.stop_gradient
@@ -46,6 +46,13 @@ def _reset(state: Any, is_first: jax.Array) -> Any:
         return jnp.where(mask, jnp.zeros_like(x), x)
 
     return jax.tree.map(zero, state)
+
+
+def _sample(probs: jax.Array, noise: jax.Array | None) -> jax.Array:
+    """One-hot latents with straight-through gradients: sampled at uniform `noise`, or the mode
+    where noise is None."""
+    idx = jnp.argmax(probs, -1) if noise is None else inverse_cdf_index(probs, noise)
+    return straight_through_probs(probs, idx)
 
 
 class RSSM(nn.Module):
@@ -141,18 +148,22 @@ class RSSM(nn.Module):
         new_g = update * cand + (1.0 - update) * deter_g
         return self._ungroup(new_g), new_g
 
-    def _logits(self, x: jax.Array, hidden: list, out: nn.Module) -> jax.Array:
+    def _dist(self, x: jax.Array, hidden: list, out: nn.Module) -> tuple[jax.Array, jax.Array]:
+        """(log-probs, probs) of the latents, with DreamerV3's 1% uniform mix."""
         for layer in hidden:
             x = layer(x)
         logits = out(x).astype(jnp.float32)
         logits = logits.reshape(*logits.shape[:-1], self.stoch, self.classes)
-        return unimix_logits(logits, self.unimix)
+        probs = unimix_probs(logits, self.unimix)
+        if self.unimix <= 0.0:  # probs can underflow to 0 without the mix
+            return jax.nn.log_softmax(logits, -1), probs
+        return jnp.log(probs), probs
 
     def prior_logits(self, deter: jax.Array) -> jax.Array:
-        return self._logits(deter, self.prior_hidden, self.prior_out)
+        return self._dist(deter, self.prior_hidden, self.prior_out)[0]
 
     def post_logits(self, deter: jax.Array, embed: jax.Array) -> jax.Array:
-        return self._logits(jnp.concatenate([deter, embed], -1), self.post_hidden, self.post_out)
+        return self._dist(jnp.concatenate([deter, embed], -1), self.post_hidden, self.post_out)[0]
 
     # ------------------------------------------------------------------ steps
 
@@ -174,30 +185,32 @@ class RSSM(nn.Module):
         return self._obs_step(state, self._groups(state.deter), action, embed, is_first, noise)[0]
 
     # The step functions the scans use carry the deter also in group-major layout (see `_core`),
-    # and take Gumbel noise drawn before the scan (None: take the mode): drawn inside, XLA's CPU
+    # and take uniform noise drawn before the scan (None: take the mode): drawn inside, XLA's CPU
     # backend runs a small threefry while-loop on every step.
 
     def _noise(self, key: jax.Array | None, state: RSSMState) -> jax.Array | None:
-        """Gumbel noise for sampling the stoch of `state`'s batch shape; a batch of keys gives
-        one draw per key, in one call (the same numbers as one call per key)."""
+        """Uniform noise for sampling the stoch of `state`'s batch shape, one number per latent
+        (see `inverse_cdf_index`); a batch of keys gives one draw per key, in one call (the
+        same numbers as one call per key)."""
         if key is None:
             return None
-        draw = lambda k: jax.random.gumbel(k, state.stoch.shape)
+        draw = lambda k: jax.random.uniform(k, state.stoch.shape[:-1])
         typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
         return jax.vmap(draw)(key) if key.ndim > (0 if typed else 1) else draw(key)
 
     def _img_step(self, state, deter_g, action, noise):
         deter, deter_g = self._core(state.deter, deter_g, state.stoch, action)
-        logits = self.prior_logits(deter)
-        stoch = mode_onehot(logits) if noise is None else gumbel_onehot(logits, noise)
+        logits, probs = self._dist(deter, self.prior_hidden, self.prior_out)
+        stoch = _sample(probs, noise)
         return RSSMState(deter, stoch, logits), deter_g
 
     def _obs_step(self, state, deter_g, action, embed, is_first, noise):
         state, action = _reset((state, action), is_first)
         deter_g = jnp.where(is_first[..., None], 0.0, deter_g)  # (g, batch, size) vs (batch,)
         deter, deter_g = self._core(state.deter, deter_g, state.stoch, action)
-        logits = self.post_logits(deter, embed)
-        stoch = mode_onehot(logits) if noise is None else gumbel_onehot(logits, noise)
+        logits, probs = self._dist(jnp.concatenate([deter, embed], -1), self.post_hidden,
+                                   self.post_out)
+        stoch = _sample(probs, noise)
         return RSSMState(deter, stoch, logits), deter_g
 
     # ------------------------------------------------------------------ sequences
@@ -240,11 +253,14 @@ class RSSM(nn.Module):
         policy: Callable[[jax.Array, jax.Array], jax.Array],
         horizon: int,
         key: jax.Array,
+        time_major: bool = False,
     ) -> tuple[RSSMState, jax.Array]:
         """Roll the prior forward `horizon` steps from `state` (batch B) under `policy`.
 
         Returns the trajectory including the start, shape (B, horizon + 1, ...), and the actions
         taken at each of those states (B, horizon + 1, A); the last action is never executed.
+        `time_major=True` returns (horizon + 1, B, ...) instead, as the scan builds them: that
+        skips a transpose of the whole trajectory, and slices along time stay contiguous.
         """
         keys = jax.random.split(key, horizon + 1)
         policy_keys, stoch_keys = jnp.swapaxes(jax.vmap(jax.random.split)(keys[:-1]), 0, 1)
@@ -264,6 +280,8 @@ class RSSM(nn.Module):
         final_action = policy(self.feat(last), keys[-1])
         traj = jax.tree.map(lambda s, l: jnp.concatenate([s, l[None]], 0), states, last)
         actions = jnp.concatenate([actions, final_action[None]], 0)
+        if time_major:
+            return traj, actions
         swap = lambda x: jnp.swapaxes(x, 0, 1)
         return jax.tree.map(swap, traj), swap(actions)
 

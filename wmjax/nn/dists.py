@@ -72,21 +72,29 @@ class TwoHot(NamedTuple):
 # ---------------------------------------------------------------- categorical latents
 
 
-def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:
-    """Mix `unimix` of a uniform distribution into softmax(logits); return the mixed log-probs."""
-    logits = logits.astype(jnp.float32)
+def unimix_probs(logits: jax.Array, unimix: float) -> jax.Array:
+    """softmax(logits) with `unimix` of a uniform distribution mixed in."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
     if unimix <= 0.0:
-        return jax.nn.log_softmax(logits, -1)
-    probs = jax.nn.softmax(logits, -1)
-    probs = (1.0 - unimix) * probs + unimix / logits.shape[-1]
-    return jnp.log(probs)
+        return probs
+    return (1.0 - unimix) * probs + unimix / logits.shape[-1]
+
+
+def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:
+    """The log-probs of `unimix_probs` (normalised logits of the mixed distribution)."""
+    if unimix <= 0.0:
+        return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    return jnp.log(unimix_probs(logits, unimix))
 
 
 def straight_through(logits: jax.Array, idx: jax.Array) -> jax.Array:
     """one_hot(idx) in the forward pass, with the gradients of softmax(logits)."""
-    probs = jax.nn.softmax(logits, -1)
-    onehot = jax.nn.one_hot(idx, logits.shape[-1], dtype=probs.dtype)
-    return onehot + probs - sg(probs)
+    return straight_through_probs(jax.nn.softmax(logits, -1), idx)
+
+
+def straight_through_probs(probs: jax.Array, idx: jax.Array) -> jax.Array:
+    """one_hot(idx) in the forward pass, with the gradients of `probs`."""
+    return jax.nn.one_hot(idx, probs.shape[-1], dtype=probs.dtype) + probs - sg(probs)
 
 
 def sample_onehot(key: jax.Array, logits: jax.Array) -> jax.Array:
@@ -94,10 +102,14 @@ def sample_onehot(key: jax.Array, logits: jax.Array) -> jax.Array:
     return straight_through(logits, jax.random.categorical(key, logits, -1))
 
 
-def gumbel_onehot(logits: jax.Array, gumbel: jax.Array) -> jax.Array:
-    """`sample_onehot` with the Gumbel noise drawn beforehand (`jax.random.gumbel`, logits'
-    shape), so that a scan can draw all its noise in one call instead of one per step."""
-    return straight_through(logits, jnp.argmax(logits + gumbel, -1))
+def inverse_cdf_index(probs: jax.Array, u: jax.Array) -> jax.Array:
+    """A sample from each categorical `probs` (classes on the last axis), by inverting its CDF at
+    uniform noise `u` (probs' shape without the class axis) drawn beforehand. One number per
+    categorical instead of a Gumbel per class: a scan's noise then costs a fraction of the
+    random bits and no logarithms."""
+    cdf = jnp.cumsum(sg(probs), -1)
+    idx = jnp.sum(cdf <= u[..., None] * cdf[..., -1:], -1)  # cdf[i-1] <= u < cdf[i]
+    return jnp.minimum(idx, probs.shape[-1] - 1)
 
 
 def mode_onehot(logits: jax.Array) -> jax.Array:

@@ -250,10 +250,12 @@ class Dreamer:
             raise AssertionError(f"update's metrics {sorted(metrics)} differ from METRICS")
         return AgentState(params, slow, opt_state, retnorm, state.step + 1, state.hyper), metrics
 
-    def imagine(self, params: dict, starts: RSSMState, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def imagine(self, params: dict, starts: RSSMState, key: jax.Array,
+                time_major: bool = False) -> tuple[jax.Array, jax.Array]:
         """Roll the world model forward `imag_horizon` steps from `starts` (batch N) under the actor.
 
-        Returns features (N, H + 1, feat) and actions (N, H + 1, A): one-hot for discrete
+        Returns features (N, H + 1, feat) and actions (N, H + 1, A), or (H + 1, N, ...) with
+        `time_major` (what the loss uses: no transposes). Actions are one-hot for discrete
         actions, the raw unclipped samples for continuous ones (REINFORCE scores the sample
         that was drawn; the RSSM bounds its action input by a / max(1, |a|), as DreamerV3).
         """
@@ -262,9 +264,8 @@ class Dreamer:
             sample = self._policy(params["actor"], f).sample(k)
             return jax.nn.one_hot(sample, self.spec.num_actions) if self.spec.discrete else sample
 
-        traj, actions = self._apply(
-            params, "rssm", starts, policy, self.config.imag_horizon, key, method=RSSM.imagine
-        )
+        traj, actions = self._apply(params, "rssm", starts, policy, self.config.imag_horizon, key,
+                                    time_major, method=RSSM.imagine)
         return self._apply(params, "rssm", traj, method=RSSM.feat), actions
 
     def observe(self, params: dict, obs: Any, action: jax.Array, is_first: jax.Array,
@@ -338,7 +339,9 @@ class Dreamer:
         if c.imag_starts:
             idx = jax.random.choice(key_img, B * T, (c.imag_starts,), replace=False)
             starts = jax.tree.map(lambda x: x[idx], starts)
-        img_feat, img_action = self.imagine(frozen, starts, jax.random.fold_in(key_img, 1))
+        # Time-major (H + 1, N, ...) from here on: slices along time stay contiguous.
+        img_feat, img_action = self.imagine(frozen, starts, jax.random.fold_in(key_img, 1),
+                                            time_major=True)
         img_feat = sg(img_feat)
         img_rew = self.twohot.mean(self._apply(frozen, "reward", img_feat))
         img_con = jax.nn.sigmoid(self._apply(frozen, "cont", img_feat)[..., 0])
@@ -346,23 +349,24 @@ class Dreamer:
         # ---- actor-critic on the imagined trajectories
         critic_logits = self._apply(params, "critic", img_feat)
         value = self.twohot.mean(critic_logits)
-        slow_value = self.twohot.mean(self.critic.apply({"params": slow_critic}, img_feat))
-        weight = sg(jnp.cumprod(img_con, 1))
-        ret = sg(lambda_return(jnp.zeros_like(img_con), 1.0 - img_con, img_rew, sg(value), 1.0, c.lam))
+        slow_value = self.twohot.mean(self.critic.apply({"params": slow_critic}, img_feat))[:-1]
+        weight = sg(jnp.cumprod(img_con, 0))[:-1]
+        ret = sg(lambda_return(jnp.zeros_like(img_con), 1.0 - img_con, img_rew, sg(value), 1.0,
+                               c.lam, axis=0))
         retnorm = retnorm_update(retnorm, ret, c.retnorm_rate, c.retnorm_low, c.retnorm_high)
         scale = retnorm_scale(retnorm, c.retnorm_limit)
-        adv = sg((ret - value[:, :-1]) / scale)
-        dist = self._policy(params["actor"], img_feat[:, :-1])
+        adv = sg((ret - value[:-1]) / scale)
+        dist = jax.tree.map(lambda x: x[:-1], self._policy(params["actor"], img_feat))
         if self.spec.discrete:
-            taken = jnp.argmax(img_action[:, :-1], -1)
+            taken = jnp.argmax(img_action[:-1], -1)
         else:
-            taken = img_action[:, :-1]
+            taken = img_action[:-1]
         logpi = dist.log_prob(sg(taken))
         entropy = dist.entropy()
-        policy_loss = (weight[:, :-1] * -(logpi * adv + h["actent"] * entropy)).mean()
-        value_loss = (weight[:, :-1] * (
-            self.twohot.loss(critic_logits[:, :-1], ret)
-            + h["slowreg"] * self.twohot.loss(critic_logits[:, :-1], sg(slow_value[:, :-1]))
+        policy_loss = (weight * -(logpi * adv + h["actent"] * entropy)).mean()
+        value_loss = (weight * (
+            self.twohot.loss(critic_logits[:-1], ret)
+            + h["slowreg"] * self.twohot.loss(critic_logits[:-1], sg(slow_value))
         )).mean()
 
         # ---- replay value loss: lambda-returns on the real sequence, bootstrapped from imagination
@@ -371,7 +375,7 @@ class Dreamer:
         if c.imag_starts:
             boot = sg(self.twohot.mean(rep_logits))
         else:
-            boot = ret[:, 0].reshape(B, T)
+            boot = ret[0].reshape(B, T)
         rep_ret = sg(lambda_return(batch.is_last, batch.is_terminal, batch.reward, boot, c.gamma, c.lam))
         rep_weight = 1.0 - batch.is_last[:, :-1].astype(jnp.float32)
         repval_loss = (rep_weight * (
@@ -393,7 +397,7 @@ class Dreamer:
             "loss/value": value_loss,
             "loss/repval": repval_loss,
             "imag/return": ret.mean(),
-            "imag/reward": img_rew.mean(),
+            "imag/reward": img_rew[1:].mean(),
             "imag/cont": img_con.mean(),
             "imag/entropy": entropy.mean(),
             "imag/retnorm_scale": scale,

@@ -8,28 +8,29 @@ import jax.numpy as jnp
 
 
 def lambda_return(
-    last: jax.Array, term: jax.Array, rew: jax.Array, boot: jax.Array, disc: float, lam: float
+    last: jax.Array, term: jax.Array, rew: jax.Array, boot: jax.Array, disc: float, lam: float,
+    axis: int = 1,
 ) -> jax.Array:
-    """TD(lambda) returns along axis 1, as DreamerV3 computes them.
+    """TD(lambda) returns along `axis` (time), as DreamerV3 computes them.
 
-    Inputs are (B, T). rew[:, t] is the reward for arriving at step t; term marks terminal steps
-    (no bootstrapping past them); last marks episode ends (the recursion restarts from `boot`
-    there). Returns R[:, t] for t < T-1:
+    Inputs are (B, T) (or (T, B) with axis=0). rew[:, t] is the reward for arriving at step t;
+    term marks terminal steps (no bootstrapping past them); last marks episode ends (the
+    recursion restarts from `boot` there). Returns R[:, t] for t < T-1:
         R_t = r_{t+1} + live_{t+1} * ((1 - c_{t+1}) * boot_{t+1} + c_{t+1} * R_{t+1}),
     with live = (1 - term) * disc, c = (1 - last) * lam and R_{T-1} = boot_{T-1}.
     """
-    live = (1.0 - term.astype(jnp.float32))[:, 1:] * disc
-    cont = (1.0 - last.astype(jnp.float32))[:, 1:] * lam
-    interm = rew[:, 1:] + (1.0 - cont) * live * boot[:, 1:]
+    last, term, rew, boot = (jnp.moveaxis(x, axis, 0) for x in (last, term, rew, boot))
+    live = (1.0 - term.astype(jnp.float32))[1:] * disc
+    cont = (1.0 - last.astype(jnp.float32))[1:] * lam
+    interm = rew[1:] + (1.0 - cont) * live * boot[1:]
 
     def step(ret, x):
         interm_t, live_t, cont_t = x
         ret = interm_t + live_t * cont_t * ret
         return ret, ret
 
-    xs = (interm.T[::-1], live.T[::-1], cont.T[::-1])
-    _, rets = jax.lax.scan(step, boot[:, -1], xs)
-    return rets[::-1].T
+    _, rets = jax.lax.scan(step, boot[-1], (interm, live, cont), reverse=True)
+    return jnp.moveaxis(rets, 0, axis)
 
 
 class RetNormState(NamedTuple):
