@@ -12,7 +12,8 @@ with the reference numbers of benchmarks/REFERENCE.md drawn as horizontal lines.
 
 Runs that use less than the published protocol (model size, train ratio, steps) are labelled
 "reduced budget" in the JSON and on the plot. The DreamerV3 run is checkpointed (run folder
-`LOGDIR/RUNG/dreamer`), so `--resume` continues a long rung after an interruption.
+`LOGDIR/RUNG/dreamer`), so `--resume` continues a long rung after an interruption; it reuses
+the PPO result saved in `LOGDIR/RUNG/ppo.json` when that was made with the same settings.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 
 import numpy as np
 
@@ -104,9 +106,8 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     dreamer_wall = training_wall_time(d_rows)  # summed over every resume of a long rung
     d_steps, d_mean, d_low, d_high = curve(d_rows)
     frozen = seed_returns(run_dir, eval_episodes) if eval_episodes else None
-    print(f"PPO baseline: {env}, {steps:,d} steps x {seeds} seed(s)")
-    ppo = train_ppo(env, steps, seeds, config=PPOConfig(num_envs=ppo_envs),
-                    eval_episodes=eval_episodes)
+    ppo = _ppo_baseline(env, steps, seeds, PPOConfig(num_envs=ppo_envs), eval_episodes,
+                        os.path.join(logdir, rung, "ppo.json"), resume)
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
     p_steps = np.asarray(ppo["env_steps"])
     keep = ~np.all(np.isnan(p_returns), 0)
@@ -147,6 +148,30 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     if "score_references" in result:
         print(f"Crafter score (%): DreamerV3 {result['dreamer']['crafter_score']}, PPO "
               f"{result['ppo']['crafter_score']}; references {result['score_references']}")
+    return result
+
+
+def _ppo_baseline(env: str, steps: int, seeds: int, config: PPOConfig, eval_episodes: int,
+                  path: str, resume: bool) -> dict:
+    """`train_ppo`'s result, saved at `path`. A resumed rung reuses a saved result made with the
+    same env, budget, seeds, PPO settings and frozen play, instead of training PPO again (it
+    takes minutes on Craftax, and is not bit-reproducible across machines)."""
+    wanted = dict(env=env, steps=steps, seeds=seeds, config=asdict(config),
+                  eval_episodes=eval_episodes)
+    if resume and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("request") == wanted:
+            print(f"PPO baseline: reusing {path} (same env, steps, seeds and settings)")
+            return saved["result"]
+        print(f"PPO baseline: {path} was made with other settings; training again")
+    print(f"PPO baseline: {env}, {steps:,d} steps x {seeds} seed(s)")
+    result = train_ppo(env, steps, seeds, config=config, eval_episodes=eval_episodes)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(request=wanted, result=result), f)
+    os.replace(tmp, path)  # never a half-written file where a finished one was
     return result
 
 

@@ -4,7 +4,9 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
+from benchmarks import ladder
 from benchmarks.ladder import REFERENCES, RUNG_SETS, RUNGS, main
 from benchmarks.ppo import PPOConfig, train_ppo
 from wmjax.cli import parse_override
@@ -12,12 +14,13 @@ from wmjax.config import DreamerConfig
 from wmjax.policy import evaluate, load_policy
 
 
-def test_tiny_rung_writes_json_and_png(tmp_path):
+def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
     # The DreamerV3 side is the suite's shared program (tests/programs.py).
-    result = main(["--rung", "cartpole", "--steps", "512", "--preset", "tiny", "--seeds", "2",
-                   "--train-ratio", "24", "--envs", "4", "--chunk-steps", "128",
-                   "--replay-size", "1024", "--set", "warmup=10", "--eval-episodes", "3",
-                   "--logdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    argv = ["--rung", "cartpole", "--steps", "512", "--preset", "tiny", "--seeds", "2",
+            "--train-ratio", "24", "--envs", "4", "--chunk-steps", "128",
+            "--replay-size", "1024", "--set", "warmup=10", "--eval-episodes", "3",
+            "--logdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    result = main(argv)
     saved = json.load(open(tmp_path / "out" / "cartpole.json"))
     assert saved["reduced_budget"] and saved["steps"] == 512 and saved["seeds"] == 2
     assert saved["references"] == REFERENCES["CartPole-v1"]
@@ -37,6 +40,15 @@ def test_tiny_rung_writes_json_and_png(tmp_path):
     ppo_frozen = saved["ppo"]["final_policy"]
     assert ppo_frozen["episodes"] == 3 and len(ppo_frozen["returns"]) == 2
     assert all(r >= 8 for r in ppo_frozen["returns"])
+    # --resume reuses the saved PPO result when its settings match, and only then.
+    def no_training(*args, **kwargs):
+        raise AssertionError("PPO trained again on a resume with the same settings")
+
+    monkeypatch.setattr(ladder, "train_ppo", no_training)
+    again = main(argv + ["--resume"])
+    assert again["ppo"] == result["ppo"]
+    with pytest.raises(AssertionError, match="PPO trained again"):
+        main(argv + ["--resume", "--ppo-envs", "8"])
 
 
 def test_ppo_baseline_learns_cartpole():
