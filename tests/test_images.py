@@ -111,3 +111,49 @@ def test_breakout_actions_and_rewards_reach_the_game():
 
     tracked, random = float(first_return(track)), float(first_return(wander))
     assert tracked > 10 and random < 2, (tracked, random)
+
+
+def _breakout_frame(ball, paddle_col):
+    frame = np.zeros((10, 10, 4), np.uint8)
+    frame[9, paddle_col, 0] = 255
+    frame[ball[0], ball[1], 1] = 255
+    return frame
+
+
+def test_breakout_view_reads_where_the_ball_was_lost():
+    """benchmarks/breakout_view.py's offsets come from each episode's terminal frame (the record
+    after the step that ended it), ball column minus paddle column."""
+    from benchmarks.breakout_view import loss_offsets
+
+    steps, envs = 4, 2
+    obs = np.zeros((steps, envs, 10, 10, 4), np.uint8)
+    obs[:, 0] = _breakout_frame((5, 5), 5)
+    obs[:, 1] = _breakout_frame((5, 5), 5)
+    obs[2, 0] = _breakout_frame((9, 7), 4)  # env 0 ends at step 1: terminal frame is record 2
+    obs[3, 1] = _breakout_frame((9, 1), 3)  # env 1 ends at step 2
+    ended = np.zeros((steps, envs), bool)
+    ended[1, 0] = ended[2, 1] = True
+    reward = np.zeros((steps, envs), np.float32)
+    reward[0, 0] = reward[1, 1] = reward[2, 1] = 1.0
+    offsets, returns = loss_offsets(dict(obs=obs, ended=ended, reward=reward))
+    assert offsets == {-2: 1, 3: 1} and returns == [1.0, 2.0]
+
+
+def test_breakout_view_on_a_trained_run(tmp_path):
+    """The diagnosis end to end on a tiny Breakout run: every episode counted, the paddle seen
+    in every reconstructed frame, rates between 0 and 1."""
+    from benchmarks.breakout_view import main
+    from wmjax.config import DreamerConfig, TrainConfig
+    from wmjax.run import RunDirError, train
+
+    config = TrainConfig(env="Breakout-MinAtar", num_envs=4, seeds=1, steps=256, chunk_steps=128,
+                         train_ratio=8, replay_size=1024,
+                         agent=DreamerConfig.preset("tiny", warmup=10))
+    train(config, str(tmp_path), verbose=False)
+    out = main([str(tmp_path), "--envs", "16", "--steps", "80", "--out", str(tmp_path / "v.json")])
+    assert out["episodes"] > 0 and sum(out["ball_minus_paddle_at_loss"].values()) <= out["episodes"]
+    paddle = out["reconstruction"]["paddle | all"]
+    assert 0 < paddle["seen"] <= 16 * 64 and 0.0 <= paddle["rate"] <= 1.0
+    assert abs(sum(out["action_share"].values()) - 1.0) < 1e-6
+    with pytest.raises(RunDirError, match="holds no run"):
+        main([str(tmp_path / "nothing-here")])
