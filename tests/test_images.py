@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from wmjax.envs import make_env
-from wmjax.models.heads import ImageDecoder, ImageEncoder, cnn_stages
+from wmjax.models.heads import ImageDecoder, ImageEncoder, cnn_plan, cnn_stages
 
 
 def test_cnn_stages_follow_dreamerv3():
@@ -16,6 +16,36 @@ def test_cnn_stages_follow_dreamerv3():
     assert cnn_stages((96, 96), 4) == 4  # -> 6x6
     assert cnn_stages((10, 10), 4) == 1  # MinAtar -> 5x5
     assert cnn_stages((64, 64), 2) == 2
+
+
+def test_outer_cnn_keeps_the_first_stage_at_full_resolution():
+    """DreamerV3's `outer`: MinAtar's 10x10 frame gets a full-resolution stage, then one pooled
+    one (5x5); without it, one pooled stage; 64x64 pools three times instead of four."""
+    assert cnn_plan((10, 10), (2, 3, 4, 4)) == ((2, True),)
+    assert cnn_plan((10, 10), (2, 3, 4, 4), outer=True) == ((2, False), (3, True))
+    assert cnn_plan((64, 64), (2, 3, 4, 4), outer=True) == ((2, False), (3, True), (4, True), (4, True))
+    enc, dec = ImageEncoder(depth=2, outer=True), ImageDecoder((10, 10, 4), depth=2, outer=True)
+    obs = jnp.zeros((2, 3, 10, 10, 4), jnp.uint8)
+    params = enc.init(jax.random.key(0), obs)["params"]
+    assert params["Conv_0"]["kernel"].shape == (5, 5, 4, 4)  # 2 * depth channels at 10x10
+    assert enc.apply({"params": params}, obs).shape == (2, 3, 5 * 5 * 6)
+    feat = jnp.zeros((2, 3, 40))
+    dparams = dec.init(jax.random.key(1), feat)
+    assert dec.apply(dparams, feat).shape == (2, 3, 10, 10, 4)
+    assert dparams["params"]["Linear_0"]["kernel"].shape == (40, 5 * 5 * 6)
+    # The option reaches the agent from the config and the command line.
+    from wmjax.agents.dreamer import Dreamer
+    from wmjax.cli import parse_override
+    from wmjax.config import DreamerConfig
+
+    assert parse_override("cnn_outer=true") == ("cnn_outer", True)
+    assert parse_override("cnn_outer=0") == ("cnn_outer", False)
+    with pytest.raises(ValueError, match="not a valid bool; allowed"):
+        parse_override("cnn_outer=maybe")
+    with pytest.raises(ValueError, match="cnn_outer"):
+        DreamerConfig(cnn_outer="yes")
+    agent = Dreamer(DreamerConfig.preset("tiny", cnn_outer=True), make_env("Breakout-MinAtar").spec)
+    assert agent.encoder.outer and agent.decoder.outer
 
 
 @pytest.mark.parametrize("shape", [(10, 10, 4), (64, 64, 3), (63, 63, 3)])  # MinAtar, DMC, Craftax

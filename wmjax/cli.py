@@ -25,6 +25,9 @@ TRAIN_DEFAULTS = dict(env="CartPole-v1", preset="size1m", steps=50_000, seeds=1,
                       replay_obs_dtype="float32")
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def parse_override(text: str) -> tuple[str, typing.Any]:
     """`name=value` for a DreamerConfig field, value converted to the field's type."""
     if "=" not in text:
@@ -37,7 +40,12 @@ def parse_override(text: str) -> tuple[str, typing.Any]:
     try:
         if kind is tuple:  # e.g. --set cnn_mults=2,3,4
             return name, tuple(int(v) for v in value.split(","))
+        if kind is bool:  # bool("false") would be True
+            return name, _BOOLS[value.lower()]
         return name, kind(value)
+    except KeyError:
+        raise ValueError(f"--set {name}: {value!r} is not a valid bool; allowed: "
+                         f"{', '.join(_BOOLS)}") from None
     except ValueError:
         raise ValueError(f"--set {name}: {value!r} is not a valid {kind.__name__}") from None
 

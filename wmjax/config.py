@@ -49,6 +49,9 @@ class DreamerConfig:
     depth: int = 4
     cnn_mults: tuple = (2, 3, 4, 4)
     cnn_minres: int = 4
+    # DreamerV3's `outer`: the first stage keeps full resolution (no pool), the others pool; for
+    # small frames (MinAtar) whose objects are one pixel, which a first 2x2 pool blurs
+    cnn_outer: bool = False
     enc_layers: int = 3
     dec_layers: int = 3
     reward_layers: int = 1
@@ -103,6 +106,7 @@ class DreamerConfig:
         object.__setattr__(self, "cnn_mults", tuple(self.cnn_mults))
         _check(all(isinstance(m, int) and m >= 1 for m in self.cnn_mults) and self.cnn_mults,
                "cnn_mults", self.cnn_mults, "a non-empty tuple of integers >= 1")
+        _check(isinstance(self.cnn_outer, bool), "cnn_outer", self.cnn_outer, "True or False")
         for name in ("deter", "hidden", "stoch", "classes", "blocks", "units", "num_bins",
                      "imag_horizon", "batch_size", "batch_length", "depth", "cnn_minres"):
             v = getattr(self, name)

@@ -54,54 +54,70 @@ def cnn_stages(image_hw: tuple[int, int], num_mults: int, minres: int = 4) -> in
     return max(1, stages)
 
 
+def cnn_plan(image_hw: tuple[int, int], mults: tuple[int, ...], minres: int = 4,
+             outer: bool = False) -> tuple[tuple[int, bool], ...]:
+    """The CNN's stages as (channel multiplier, pooled) pairs. With `outer` (DreamerV3's option
+    of that name) the first stage keeps the full resolution and the others pool; without it
+    every stage pools (`cnn_stages` of them)."""
+    first = [(mults[0], False)] if outer else []
+    rest = mults[1:] if outer else mults
+    pooled = cnn_stages(image_hw, len(rest), minres) if rest else 0
+    return tuple(first + [(m, True) for m in rest[:pooled]])
+
+
 class ImageEncoder(nn.Module):
     """DreamerV3's CNN: uint8 image -> /255 - 0.5 -> stages of (5x5 conv, 2x2 max-pool, RMSNorm,
-    SiLU) with depth * mults channels -> flattened features. Any leading batch dims."""
+    SiLU) with depth * mults channels -> flattened features. Any leading batch dims. With
+    `outer` the first stage does not pool (see `cnn_plan`)."""
 
     depth: int = 4
     mults: tuple[int, ...] = (2, 3, 4, 4)
     minres: int = 4
     dtype: Any = jnp.float32
+    outer: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         lead, (h, w, c) = obs.shape[:-3], obs.shape[-3:]
         x = obs.reshape((-1, h, w, c)).astype(jnp.float32) / 255.0 - 0.5
         x = x.astype(self.dtype)
-        for mult in self.mults[: cnn_stages((h, w), len(self.mults), self.minres)]:
+        for mult, pooled in cnn_plan((h, w), self.mults, self.minres, self.outer):
             x = nn.Conv(self.depth * mult, (5, 5), padding="SAME", dtype=self.dtype,
                         param_dtype=jnp.float32, kernel_init=dreamer_init())(x)
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            if pooled:
+                x = nn.max_pool(x, (2, 2), (2, 2))
             x = nn.silu(RMSNorm()(x))
         return x.reshape(lead + (-1,)).astype(jnp.float32)
 
 
 class ImageDecoder(nn.Module):
     """Features -> image in [0, 1]: a linear projection to the encoder's last spatial grid, then
-    stages of (x2 nearest upsampling, 5x5 conv, RMSNorm, SiLU) mirroring the encoder, the last
-    one a conv to the image channels and a sigmoid. Trained with squared error summed over
-    pixels against obs / 255."""
+    stages of (x2 nearest upsampling, 5x5 conv, RMSNorm, SiLU) mirroring the encoder (no
+    upsampling for an `outer` stage), the last one a conv to the image channels and a sigmoid.
+    Trained with squared error summed over pixels against obs / 255."""
 
     image_shape: tuple[int, int, int]
     depth: int = 4
     mults: tuple[int, ...] = (2, 3, 4, 4)
     minres: int = 4
     dtype: Any = jnp.float32
+    outer: bool = False
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
         h, w, c = self.image_shape
-        stages = cnn_stages((h, w), len(self.mults), self.minres)
-        sizes = [(h, w)]
-        for _ in range(stages):
-            sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
-        channels = [self.depth * m for m in self.mults[:stages]]
+        plan = cnn_plan((h, w), self.mults, self.minres, self.outer)
+        sizes = [(h, w)]  # the grid after each stage
+        for _, pooled in plan:
+            sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2) if pooled else sizes[-1])
+        channels = [self.depth * m for m, _ in plan]
         lead = feat.shape[:-1]
         x = Linear(sizes[-1][0] * sizes[-1][1] * channels[-1], dtype=self.dtype)(feat)
         x = x.reshape((-1,) + sizes[-1] + (channels[-1],))
         x = nn.silu(RMSNorm()(x))
-        for i in reversed(range(stages)):
-            x = jax.image.resize(x, (x.shape[0],) + sizes[i] + (x.shape[-1],), "nearest")
+        for i in reversed(range(len(plan))):
+            if plan[i][1]:
+                x = jax.image.resize(x, (x.shape[0],) + sizes[i] + (x.shape[-1],), "nearest")
             last = i == 0
             x = nn.Conv(c if last else channels[i - 1], (5, 5), padding="SAME", dtype=self.dtype,
                         param_dtype=jnp.float32, kernel_init=dreamer_init())(x)
@@ -131,7 +147,7 @@ def split_keys(shapes: dict[str, tuple[int, ...]]) -> tuple[list[str], list[str]
 
 class _DictHead(nn.Module):
     """The settings the dict encoder and decoder share: the spec's (key, shape) pairs, the MLP
-    (layers, units) for vector keys and the CNN (depth, mults, minres) for image keys."""
+    (layers, units) for vector keys and the CNN (depth, mults, minres, outer) for image keys."""
 
     shapes: tuple[tuple[str, tuple[int, ...]], ...]  # (key, shape) pairs: hashable
     layers: int = 3
@@ -140,6 +156,7 @@ class _DictHead(nn.Module):
     mults: tuple[int, ...] = (2, 3, 4, 4)
     minres: int = 4
     dtype: Any = jnp.float32
+    outer: bool = False
 
 
 class DictEncoder(_DictHead):
@@ -152,7 +169,7 @@ class DictEncoder(_DictHead):
         outs = []
         if images:
             x = jnp.concatenate([obs[k] for k in images], -1)
-            outs.append(ImageEncoder(self.depth, self.mults, self.minres, self.dtype)(x))
+            outs.append(ImageEncoder(self.depth, self.mults, self.minres, self.dtype, self.outer)(x))
         if vectors:
             x = jnp.concatenate([obs[k].astype(jnp.float32) for k in vectors], -1)
             outs.append(VectorEncoder(self.layers, self.units, self.dtype)(x))
@@ -172,7 +189,7 @@ class DictDecoder(_DictHead):
             h, w = shapes[images[0]][:2]
             channels = [shapes[k][2] for k in images]
             x = ImageDecoder((h, w, sum(channels)), self.depth, self.mults, self.minres,
-                             self.dtype)(feat)
+                             self.dtype, self.outer)(feat)
             out.update(zip(images, jnp.split(x, np.cumsum(channels)[:-1], -1)))
         if vectors:
             sizes = [shapes[k][0] for k in vectors]

@@ -116,12 +116,14 @@ class Dreamer:
         self.image = not spec.is_dict and len(spec.obs_shape) == 3  # (H, W, C) uint8 images
         if spec.is_dict:  # image keys through the CNN, vector keys through the MLP
             split_keys(spec.obs_shapes)  # raises early on keys DreamerV3 cannot stack
-            cnn = dict(depth=c.depth, mults=c.cnn_mults, minres=c.cnn_minres, dtype=dtype)
+            cnn = dict(depth=c.depth, mults=c.cnn_mults, minres=c.cnn_minres, dtype=dtype,
+                       outer=c.cnn_outer)
             self.encoder = DictEncoder(spec.obs_shape, c.enc_layers, c.units, **cnn)
             self.decoder = DictDecoder(spec.obs_shape, c.dec_layers, c.units, **cnn)
         elif self.image:
-            self.encoder = ImageEncoder(c.depth, c.cnn_mults, c.cnn_minres, dtype)
-            self.decoder = ImageDecoder(spec.obs_shape, c.depth, c.cnn_mults, c.cnn_minres, dtype)
+            self.encoder = ImageEncoder(c.depth, c.cnn_mults, c.cnn_minres, dtype, c.cnn_outer)
+            self.decoder = ImageDecoder(spec.obs_shape, c.depth, c.cnn_mults, c.cnn_minres, dtype,
+                                        c.cnn_outer)
         else:
             self.encoder = VectorEncoder(c.enc_layers, c.units, dtype)
             self.decoder = VectorDecoder(spec.obs_shape[-1], c.dec_layers, c.units, dtype)
