@@ -20,7 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wmjax.nn.dists import categorical_kl, inverse_cdf_index, straight_through_probs, unimix_probs
+from wmjax.nn.dists import (categorical_kl, inverse_cdf_index, straight_through_probs, unimix_logits,
+                            unimix_probs)
 from wmjax.nn.layers import Linear, NormAct, dreamer_init
 
 sg = jax.lax.stop_gradient
@@ -154,10 +155,7 @@ class RSSM(nn.Module):
             x = layer(x)
         logits = out(x).astype(jnp.float32)
         logits = logits.reshape(*logits.shape[:-1], self.stoch, self.classes)
-        probs = unimix_probs(logits, self.unimix)
-        if self.unimix <= 0.0:  # probs can underflow to 0 without the mix
-            return jax.nn.log_softmax(logits, -1), probs
-        return jnp.log(probs), probs
+        return unimix_logits(logits, self.unimix), unimix_probs(logits, self.unimix)
 
     def prior_logits(self, deter: jax.Array) -> jax.Array:
         return self._dist(deter, self.prior_hidden, self.prior_out)[0]
