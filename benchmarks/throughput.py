@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="agent config overrides for every preset, e.g. imag_starts=256")
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
     args = ap.parse_args(argv)
+    if args.timed_chunks < 1 or args.min_updates < 1:
+        ap.error(f"--timed-chunks {args.timed_chunks}, --min-updates {args.min_updates}; "
+                 "allowed: each >= 1")
     try:
         overrides = dict(parse_override(s) for s in args.set)
     except ValueError as e:
