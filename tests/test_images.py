@@ -170,8 +170,8 @@ def test_breakout_view_reads_where_the_ball_was_lost():
 
 
 def test_breakout_view_on_a_trained_run(tmp_path):
-    """The diagnosis end to end on a tiny Breakout run: every episode counted, the paddle seen
-    in every reconstructed frame, rates between 0 and 1."""
+    """The diagnosis end to end on a tiny Breakout run: episodes counted, reconstructions read
+    for the frames that show the ball, rates between 0 and 1, a missing run refused by name."""
     from benchmarks.breakout_view import main
     from wmjax.config import DreamerConfig, TrainConfig
     from wmjax.run import RunDirError, train

@@ -351,6 +351,8 @@ class Dreamer:
         # ---- actor-critic on the imagined trajectories
         critic_logits = self._apply(params, "critic", img_feat)
         value = self.twohot.mean(critic_logits)
+        # The slow critic and the actor read every state and their outputs are sliced: slicing
+        # the (H + 1, N, feat) input instead copies it (the update measured 2% slower).
         slow_value = self.twohot.mean(self.critic.apply({"params": slow_critic}, img_feat))[:-1]
         weight = sg(jnp.cumprod(img_con, 0))[:-1]
         ret = sg(lambda_return(jnp.zeros_like(img_con), 1.0 - img_con, img_rew, sg(value), 1.0,

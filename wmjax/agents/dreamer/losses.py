@@ -13,9 +13,9 @@ def lambda_return(
 ) -> jax.Array:
     """TD(lambda) returns along `axis` (time), as DreamerV3 computes them.
 
-    Inputs are (B, T) (or (T, B) with axis=0). rew[:, t] is the reward for arriving at step t;
-    term marks terminal steps (no bootstrapping past them); last marks episode ends (the
-    recursion restarts from `boot` there). Returns R[:, t] for t < T-1:
+    Inputs are (B, T), or (T, B) with axis=0; shown here for axis=1. rew[:, t] is the reward
+    for arriving at step t; term marks terminal steps (no bootstrapping past them); last marks
+    episode ends (the recursion restarts from `boot` there). Returns R[:, t] for t < T-1:
         R_t = r_{t+1} + live_{t+1} * ((1 - c_{t+1}) * boot_{t+1} + c_{t+1} * R_{t+1}),
     with live = (1 - term) * disc, c = (1 - last) * lam and R_{T-1} = boot_{T-1}.
     """
