@@ -26,34 +26,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from wmjax.policy import load_policy  # noqa: E402
+from wmjax.policy import load_policy, record_rollout  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 CHANNELS = {0: "paddle", 1: "ball", 2: "trail"}  # gymnax Breakout-MinAtar; 3 is the bricks
-
-
-def rollout(policy, envs: int, steps: int, key: jax.Array) -> dict:
-    """Records (steps, envs, ...): the obs acted on, its is_first, the action, and whether the
-    step ended the episode (the next record is then its terminal frame)."""
-    env = policy.env
-
-    def run(key):
-        k_reset, key = jax.random.split(key)
-        env_state, ts = env.reset_batch(k_reset, envs)
-
-        def step(carry, k):
-            env_state, ts, agent_carry = carry
-            k_act, k_env = jax.random.split(k)
-            action, agent_carry = policy.act(agent_carry, ts.obs, ts.is_first, k_act)
-            env_state, nxt = env.step_batch(k_env, env_state, action)
-            out = dict(obs=ts.obs, is_first=ts.is_first, action=action, ended=nxt.is_last,
-                       reward=nxt.reward)
-            return (env_state, nxt, agent_carry), out
-
-        carry = (env_state, ts, policy.initial_carry(envs))
-        return jax.lax.scan(step, carry, jax.random.split(key, steps))[1]
-
-    return jax.device_get(jax.jit(run)(key))
 
 
 def _where(frame: np.ndarray, channel: int) -> tuple[int, int] | None:
@@ -121,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     if policy.config.env != "Breakout-MinAtar":
         ap.error(f"{args.run_dir} trained on {policy.config.env}; this diagnosis reads "
                  "Breakout-MinAtar frames")
-    rec = rollout(policy, args.envs, args.steps, jax.random.key(args.seed))
+    rec = record_rollout(policy, args.envs, args.steps, jax.random.key(args.seed))
     offsets, returns = loss_offsets(rec)
     seen = reconstruction(policy, rec)
     actions = np.bincount(rec["action"].reshape(-1), minlength=3) / rec["action"].size

@@ -10,7 +10,7 @@ from wmjax.envs import EnvSpec, Timestep, make_env
 from wmjax.host_loop import make_host_train
 from wmjax.loop import TrainState, make_train
 from wmjax.models import RSSM, RSSMState
-from wmjax.policy import Policy, evaluate, load_policy, seed_returns
+from wmjax.policy import Policy, evaluate, load_policy, record_rollout, seed_returns
 from wmjax.run import load_config, train
 
 __version__ = "0.1.0"
@@ -19,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentState", "Batch", "Carry", "Dreamer", "DreamerConfig", "EnvSpec", "PRESETS", "Policy",
     "RSSM", "RSSMState", "Timestep", "TrainConfig", "TrainState", "evaluate", "load_config",
-    "distributed", "load_policy", "make_env", "make_host_train", "make_train", "nn", "replay",
-    "seed_returns", "train",
+    "distributed", "load_policy", "make_env", "make_host_train", "make_train", "nn", "record_rollout",
+    "replay", "seed_returns", "train",
 ]

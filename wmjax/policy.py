@@ -216,3 +216,31 @@ def play_episodes(env: EnvAdapter, act: Callable, carry, episodes: int, key: jax
 
     out = jax.lax.while_loop(cond, body, (env_state, ts, carry, key, finished, returns, 0))
     return out[5], out[4]
+
+
+def record_rollout(policy: Policy, envs: int, steps: int, key: jax.Array,
+                   probe: Callable[[object], dict] | None = None) -> dict[str, np.ndarray]:
+    """Play `policy` in `envs` vmapped envs for `steps` steps and return what happened, as
+    (steps, envs, ...) numpy arrays, for diagnostics: `obs` acted on, its `is_first`, `action`,
+    and of the step it led to `reward`, `ended` (is_last) and `terminal`. `probe(inner)` adds
+    fields read from the wrapped env's state before each step (e.g. a Craftax player's health)."""
+    env = policy.env
+
+    def run(key):
+        k_reset, key = jax.random.split(key)
+        env_state, ts = env.reset_batch(k_reset, envs)
+
+        def step(carry, k):
+            env_state, ts, agent_carry = carry
+            k_act, k_env = jax.random.split(k)
+            action, agent_carry = policy.act(agent_carry, ts.obs, ts.is_first, k_act)
+            seen = probe(env_state.inner) if probe is not None else {}
+            env_state, nxt = env.step_batch(k_env, env_state, action)
+            out = dict(seen, obs=ts.obs, is_first=ts.is_first, action=action, reward=nxt.reward,
+                       ended=nxt.is_last, terminal=nxt.is_terminal)
+            return (env_state, nxt, agent_carry), out
+
+        carry = (env_state, ts, policy.initial_carry(envs))
+        return jax.lax.scan(step, carry, jax.random.split(key, steps))[1]
+
+    return jax.tree.map(np.asarray, jax.device_get(jax.jit(run)(key)))

@@ -1,0 +1,156 @@
+"""How a trained Craftax-Classic-Symbolic agent dies, and whether its world model sees it coming.
+
+Plays a run folder's final policy (sampling, as in training) in `--envs` envs for `--steps`
+steps, reading the game state before every step, and reports:
+- what ended each episode: a zombie (one within two cells and health at most 2 before the fatal
+  step, or any zombie-adjacent death while asleep, where a hit costs 7), running out of food,
+  water or energy, or lava and the rest;
+- how the agent lives: episode length, share of steps asleep, with a zombie adjacent, and how
+  often it strikes (DO) while a zombie is adjacent;
+- the world model on the same frames: its continue head's mean prediction on the records that
+  ended an episode against the others (DreamerV3 trains it towards 0 at a death, gamma elsewhere),
+  and whether the posterior's decoded zombie channel puts its brightest cell on a true zombie.
+
+    python benchmarks/craftax_view.py runs/ladder/craftax/dreamer
+    python benchmarks/craftax_view.py runs/ladder/craftax/dreamer --out benchmarks/results/craftax_view.json
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from wmjax.policy import load_policy, record_rollout  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
+
+VIEW = (7, 9)  # Craftax-Classic's local view (rows, columns)
+CHANNELS = 21  # 17 block types, then zombie, cow, skeleton, arrow
+ZOMBIE = 17
+DO = 5  # the interact / attack action
+
+
+def probe(inner) -> dict:
+    """Per env, before a step: the player's vitals and the nearest zombie's Manhattan distance."""
+    dist = jnp.abs(inner.zombies.position - inner.player_position[..., None, :]).sum(-1)
+    nearest = jnp.where(inner.zombies.mask, dist, 99).min(-1)
+    return dict(health=inner.player_health, food=inner.player_food, drink=inner.player_drink,
+                energy=inner.player_energy, asleep=inner.is_sleeping, zombie=nearest)
+
+
+def cause_of_death(rec: dict, t: int, e: int) -> str:
+    """What most likely ended an episode, from the state before its last step."""
+    health, zombie = int(rec["health"][t, e]), int(rec["zombie"][t, e])
+    if rec["asleep"][t, e] and zombie <= 2:
+        return "zombie, asleep"
+    if zombie <= 2 and health <= 2:
+        return "zombie"
+    if health <= 1:
+        needs = [k for k in ("food", "drink", "energy") if rec[k][t, e] == 0]
+        if needs:
+            return "no " + " and ".join(needs)
+    return "lava or other"
+
+
+def episodes(rec: dict) -> tuple[collections.Counter, list[int], list[float]]:
+    """Causes of the deaths, and each finished episode's length and return."""
+    causes, lengths, returns = collections.Counter(), [], []
+    steps, envs = rec["ended"].shape
+    for e in range(envs):
+        start, ret = None, 0.0
+        for t in range(steps):
+            if rec["is_first"][t, e]:
+                start, ret = t, 0.0
+            ret += float(rec["reward"][t, e])
+            if rec["ended"][t, e] and start is not None:  # only episodes seen from their start
+                lengths.append(t - start + 1)
+                returns.append(ret)
+                causes[cause_of_death(rec, t, e) if rec["terminal"][t, e] else "time limit"] += 1
+    return causes, lengths, returns
+
+
+def world_model_view(policy, rec: dict, envs: int = 16) -> dict:
+    """The continue head and the decoded zombie channel on the first `envs` envs' records."""
+    agent, params = policy.agent, policy.state.params
+    obs = jnp.asarray(rec["obs"][:, :envs].swapaxes(0, 1))
+    action = agent.action_vector(jnp.asarray(rec["action"][:, :envs].T))
+    is_first = jnp.asarray(rec["is_first"][:, :envs].T)
+
+    def view(obs, action, is_first):
+        _, _, _, feat = agent.observe(params, obs, action, is_first, jax.random.key(0))
+        decoded = agent.decoder.apply({"params": params["decoder"]}, feat)
+        cont = jax.nn.sigmoid(agent.cont.apply({"params": params["cont"]}, feat)[..., 0])
+        return decoded, cont
+
+    decoded, cont = jax.device_get(jax.jit(view)(obs, action, is_first))
+    # A step from record t that ends the episode makes record t + 1 its last frame, where the
+    # continue head is trained towards 0.
+    ended = np.asarray(rec["terminal"][:, :envs].T)
+    cont = cont[:, 1:]
+    ended = ended[:, :-1]
+    map_size = VIEW[0] * VIEW[1] * CHANNELS
+    true = np.asarray(obs)[..., :map_size].reshape(*obs.shape[:2], *VIEW, CHANNELS)[..., ZOMBIE]
+    guess = decoded[..., :map_size].reshape(*obs.shape[:2], *VIEW, CHANNELS)[..., ZOMBIE]
+    shown = true.reshape(*true.shape[:2], -1).any(-1)
+    best = guess.reshape(*guess.shape[:2], -1).argmax(-1)
+    hit = np.take_along_axis(true.reshape(*true.shape[:2], -1), best[..., None], -1)[..., 0] > 0
+    return {"cont at deaths": float(cont[ended].mean()) if ended.any() else None,
+            "deaths seen": int(ended.sum()),
+            "cont elsewhere": float(cont[~ended].mean()),
+            "frames with a zombie in view": int(shown.sum()),
+            "zombie decoded on a true zombie cell": float(hit[shown].mean()) if shown.any() else None}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--envs", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    policy = load_policy(args.run_dir, args.seed, "train")
+    if policy.config.env != "Craftax-Classic-Symbolic-v1":
+        ap.error(f"{args.run_dir} trained on {policy.config.env}; this diagnosis reads "
+                 "Craftax-Classic-Symbolic-v1 states and observations")
+    rec = record_rollout(policy, args.envs, args.steps, jax.random.key(args.seed), probe)
+    causes, lengths, returns = episodes(rec)
+    adjacent = rec["zombie"] <= 1
+    deaths = sum(v for k, v in causes.items() if k != "time limit")
+    result = dict(
+        run_dir=args.run_dir, seed=args.seed, checkpoint=policy.chunk, episodes=len(lengths),
+        mean_return=float(np.mean(returns)) if returns else None,
+        mean_length=float(np.mean(lengths)) if lengths else None,
+        causes=dict(causes.most_common()),
+        share_of_deaths={k: round(v / deaths, 3) for k, v in causes.most_common() if k != "time limit"},
+        asleep=float(rec["asleep"].mean()), zombie_adjacent=float(adjacent.mean()),
+        strikes_when_adjacent=float((rec["action"][adjacent] == DO).mean()) if adjacent.any() else None,
+        world_model=world_model_view(policy, rec))
+    if not lengths:
+        print(f"{args.run_dir} (checkpoint {policy.chunk}): no episode finished in {args.steps} "
+              "steps; pass more --steps")
+    else:
+        print(f"{args.run_dir} (checkpoint {policy.chunk}): {len(lengths)} episodes, mean return "
+              f"{result['mean_return']:.2f}, mean length {result['mean_length']:.0f}")
+    print("how episodes ended:", result["causes"])
+    print(f"steps asleep {100 * result['asleep']:.1f}%, with a zombie adjacent "
+          f"{100 * result['zombie_adjacent']:.1f}%, striking when one is adjacent "
+          f"{100 * (result['strikes_when_adjacent'] or 0):.1f}%")
+    print("world model:", result["world_model"])
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2, default=float)
+    return result
+
+
+if __name__ == "__main__":
+    start_command()
+    main()
