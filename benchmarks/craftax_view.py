@@ -1,4 +1,4 @@
-"""How a trained Craftax-Classic-Symbolic agent dies, and whether its world model sees it coming.
+"""How a trained Craftax-Classic-Symbolic (or -Symbolic-Grid) agent dies, and whether its world model sees it coming.
 
 Plays a run folder's final policy (sampling, as in training) in `--envs` envs for `--steps`
 steps, reading the game state before every step, and reports:
@@ -28,12 +28,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from wmjax.envs.craftax import GRID, split_symbolic  # noqa: E402
 from wmjax.policy import load_policy, record_rollout  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
-VIEW = (7, 9)  # Craftax-Classic's local view (rows, columns)
-CHANNELS = 21  # 17 block types, then zombie, cow, skeleton, arrow
-ZOMBIE = 17
+ZOMBIE = 17  # the zombie channel of a map cell (17 block types come first)
+ENVS = ("Craftax-Classic-Symbolic-v1", GRID)
 DO = 5  # the interact / attack action
 
 
@@ -79,7 +79,7 @@ def episodes(rec: dict) -> tuple[collections.Counter, list[int], list[float]]:
 def world_model_view(policy, rec: dict, envs: int = 16) -> dict:
     """The continue head and the decoded zombie channel on the first `envs` envs' records."""
     agent, params = policy.agent, policy.state.params
-    obs = jnp.asarray(rec["obs"][:, :envs].swapaxes(0, 1))
+    obs = jax.tree.map(lambda x: jnp.asarray(x[:, :envs].swapaxes(0, 1)), rec["obs"])
     action = agent.action_vector(jnp.asarray(rec["action"][:, :envs].T))
     is_first = jnp.asarray(rec["is_first"][:, :envs].T)
 
@@ -95,10 +95,10 @@ def world_model_view(policy, rec: dict, envs: int = 16) -> dict:
     ended = np.asarray(rec["terminal"][:, :envs].T)
     cont = cont[:, 1:]
     ended = ended[:, :-1]
-    map_size = VIEW[0] * VIEW[1] * CHANNELS
-    true = np.asarray(obs)[..., :map_size].reshape(*obs.shape[:2], *VIEW, CHANNELS)[..., ZOMBIE]
-    guess = decoded[..., :map_size].reshape(*obs.shape[:2], *VIEW, CHANNELS)[..., ZOMBIE]
-    shown = true.reshape(*true.shape[:2], -1).any(-1)
+    true, guess = (np.asarray(split_symbolic(x)["map"] if not isinstance(x, dict) else x["map"])
+                   for x in (obs, decoded))
+    true, guess = true[..., ZOMBIE], guess[..., ZOMBIE]
+    shown = true.reshape(*true.shape[:2], -1).any(-1)  # (envs, steps)
     best = guess.reshape(*guess.shape[:2], -1).argmax(-1)
     hit = np.take_along_axis(true.reshape(*true.shape[:2], -1), best[..., None], -1)[..., 0] > 0
     return {"cont at deaths": float(cont[ended].mean()) if ended.any() else None,
@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     policy = load_policy(args.run_dir, args.seed, "train")
-    if policy.config.env != "Craftax-Classic-Symbolic-v1":
-        ap.error(f"{args.run_dir} trained on {policy.config.env}; this diagnosis reads "
-                 "Craftax-Classic-Symbolic-v1 states and observations")
+    if policy.config.env not in ENVS:
+        ap.error(f"{args.run_dir} trained on {policy.config.env}; this diagnosis reads the "
+                 f"states and observations of {' or '.join(ENVS)}")
     rec = record_rollout(policy, args.envs, args.steps, jax.random.key(args.seed), probe)
     causes, lengths, returns = episodes(rec)
     adjacent = rec["zombie"] <= 1

@@ -14,6 +14,7 @@ from wmjax.envs.craftax import achievement_names, crafter_score, score_from_rate
 from wmjax.loop import host_metrics, make_train  # noqa: E402
 
 SYMBOLIC = "Craftax-Classic-Symbolic-v1"
+GRID = "Craftax-Classic-Symbolic-Grid-v1"
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,20 @@ def test_optimistic_reset_hands_fresh_worlds_to_finished_envs(start, step):
     assert (np.asarray(new.inner.achievements)[ending] == 0).all()
     # Envs that did not end keep their own worlds.
     np.testing.assert_array_equal(maps[1], np.asarray(state.inner.map)[1])
+
+
+def test_grid_variant_lays_the_symbolic_map_out_as_an_image(env, start):
+    """Craftax-Classic-Symbolic-Grid-v1 is the same game and the same numbers as the symbolic
+    env, with the 7x9 view as a (7, 9, 21) uint8 image (cells 0/255) beside a 22-vector."""
+    grid = make_env(GRID)
+    assert grid.spec.obs_shapes == {"map": (7, 9, 21), "state": (22,)}
+    state, ts = jax.jit(grid.reset_batch, static_argnums=1)(jax.random.key(0), N)
+    flat = np.asarray(start[1].obs)
+    assert ts.obs["map"].dtype == jnp.uint8 and set(np.unique(ts.obs["map"])) <= {0, 255}
+    np.testing.assert_array_equal(np.asarray(ts.obs["map"]).reshape(N, -1) / 255.0, flat[:, :1323])
+    np.testing.assert_array_equal(ts.obs["state"], flat[:, 1323:])
+    # The player's own cell, the view's centre, holds exactly one block type.
+    assert (np.asarray(ts.obs["map"])[:, 3, 4, :17] == 255).sum(-1).tolist() == [1] * N
 
 
 def test_time_limit_is_truncation_and_death_is_termination(env, start, step):
@@ -147,13 +162,15 @@ def test_craftax_view_names_the_cause_of_each_death():
     assert sum(episodes(rec)[0].values()) == 1
 
 
-def test_craftax_view_on_a_trained_run(tmp_path):
-    """The diagnosis end to end on a tiny Craftax run: every finished episode gets a cause, the
-    world model's figures are shares, and a run on another env is refused by name."""
+@pytest.mark.parametrize("name", [SYMBOLIC, GRID])
+def test_craftax_view_on_a_trained_run(tmp_path, name):
+    """The diagnosis end to end on a tiny Craftax run (flat or grid observations): every finished
+    episode gets a cause, the world model's figures are shares, and a run on another env is
+    refused by name."""
     from benchmarks.craftax_view import main
     from wmjax.run import train
 
-    config = TrainConfig(env=SYMBOLIC, num_envs=4, seeds=1, steps=128, chunk_steps=128,
+    config = TrainConfig(env=name, num_envs=4, seeds=1, steps=128, chunk_steps=128,
                          train_ratio=8, replay_size=512, agent=DreamerConfig.preset("tiny", warmup=10))
     train(config, str(tmp_path / "craftax"), verbose=False)
     out = main([str(tmp_path / "craftax"), "--envs", "8", "--steps", "300"])
@@ -163,6 +180,8 @@ def test_craftax_view_on_a_trained_run(tmp_path):
     view = out["world_model"]
     assert 0.0 < view["cont elsewhere"] < 1.0
     assert view["zombie decoded on a true zombie cell"] is None or 0.0 <= view["zombie decoded on a true zombie cell"] <= 1.0
+    if name == GRID:
+        return
     other = dataclasses.replace(config, env="CartPole-v1", replay_size=256)
     train(other, str(tmp_path / "cartpole"), verbose=False)
     with pytest.raises(SystemExit):

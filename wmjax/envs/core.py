@@ -222,6 +222,7 @@ REGISTRY = {
     "Freeway-MinAtar": _gymnax,
     "Craftax-Classic-Symbolic-v1": _craftax,
     "Craftax-Classic-Pixels-v1": _craftax,
+    "Craftax-Classic-Symbolic-Grid-v1": _craftax,
 }
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from wmjax.envs.core import EPISODE_PREFIX, EnvAdapter, EnvSpec, EnvState, Timestep
 
 ACHIEVEMENT_PREFIX = "achievement/"
+GRID = "Craftax-Classic-Symbolic-Grid-v1"
 MAX_REWARD = 22.0  # one point per achievement; health changes add and remove 0.1 per point
 
 
@@ -56,9 +57,27 @@ def crafter_score(rows: Iterable[dict], seed: int | None = None) -> float | None
     return float(score_from_rates(100.0 * unlocked / episodes))
 
 
+# The symbolic observation: the 7x9 local view with 21 channels per cell (17 block types one-hot,
+# then zombie, cow, skeleton, arrow), flattened, followed by 22 values (inventory, vitals,
+# direction, light, sleeping).
+VIEW_SHAPE = (7, 9, 21)
+VIEW_SIZE = VIEW_SHAPE[0] * VIEW_SHAPE[1] * VIEW_SHAPE[2]
+
+
+def split_symbolic(obs: jax.Array) -> dict[str, jax.Array]:
+    """A flat symbolic observation as {"map": (7, 9, 21) grid in [0, 1], "state": (22,)}."""
+    lead = obs.shape[:-1]
+    return {"map": obs[..., :VIEW_SIZE].reshape(lead + VIEW_SHAPE), "state": obs[..., VIEW_SIZE:]}
+
+
 @dataclass(frozen=True)
 class CraftaxAdapter(EnvAdapter):
     reset_ratio: int = 16  # envs per freshly generated world each step (optimistic resets)
+
+    def _obs(self, obs: Any) -> Any:
+        if self.spec.is_dict:  # the Grid variant: the map as an image for the CNN
+            obs = split_symbolic(obs)
+        return super()._obs(obs)
 
     def transition(self, key: jax.Array, inner: Any, action: jax.Array):
         obs, inner, reward, done, _ = self.env.step_env(key, inner, self._env_action(action), self.params)
@@ -92,8 +111,10 @@ class CraftaxAdapter(EnvAdapter):
 
 
 def make_craftax(name: str, reset_ratio: int = 16) -> CraftaxAdapter:
-    """`Craftax-Classic-Symbolic-v1` (a 1345-vector in [0, 1]) or `Craftax-Classic-Pixels-v1`
-    (63x63x3 frames, stored as uint8)."""
+    """`Craftax-Classic-Symbolic-v1` (a 1345-vector in [0, 1]), `Craftax-Classic-Pixels-v1`
+    (63x63x3 frames, stored as uint8), or `Craftax-Classic-Symbolic-Grid-v1`: the symbolic
+    observation with its map laid out as the 7x9x21 grid it is (0/1 cells stored as uint8 0/255,
+    so the world model reads it with its CNN) beside the 22 other values as a vector."""
     try:
         from craftax.craftax_classic.envs.craftax_pixels_env import CraftaxClassicPixelsEnvNoAutoReset
         from craftax.craftax_classic.envs.craftax_symbolic_env import CraftaxClassicSymbolicEnvNoAutoReset
@@ -104,4 +125,6 @@ def make_craftax(name: str, reset_ratio: int = 16) -> CraftaxAdapter:
     env = CraftaxClassicPixelsEnvNoAutoReset() if pixels else CraftaxClassicSymbolicEnvNoAutoReset()
     params = env.default_params
     shape = tuple(int(d) for d in env.observation_space(params).shape)
+    if name == GRID:
+        shape = {"map": VIEW_SHAPE, "state": (shape[0] - VIEW_SIZE,)}
     return CraftaxAdapter(env, params, EnvSpec(name, shape, True, env.num_actions), reset_ratio=reset_ratio)
