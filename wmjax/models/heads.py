@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmjax.nn.dists import symexp, symlog
-from wmjax.nn.layers import MLP, Linear, RMSNorm, dreamer_init
+from wmjax.nn.layers import MLP, Conv, Linear, RMSNorm
 
 
 class VectorEncoder(nn.Module):
@@ -82,8 +82,7 @@ class ImageEncoder(nn.Module):
         x = obs.reshape((-1, h, w, c)).astype(jnp.float32) / 255.0 - 0.5
         x = x.astype(self.dtype)
         for mult, pooled in cnn_plan((h, w), self.mults, self.minres, self.outer):
-            x = nn.Conv(self.depth * mult, (5, 5), padding="SAME", dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=dreamer_init())(x)
+            x = Conv(self.depth * mult, (5, 5), dtype=self.dtype)(x)
             if pooled:
                 x = nn.max_pool(x, (2, 2), (2, 2))
             x = nn.silu(RMSNorm()(x))
@@ -119,8 +118,7 @@ class ImageDecoder(nn.Module):
             if plan[i][1]:
                 x = jax.image.resize(x, (x.shape[0],) + sizes[i] + (x.shape[-1],), "nearest")
             last = i == 0
-            x = nn.Conv(c if last else channels[i - 1], (5, 5), padding="SAME", dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=dreamer_init())(x)
+            x = Conv(c if last else channels[i - 1], (5, 5), dtype=self.dtype)(x)
             if not last:
                 x = nn.silu(RMSNorm()(x))
         return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(lead + (h, w, c))

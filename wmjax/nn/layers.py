@@ -83,3 +83,63 @@ class MLP(nn.Module):
         if self.out is not None:
             x = Linear(self.out, outscale=self.outscale, dtype=self.dtype)(x)
         return x.astype(jnp.float32)
+
+
+def _conv_nhwc(x: jax.Array, w: jax.Array, padding) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _same_pad(kernel_hw: tuple[int, ...]) -> list[tuple[int, int]]:
+    return [(k // 2, k // 2) for k in kernel_hw]
+
+
+@jax.custom_vjp
+def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Stride-1 'SAME' convolution of NHWC images with an odd HWIO kernel.
+
+    Its gradients are written out as two more convolutions in the same NHWC/HWIO layout. What
+    autodiff derives instead puts batch and feature axes in other places, and XLA's CPU backend
+    runs such convolutions with a slow generic loop when they sit inside a `while` (the fused
+    training loop's scan): there they took three times as long as the whole rest of an update."""
+    return _conv_nhwc(x, w, _same_pad(w.shape[:2]))
+
+
+def _conv_same_fwd(x, w):
+    return conv_same(x, w), (x, w)
+
+
+def _conv_same_bwd(res, g):
+    x, w = res
+    pad = _same_pad(w.shape[:2])
+    # d/dx: the output gradient convolved with the kernel flipped in space, in <-> out.
+    dx = _conv_nhwc(g, jnp.flip(w, (0, 1)).swapaxes(2, 3), pad)
+    # d/dw: a convolution over the batch, with input channels as the batch axis and the output
+    # gradient as a kernel the size of the image: (I, H, W, N) * (H, W, N, O) -> (I, kh, kw, O).
+    dw = _conv_nhwc(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pad)
+    return dx.astype(x.dtype), dw.transpose(1, 2, 0, 3).astype(w.dtype)
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
+class Conv(nn.Module):
+    """5x5 (any odd size) stride-1 'SAME' convolution of NHWC images in `dtype`, float32
+    parameters named as flax's `nn.Conv` names them; gradients through `conv_same`."""
+
+    features: int
+    kernel_size: tuple[int, int] = (5, 5)
+    dtype: Any = jnp.float32
+    kernel_init: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if any(k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"Conv: kernel_size {self.kernel_size}; allowed: odd sizes")
+        init = self.kernel_init or dreamer_init()
+        kernel = self.param("kernel", init, (*self.kernel_size, x.shape[-1], self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        lead = x.shape[:-3]
+        y = conv_same(x.reshape((-1,) + x.shape[-3:]).astype(self.dtype), kernel.astype(self.dtype))
+        return (y + bias.astype(self.dtype)).reshape(lead + y.shape[-3:])
