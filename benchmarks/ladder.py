@@ -45,7 +45,12 @@ RUNGS = {
     "asterix": ("Asterix-MinAtar", 1_000_000, 32.0),
     "freeway": ("Freeway-MinAtar", 1_000_000, 32.0),
     "craftax": ("Craftax-Classic-Symbolic-v1", 1_000_000, 32.0),
+    "craftax_grid": ("Craftax-Classic-Symbolic-Grid-v1", 1_000_000, 32.0),
 }
+
+# The env PPO trains on where it differs from the rung's: the Grid variant is the symbolic
+# env's numbers with the map laid out for a CNN; PPO's MLP reads the same numbers flat.
+PPO_ENVS = {"Craftax-Classic-Symbolic-Grid-v1": "Craftax-Classic-Symbolic-v1"}
 
 # Agent overrides a rung uses when no --set is given: the settings of the README's ladder table
 # (benchmarks/README.md has the runs that chose them). Classic control takes the learning
@@ -62,7 +67,7 @@ _EXPLORE = _CLASSIC + ("actent=3e-3",)
 _RARE_ENDS = _EXPLORE + ("cont_terminal_weight=10",)
 RUNG_SETS = {rung: _EVERY for rung in RUNGS} | {
     "cartpole": _RARE_ENDS, "acrobot": _RARE_ENDS, "pendulum": _CLASSIC, "craftax": _EXPLORE,
-    "breakout": _EXPLORE,
+    "craftax_grid": _EXPLORE, "breakout": _EXPLORE,
 }
 
 # Published reference returns (label -> value) per env, from benchmarks/REFERENCE.md.
@@ -78,6 +83,7 @@ REFERENCES = {
     "Craftax-Classic-Symbolic-v1": {"DreamerV2 Crafter @1M": 9.0, "DreamerV3 Crafter @1M": 11.7,
                                     "DreamerV3 Craftax-Classic @1M": 10.38},
 }
+REFERENCES["Craftax-Classic-Symbolic-Grid-v1"] = REFERENCES["Craftax-Classic-Symbolic-v1"]
 
 # Crafter scores (%, geometric mean of achievement success rates) @1M, for Craftax rungs.
 SCORE_REFERENCES = {"PPO (Crafter paper)": 4.6, "DreamerV2": 10.0, "DreamerV3": 14.5}
@@ -109,7 +115,8 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     dreamer_wall = training_wall_time(d_rows)  # summed over every resume of a long rung
     d_steps, d_mean, d_low, d_high = curve(d_rows)
     frozen = seed_returns(run_dir, eval_episodes) if eval_episodes else None
-    ppo = _ppo_baseline(env, steps, seeds, PPOConfig(num_envs=ppo_envs), eval_episodes,
+    ppo_env = PPO_ENVS.get(env, env)
+    ppo = _ppo_baseline(ppo_env, steps, seeds, PPOConfig(num_envs=ppo_envs), eval_episodes,
                         os.path.join(logdir, rung, "ppo.json"), resume)
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
     p_steps = np.asarray(ppo["env_steps"])
@@ -123,7 +130,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
         dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
                      final_policy=_frozen(frozen, eval_episodes)),
-        ppo=dict(final=final_value(p_steps[keep], p_mean), wall_s=ppo["wall_s"],
+        ppo=dict(env=ppo_env, final=final_value(p_steps[keep], p_mean), wall_s=ppo["wall_s"],
                  num_envs=ppo_envs, final_policy=_frozen(ppo["final_policy"], eval_episodes),
                  curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)]),
         references=REFERENCES.get(env, {}),

@@ -14,6 +14,7 @@ lowered program: compiling it unrolled takes minutes), i.e. every step counted; 
     python benchmarks/throughput.py                       # size1m and size12m, ratios 32/512, 1/8 seeds
     python benchmarks/throughput.py --presets size1m --seeds 1 --ratios 32
     python benchmarks/throughput.py --presets size1m --seeds 1 --ratios 32 --set imag_starts=256
+    python benchmarks/throughput.py --env Breakout-MinAtar --presets size1m --seeds 1 --ratios 32
 
 Loop variants (--loops): `fused` (the one-program loop on gymnax CartPole), `host` (the host
 loop stepping gymnasium CartPole from Python; same agent, replay and ratio), and `fusedN` (the
@@ -76,9 +77,21 @@ def _flops(cost) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
+def _random_obs(spec, lead: tuple[int, ...]):
+    """Observations of `spec`'s shapes: normal vectors, uniform uint8 images, dicts of both."""
+    def one(shape, key):
+        if len(shape) == 3:
+            return jax.random.randint(key, lead + shape, 0, 256).astype(jnp.uint8)
+        return jax.random.normal(key, lead + shape)
+    if spec.is_dict:
+        keys = jax.random.split(jax.random.key(0), len(spec.obs_shape))
+        return {k: one(s, key) for (k, s), key in zip(spec.obs_shape, keys)}
+    return one(spec.obs_shape, jax.random.key(0))
+
+
 def _fixed_batch(agent: Dreamer) -> Batch:
     B, T, spec = agent.config.batch_size, agent.config.batch_length, agent.spec
-    return Batch(jax.random.normal(jax.random.key(0), (B, T) + spec.obs_shape),
+    return Batch(_random_obs(spec, (B, T)),
                  jax.nn.one_hot(jnp.zeros((B, T), jnp.int32), spec.num_actions),
                  jnp.ones((B, T)), jnp.zeros((B, T), bool), jnp.zeros((B, T), bool),
                  jnp.zeros((B, T), bool))
@@ -122,13 +135,14 @@ def make_loop(kind: str, cfg: TrainConfig):
 
 
 def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: int,
-                    min_updates: int, kind: str = "fused", timed_chunks: int = 3) -> dict:
+                    min_updates: int, kind: str = "fused", timed_chunks: int = 3,
+                    env: str = "CartPole-v1") -> dict:
     """Env steps/s and updates/s of `timed_chunks` chunks of at least `min_updates` updates per
     seed, from the median chunk (this machine's speed drifts by 5-10% between runs)."""
     B, T = agent_cfg.batch_size, agent_cfg.batch_length
     upd_per_vec_step = envs * ratio / (B * T)
     iters = max(1, math.ceil(min_updates / upd_per_vec_step))
-    cfg = TrainConfig(env="CartPole-v1", num_envs=envs, seeds=seeds, steps=10**9,
+    cfg = TrainConfig(env=env, num_envs=envs, seeds=seeds, steps=10**9,
                       train_ratio=ratio, replay_size=max(envs * (T + 1), 64 * 1024),
                       chunk_steps=iters * envs, agent=agent_cfg)
     trainer = make_loop(kind, cfg)
@@ -157,6 +171,8 @@ def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: in
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default="CartPole-v1",
+                    help="the env of the fused loop and the model's observations (default CartPole-v1)")
     ap.add_argument("--presets", nargs="+", default=["size1m", "size12m"])
     ap.add_argument("--ratios", nargs="+", type=float, default=[32.0, 512.0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 8])
@@ -177,8 +193,11 @@ def main(argv: list[str] | None = None) -> None:
                  "allowed: each >= 1")
     try:
         overrides = dict(parse_override(s) for s in args.set)
+        spec = make_env(args.env).spec
     except ValueError as e:
         ap.error(str(e))
+    if args.env != "CartPole-v1" and "host" in args.loops:
+        ap.error(f"--loops host steps gymnasium CartPole only; with --env {args.env} use fused loops")
 
     peak = matmul_peak()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -190,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{'GFLOP*':>7s} {'% peak*':>7s}")
     print(header)
     print("-" * len(header))
+    print(f"env: {args.env}")
     rows = []
-    spec = make_env("CartPole-v1").spec
     for preset in args.presets:
         agent_cfg = DreamerConfig.preset(preset, **overrides)
         agent = Dreamer(agent_cfg, spec)
@@ -203,13 +222,13 @@ def main(argv: list[str] | None = None) -> None:
                 fused_rate = None
                 for kind in args.loops:
                     r = loop_throughput(agent_cfg, ratio, seeds, args.envs, args.min_updates, kind,
-                                        args.timed_chunks)
+                                        args.timed_chunks, args.env)
                     per_update = r["chunk_s"] / max(1, r["updates_per_seed"])
                     overhead = per_update / bare_t - 1.0
                     achieved = gflop / single_t
                     pct_all = 100 * gflop_all / single_t / peak
                     fused_rate = r["env_steps_per_s"] if kind == "fused" else fused_rate
-                    row = dict(preset=preset, overrides=overrides, train_ratio=ratio, seeds=seeds,
+                    row = dict(env=args.env, preset=preset, overrides=overrides, train_ratio=ratio, seeds=seeds,
                                envs=args.envs, loop=kind, **r, bare_update_s=bare_t,
                                loop_overhead=overhead,
                                gflop_per_update=gflop, update_gflops=achieved, peak_gflops=peak,

@@ -79,3 +79,17 @@ def test_every_rung_has_default_settings_that_make_a_valid_config():
     assert configs["craftax"].lr == 3e-4 and configs["craftax"].cont_terminal_weight == 1
     assert configs["breakout"].lr == 3e-4
     assert configs["freeway"].lr == DreamerConfig().lr  # MinAtar games not yet run keep DreamerV3's
+
+
+def test_the_grid_craftax_rung_is_the_craftax_rung_with_a_map_image():
+    """craftax_grid trains DreamerV3 on the Grid view with craftax's settings and budget; its
+    PPO reads the same numbers flat, as on the craftax rung."""
+    from benchmarks.ladder import PPO_ENVS
+
+    pytest.importorskip("craftax")
+    from wmjax.envs import make_env
+
+    grid, flat = RUNGS["craftax_grid"], RUNGS["craftax"]
+    assert grid[1:] == flat[1:] and RUNG_SETS["craftax_grid"] == RUNG_SETS["craftax"]
+    assert PPO_ENVS[grid[0]] == flat[0] and REFERENCES[grid[0]] == REFERENCES[flat[0]]
+    assert make_env(grid[0]).spec.is_dict and make_env(PPO_ENVS[grid[0]]).spec.obs_shape == (1345,)

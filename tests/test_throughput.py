@@ -17,3 +17,24 @@ def test_timed_chunks_must_be_positive(capsys):
         main(["--presets", "tiny", "--timed-chunks", "0"])
     assert exc.value.code == 2
     assert "--timed-chunks 0" in capsys.readouterr().err
+
+
+def test_unknown_env_and_host_loop_on_another_env_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--presets", "tiny", "--env", "Breakout"])
+    assert "unknown env 'Breakout'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--presets", "tiny", "--env", "Breakout-MinAtar", "--loops", "fused", "host"])
+    assert "CartPole only" in capsys.readouterr().err
+
+
+def test_throughput_on_an_image_env(tmp_path):
+    """A tiny row on Breakout-MinAtar: the fixed batch holds uint8 frames, the loop trains."""
+    import json
+
+    out = tmp_path / "t.json"
+    main(["--env", "Breakout-MinAtar", "--presets", "tiny", "--seeds", "1", "--ratios", "8",
+          "--min-updates", "1", "--timed-chunks", "1", "--out", str(out)])
+    (row,) = json.load(open(out))["rows"]
+    assert row["env"] == "Breakout-MinAtar" and row["updates_per_seed"] >= 1
+    assert row["env_steps_per_s"] > 0 and row["bare_update_s"] > 0 and row["gflop_per_update"] > 0
