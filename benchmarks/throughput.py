@@ -204,12 +204,12 @@ def main(argv: list[str] | None = None) -> None:
           f"jax {jax.__version__} ({jax.default_backend()}); float32 matmul peak {peak:.1f} GFLOP/s")
     print("reference (official DreamerV3, size1m f32, CartPole, ratio 32, this machine): "
           "1.39 updates/s, 45 env steps/s, ~19 GFLOP/update (~14% of peak), loop bodies counted once")
+    print(f"env: {args.env}")
     header = (f"{'preset':8s} {'ratio':>5s} {'seeds':>5s} {'loop':>7s} | {'env st/s':>9s} {'upd/s':>7s} | "
               f"{'bare upd s':>10s} {'overhead':>8s} | {'GFLOP/upd':>9s} {'GFLOP/s':>8s} {'% peak':>6s} | "
               f"{'GFLOP*':>7s} {'% peak*':>7s}")
     print(header)
     print("-" * len(header))
-    print(f"env: {args.env}")
     rows = []
     for preset in args.presets:
         agent_cfg = DreamerConfig.preset(preset, **overrides)
