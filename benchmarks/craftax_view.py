@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 
@@ -30,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from wmjax.envs.craftax import GRID, split_symbolic  # noqa: E402
 from wmjax.policy import load_policy, record_rollout  # noqa: E402
+from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 ZOMBIE = 17  # the zombie channel of a map cell (17 block types come first)
@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{100 * (result['strikes_when_adjacent'] or 0):.1f}%")
     print("world model:", result["world_model"])
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2, default=float)
+        write_json(args.out, result)
     return result
 
 

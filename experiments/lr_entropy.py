@@ -26,15 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lrs", type=float, nargs="+", default=[4e-5, 1e-4, 3e-4])
     ap.add_argument("--actents", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
     args = ap.parse_args(argv)
-    try:
-        base = sweep.base_config(args)
-    except ValueError as e:
-        ap.error(str(e))
-    points = sweep.grid(lr=args.lrs, actent=args.actents)
-    rows = sweep.train_grid(base, points, args.seeds, args.logdir, args.resume,
-                            **sweep.train_kwargs(args))
-    return sweep.report(f"{args.env}, {len(points)} points x {args.seeds} seed(s) in one program",
-                        rows, args.seeds)
+    return sweep.train_tunables_grid(ap, args, dict(lr=args.lrs, actent=args.actents))
 
 
 if __name__ == "__main__":

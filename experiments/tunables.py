@@ -44,15 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     try:
         axes = dict(parse_axis(a) for a in args.grid)
-        base = sweep.base_config(args)
     except ValueError as e:
         ap.error(str(e))
-    points = sweep.grid(**axes)
-    rows = sweep.train_grid(base, points, args.seeds, args.logdir, args.resume,
-                            **sweep.train_kwargs(args))
-    return sweep.report(f"{args.env}, {len(points)} points x {args.seeds} seed(s) in one program",
-                        rows, args.seeds)
-
+    return sweep.train_tunables_grid(ap, args, axes)
 
 if __name__ == "__main__":
     start_command()  # huge pages (restarts once) and the compile cache, before any work

@@ -23,3 +23,21 @@ import sys
 # benchmarks/ and experiments/ are folders of scripts; tests import them from the repo root.
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop JAX's in-memory compiled programs. Every loaded XLA:CPU
+    program holds memory mappings for its compiled kernels, and the whole suite in one process
+    loads thousands of programs: it reached Linux's default limit of 65,530 mappings per
+    process (vm.max_map_count), where loading the next program segfaults. Programs a later
+    module needs again come back from the persistent cache above."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()

@@ -113,6 +113,19 @@ def train_grid(config: TrainConfig, points: list[dict[str, float]], seeds: int, 
     return out
 
 
+def train_tunables_grid(ap, args, axes: dict[str, Sequence[float]]) -> dict[str, tuple]:
+    """The body of a tunables sweep file: the grid of `axes` x `args.seeds` seeds trained as one
+    program from `sweep_parser` flags (a bad setting exits through `ap.error`), then reported."""
+    try:
+        base = base_config(args)
+    except ValueError as e:
+        ap.error(str(e))
+    points = grid(**axes)
+    rows = train_grid(base, points, args.seeds, args.logdir, args.resume, **train_kwargs(args))
+    return report(f"{args.env}, {len(points)} points x {args.seeds} seed(s) in one program",
+                  rows, args.seeds)
+
+
 def sweep_parser(doc: str, logdir: str):
     """The flags every sweep file shares; any agent field is settable with --set NAME=VALUE."""
     import argparse
