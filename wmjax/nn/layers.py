@@ -101,7 +101,7 @@ def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
     Its gradients are written out as two more convolutions in the same NHWC/HWIO layout. What
     autodiff derives instead puts batch and feature axes in other places, and XLA's CPU backend
     runs such convolutions with a slow generic loop when they sit inside a `while` (the fused
-    training loop's scan): there they took three times as long as the whole rest of an update."""
+    training loop's scan): a size1m update on 7x9x21 images took 461 ms there, 135 ms with these."""
     return _conv_nhwc(x, w, _same_pad(w.shape[:2]))
 
 
@@ -124,20 +124,19 @@ conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 
 
 class Conv(nn.Module):
-    """5x5 (any odd size) stride-1 'SAME' convolution of NHWC images in `dtype`, float32
-    parameters named as flax's `nn.Conv` names them; gradients through `conv_same`."""
+    """Stride-1 'SAME' convolution (odd kernel, 5x5 by default) of NHWC images in `dtype`, with
+    DreamerV3's init and float32 parameters named as flax's `nn.Conv` names them (so checkpoints
+    made with `nn.Conv` load); gradients through `conv_same`."""
 
     features: int
     kernel_size: tuple[int, int] = (5, 5)
     dtype: Any = jnp.float32
-    kernel_init: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"Conv: kernel_size {self.kernel_size}; allowed: odd sizes")
-        init = self.kernel_init or dreamer_init()
-        kernel = self.param("kernel", init, (*self.kernel_size, x.shape[-1], self.features),
+        kernel = self.param("kernel", dreamer_init(), (*self.kernel_size, x.shape[-1], self.features),
                             jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         lead = x.shape[:-3]
