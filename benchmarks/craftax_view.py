@@ -27,12 +27,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from wmjax.envs.craftax import GRID, split_symbolic  # noqa: E402
+from wmjax.envs.craftax import GRID, MOB_CHANNELS, split_symbolic  # noqa: E402
 from wmjax.policy import load_policy, record_rollout  # noqa: E402
 from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
-ZOMBIE = 17  # the zombie channel of a map cell (17 block types come first)
+ZOMBIE = MOB_CHANNELS["zombie"]
 ENVS = ("Craftax-Classic-Symbolic-v1", GRID)
 DO = 5  # the interact / attack action
 
@@ -95,9 +95,7 @@ def world_model_view(policy, rec: dict, envs: int = 16) -> dict:
     ended = np.asarray(rec["terminal"][:, :envs].T)
     cont = cont[:, 1:]
     ended = ended[:, :-1]
-    true, guess = (np.asarray(split_symbolic(x)["map"] if not isinstance(x, dict) else x["map"])
-                   for x in (obs, decoded))
-    true, guess = true[..., ZOMBIE], guess[..., ZOMBIE]
+    true, guess = (np.asarray(split_symbolic(x)["map"])[..., ZOMBIE] for x in (obs, decoded))
     shown = true.reshape(*true.shape[:2], -1).any(-1)  # (envs, steps)
     best = guess.reshape(*guess.shape[:2], -1).argmax(-1)
     hit = np.take_along_axis(true.reshape(*true.shape[:2], -1), best[..., None], -1)[..., 0] > 0

@@ -78,6 +78,10 @@ def test_grid_variant_lays_the_symbolic_map_out_as_an_image(env, start):
     assert ts.obs["map"].dtype == jnp.uint8 and set(np.unique(ts.obs["map"])) <= {0, 255}
     np.testing.assert_array_equal(np.asarray(ts.obs["map"]).reshape(N, -1) / 255.0, flat[:, :1323])
     np.testing.assert_array_equal(ts.obs["state"], flat[:, 1323:])
+    # The mob channels follow the block types, in the order the craftax renderer writes them.
+    from craftax.craftax_classic.constants import BlockType
+    from wmjax.envs.craftax import MOB_CHANNELS
+    assert list(MOB_CHANNELS.values()) == list(range(len(BlockType), 21))
     # The player's own cell, the view's centre, holds exactly one block type.
     assert (np.asarray(ts.obs["map"])[:, 3, 4, :17] == 255).sum(-1).tolist() == [1] * N
 

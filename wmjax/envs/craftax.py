@@ -62,10 +62,14 @@ def crafter_score(rows: Iterable[dict], seed: int | None = None) -> float | None
 # direction, light, sleeping).
 VIEW_SHAPE = (7, 9, 21)
 VIEW_SIZE = VIEW_SHAPE[0] * VIEW_SHAPE[1] * VIEW_SHAPE[2]
+MOB_CHANNELS = {"zombie": 17, "cow": 18, "skeleton": 19, "arrow": 20}
 
 
-def split_symbolic(obs: jax.Array) -> dict[str, jax.Array]:
-    """A flat symbolic observation as {"map": (7, 9, 21) grid in [0, 1], "state": (22,)}."""
+def split_symbolic(obs: Any) -> dict[str, jax.Array]:
+    """A flat symbolic observation as {"map": (7, 9, 21) grid in [0, 1], "state": (22,)}; an
+    observation already split (the Grid variant's) is returned as it is."""
+    if isinstance(obs, dict):
+        return obs
     lead = obs.shape[:-1]
     return {"map": obs[..., :VIEW_SIZE].reshape(lead + VIEW_SHAPE), "state": obs[..., VIEW_SIZE:]}
 
