@@ -15,7 +15,7 @@ import pytest
 
 from programs import TINY, TINY_FLAGS
 from wmjax.checkpoint import CheckpointError, Checkpointer
-from wmjax.run import RunDirError, read_metrics, train, training_wall_time
+from wmjax.run import RunDirError, holds_run, read_metrics, train, training_wall_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = TINY.replace(steps=2048)  # 16 chunks; replay (1024) wraps around
@@ -212,6 +212,27 @@ def test_resume_with_a_different_config_names_it_and_writes_nothing(reference):
     with pytest.raises(RunDirError, match="already holds a run"):
         train(CONFIG, logdir, verbose=False)
     assert _snapshot(logdir) == before
+
+
+def test_a_failed_start_can_be_started_again(reference, tmp_path):
+    """A run that stopped before its first log leaves only its config (and empty files); a new
+    run may take the folder. Logged metrics alone are enough to refuse it."""
+    _, ref_state = reference
+    logdir = tmp_path / "failed"
+    (logdir / "checkpoints").mkdir(parents=True)
+    (logdir / "config.json").write_text(json.dumps(CONFIG.replace(seed=7).to_dict()))
+    (logdir / "metrics.jsonl").write_text("")
+    (logdir / "hyper.json").write_text(json.dumps({"lr": [1e-3]}))  # stale: must not survive
+    assert not holds_run(str(logdir))
+    state, _ = train(CONFIG, str(logdir), verbose=False)
+    _leaves_equal(state.agent.params, ref_state.agent.params)
+    assert not (logdir / "hyper.json").exists() and holds_run(str(logdir))
+    assert json.loads((logdir / "config.json").read_text())["seed"] == CONFIG.seed
+    logged = tmp_path / "logged"
+    logged.mkdir()
+    (logged / "metrics.jsonl").write_text('{"env_step": 128}\n')
+    with pytest.raises(RunDirError, match="already holds a run"):
+        train(CONFIG, str(logged), verbose=False)
 
 
 def test_checkpoint_of_another_shape_names_the_array(reference, tmp_path):

@@ -38,8 +38,14 @@ class RunDirError(ValueError):
 
 
 def holds_run(logdir: str) -> bool:
-    return any(os.path.exists(os.path.join(logdir, name))
-               for name in (CONFIG_FILE, METRICS_FILE, checkpoint_dir(logdir)))
+    """Whether `logdir` holds something a new run would lose: logged metrics or a checkpoint.
+    A folder left by a run that stopped before its first log (its config only) does not, so a
+    failed start can be started again without deleting anything by hand."""
+    metrics = os.path.join(logdir, METRICS_FILE)
+    if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+        return True
+    ckpts = checkpoint_dir(logdir)
+    return os.path.isdir(ckpts) and bool(os.listdir(ckpts))
 
 
 def load_config(run_dir: str) -> TrainConfig:
@@ -146,8 +152,11 @@ def train(
         if logdir:
             if main:  # with several processes, process 0 writes the run folder's files
                 write_json(os.path.join(logdir, CONFIG_FILE), config.to_dict())
+                hyper_path = os.path.join(logdir, HYPER_FILE)
                 if hyper:
-                    write_json(os.path.join(logdir, HYPER_FILE), _hyper_lists(hyper, config.seeds))
+                    write_json(hyper_path, _hyper_lists(hyper, config.seeds))
+                elif os.path.exists(hyper_path):  # left by a failed start in this folder
+                    os.remove(hyper_path)
             ckpt = Checkpointer(logdir)
 
     chunks = num_chunks(config)
