@@ -25,6 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+IMAGE_LOSSES = ("mse", "bce")  # the image decoder's pixel loss (see models.heads.ImageDecoder)
 
 
 def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
@@ -52,6 +53,9 @@ class DreamerConfig:
     # DreamerV3's `outer`: the first stage keeps full resolution (no pool), the others pool; for
     # small frames (MinAtar) whose objects are one pixel, which a first 2x2 pool blurs
     cnn_outer: bool = False
+    # The image decoder's pixel loss: "mse" (DreamerV3's, a sigmoid and squared error) or "bce"
+    # (binary cross-entropy on the sigmoid's logits; for binary frames, see ImageDecoder)
+    image_loss: str = "mse"
     enc_layers: int = 3
     dec_layers: int = 3
     reward_layers: int = 1
@@ -107,6 +111,8 @@ class DreamerConfig:
         _check(all(isinstance(m, int) and m >= 1 for m in self.cnn_mults) and self.cnn_mults,
                "cnn_mults", self.cnn_mults, "a non-empty tuple of integers >= 1")
         _check(isinstance(self.cnn_outer, bool), "cnn_outer", self.cnn_outer, "True or False")
+        _check(self.image_loss in IMAGE_LOSSES, "image_loss", self.image_loss,
+               f"one of {IMAGE_LOSSES}")
         for name in ("deter", "hidden", "stoch", "classes", "blocks", "units", "num_bins",
                      "imag_horizon", "batch_size", "batch_length", "depth", "cnn_minres"):
             v = getattr(self, name)

@@ -7,7 +7,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from wmjax.config import IMAGE_LOSSES
 from wmjax.nn.dists import symexp, symlog
 from wmjax.nn.layers import MLP, Conv, Linear, RMSNorm
 
@@ -39,6 +41,11 @@ class VectorDecoder(nn.Module):
     @staticmethod
     def loss(pred: jax.Array, obs: jax.Array) -> jax.Array:
         return jnp.square(pred - symlog(obs.astype(jnp.float32))).sum(-1)
+
+    @staticmethod
+    def to_obs(pred: jax.Array) -> jax.Array:
+        """The prediction in observation units."""
+        return symexp(pred)
 
 
 # ---------------------------------------------------------------- images
@@ -90,10 +97,16 @@ class ImageEncoder(nn.Module):
 
 
 class ImageDecoder(nn.Module):
-    """Features -> image in [0, 1]: a linear projection to the encoder's last spatial grid, then
-    stages of (x2 nearest upsampling, 5x5 conv, RMSNorm, SiLU) mirroring the encoder (no
-    upsampling for an `outer` stage), the last one a conv to the image channels and a sigmoid.
-    Trained with squared error summed over pixels against obs / 255."""
+    """Features -> image: a linear projection to the encoder's last spatial grid, then stages of
+    (x2 nearest upsampling, 5x5 conv, RMSNorm, SiLU) mirroring the encoder (no upsampling for an
+    `outer` stage), the last one a conv to the image channels.
+
+    `image_loss` picks the pixel loss against obs / 255, summed over pixels:
+    - "mse" (DreamerV3's): the output is a sigmoid in [0, 1], trained with squared error;
+    - "bce": the output is the sigmoid's logits, trained with binary cross-entropy. For binary
+      frames (MinAtar, the Craftax grid): squared error through a sigmoid scales a missed
+      pixel's gradient by p (1 - p), so a decoder that has learnt to draw nothing on a one-pixel
+      object (a ball, a zombie) hardly learns it back; cross-entropy does not vanish there."""
 
     image_shape: tuple[int, int, int]
     depth: int = 4
@@ -101,9 +114,12 @@ class ImageDecoder(nn.Module):
     minres: int = 4
     dtype: Any = jnp.float32
     outer: bool = False
+    image_loss: str = "mse"
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
+        if self.image_loss not in IMAGE_LOSSES:
+            raise ValueError(f"image_loss={self.image_loss!r}; allowed: {IMAGE_LOSSES}")
         h, w, c = self.image_shape
         plan = cnn_plan((h, w), self.mults, self.minres, self.outer)
         sizes = [(h, w)]  # the grid after each stage
@@ -121,12 +137,27 @@ class ImageDecoder(nn.Module):
             x = Conv(c if last else channels[i - 1], (5, 5), dtype=self.dtype)(x)
             if not last:
                 x = nn.silu(RMSNorm()(x))
-        return jax.nn.sigmoid(x.astype(jnp.float32)).reshape(lead + (h, w, c))
+        x = x.astype(jnp.float32).reshape(lead + (h, w, c))
+        return x if self.image_loss == "bce" else jax.nn.sigmoid(x)
 
-    @staticmethod
-    def loss(pred: jax.Array, obs: jax.Array) -> jax.Array:
-        target = obs.astype(jnp.float32) / 255.0
-        return jnp.square(pred - target).sum((-3, -2, -1))
+    def loss(self, pred: jax.Array, obs: jax.Array) -> jax.Array:
+        return pixel_loss(pred, obs, self.image_loss)
+
+    def to_obs(self, pred: jax.Array) -> jax.Array:
+        return pixels_from(pred, self.image_loss)
+
+
+def pixel_loss(pred: jax.Array, obs: jax.Array, image_loss: str) -> jax.Array:
+    """An image decoder's loss per frame, summed over the last three (H, W, C) dims."""
+    target = obs.astype(jnp.float32) / 255.0
+    if image_loss == "bce":
+        return optax.sigmoid_binary_cross_entropy(pred, target).sum((-3, -2, -1))
+    return jnp.square(pred - target).sum((-3, -2, -1))
+
+
+def pixels_from(pred: jax.Array, image_loss: str) -> jax.Array:
+    """An image decoder's output in pixel units, 0..255."""
+    return 255.0 * (jax.nn.sigmoid(pred) if image_loss == "bce" else pred)
 
 
 # ---------------------------------------------------------------- dict observations
@@ -176,7 +207,10 @@ class DictEncoder(_DictHead):
 
 class DictDecoder(_DictHead):
     """Features -> a prediction per key: one image decoder for all image keys (split back by
-    channels, in [0, 1]) and one MLP for all vector keys (split back, in symlog space)."""
+    channels; see ImageDecoder for `image_loss`) and one MLP for all vector keys (split back,
+    in symlog space)."""
+
+    image_loss: str = "mse"
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> dict[str, jax.Array]:
@@ -187,7 +221,7 @@ class DictDecoder(_DictHead):
             h, w = shapes[images[0]][:2]
             channels = [shapes[k][2] for k in images]
             x = ImageDecoder((h, w, sum(channels)), self.depth, self.mults, self.minres,
-                             self.dtype, self.outer)(feat)
+                             self.dtype, self.outer, self.image_loss)(feat)
             out.update(zip(images, jnp.split(x, np.cumsum(channels)[:-1], -1)))
         if vectors:
             sizes = [shapes[k][0] for k in vectors]
@@ -198,11 +232,12 @@ class DictDecoder(_DictHead):
     def loss(self, pred: dict[str, jax.Array], obs: dict[str, jax.Array]) -> jax.Array:
         """The sum over keys of each key's decoder loss (per time step)."""
         images, vectors = split_keys(dict(self.shapes))
-        return sum([ImageDecoder.loss(pred[k], obs[k]) for k in images]
+        return sum([pixel_loss(pred[k], obs[k], self.image_loss) for k in images]
                    + [VectorDecoder.loss(pred[k], obs[k]) for k in vectors])
 
     def to_obs(self, pred: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Predictions in observation units: pixels 0..255 and un-symlogged vectors."""
         images, _ = split_keys(dict(self.shapes))
-        return {k: 255.0 * v if k in images else symexp(v) for k, v in pred.items()}
+        return {k: pixels_from(v, self.image_loss) if k in images else symexp(v)
+                for k, v in pred.items()}
 

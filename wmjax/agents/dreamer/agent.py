@@ -36,7 +36,7 @@ from wmjax.models.heads import (
     DictDecoder, DictEncoder, ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder, split_keys,
 )
 from wmjax.models.rssm import RSSM, RSSMState, kl_loss
-from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, symexp, twohot_bins
+from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, twohot_bins
 from wmjax.nn.layers import MLP
 
 sg = jax.lax.stop_gradient
@@ -119,11 +119,12 @@ class Dreamer:
             cnn = dict(depth=c.depth, mults=c.cnn_mults, minres=c.cnn_minres, dtype=dtype,
                        outer=c.cnn_outer)
             self.encoder = DictEncoder(spec.obs_shape, c.enc_layers, c.units, **cnn)
-            self.decoder = DictDecoder(spec.obs_shape, c.dec_layers, c.units, **cnn)
+            self.decoder = DictDecoder(spec.obs_shape, c.dec_layers, c.units, **cnn,
+                                       image_loss=c.image_loss)
         elif self.image:
             self.encoder = ImageEncoder(c.depth, c.cnn_mults, c.cnn_minres, dtype, c.cnn_outer)
             self.decoder = ImageDecoder(spec.obs_shape, c.depth, c.cnn_mults, c.cnn_minres, dtype,
-                                        c.cnn_outer)
+                                        c.cnn_outer, c.image_loss)
         else:
             self.encoder = VectorEncoder(c.enc_layers, c.units, dtype)
             self.decoder = VectorDecoder(spec.obs_shape[-1], c.dec_layers, c.units, dtype)
@@ -304,10 +305,7 @@ class Dreamer:
         prior = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prior)
         states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), post, prior)
         feat = self._apply(params, "rssm", states, method=RSSM.feat)
-        decoded = self._apply(params, "decoder", feat)
-        if self.spec.is_dict:
-            return self.decoder.to_obs(decoded)
-        return 255.0 * decoded if self.image else symexp(decoded)
+        return self.decoder.to_obs(self._apply(params, "decoder", feat))
 
     def loss(
         self, params: dict, slow_critic: Any, retnorm: RetNormState, hyper: dict, batch: Batch,
