@@ -118,6 +118,8 @@ def test_bce_image_loss_keeps_learning_a_missed_pixel():
     params = bce.init(jax.random.key(1), feat)
     out = bce.apply(params, feat)
     assert float(out.min()) < 0.0  # a logit; no sigmoid output is negative
+    with pytest.raises(ValueError, match="image_loss='l1'; allowed"):
+        ImageDecoder(shape, image_loss="l1").init(jax.random.key(1), feat)
     np.testing.assert_allclose(mse.apply(params, feat), jax.nn.sigmoid(out), rtol=1e-6)
     # The option reaches the agent (images and dict observations) and is validated.
     from wmjax.agents.dreamer import Dreamer

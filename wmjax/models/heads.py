@@ -118,8 +118,6 @@ class ImageDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
-        if self.image_loss not in IMAGE_LOSSES:
-            raise ValueError(f"image_loss={self.image_loss!r}; allowed: {IMAGE_LOSSES}")
         h, w, c = self.image_shape
         plan = cnn_plan((h, w), self.mults, self.minres, self.outer)
         sizes = [(h, w)]  # the grid after each stage
@@ -138,7 +136,7 @@ class ImageDecoder(nn.Module):
             if not last:
                 x = nn.silu(RMSNorm()(x))
         x = x.astype(jnp.float32).reshape(lead + (h, w, c))
-        return x if self.image_loss == "bce" else jax.nn.sigmoid(x)
+        return x if _outputs_logits(self.image_loss) else jax.nn.sigmoid(x)
 
     def loss(self, pred: jax.Array, obs: jax.Array) -> jax.Array:
         return pixel_loss(pred, obs, self.image_loss)
@@ -147,17 +145,24 @@ class ImageDecoder(nn.Module):
         return pixels_from(pred, self.image_loss)
 
 
+def _outputs_logits(image_loss: str) -> bool:
+    """Whether a decoder with this `image_loss` outputs logits ("bce") or a sigmoid ("mse")."""
+    if image_loss not in IMAGE_LOSSES:
+        raise ValueError(f"image_loss={image_loss!r}; allowed: one of {IMAGE_LOSSES}")
+    return image_loss == "bce"
+
+
 def pixel_loss(pred: jax.Array, obs: jax.Array, image_loss: str) -> jax.Array:
     """An image decoder's loss per frame, summed over the last three (H, W, C) dims."""
     target = obs.astype(jnp.float32) / 255.0
-    if image_loss == "bce":
+    if _outputs_logits(image_loss):
         return optax.sigmoid_binary_cross_entropy(pred, target).sum((-3, -2, -1))
     return jnp.square(pred - target).sum((-3, -2, -1))
 
 
 def pixels_from(pred: jax.Array, image_loss: str) -> jax.Array:
     """An image decoder's output in pixel units, 0..255."""
-    return 255.0 * (jax.nn.sigmoid(pred) if image_loss == "bce" else pred)
+    return 255.0 * (jax.nn.sigmoid(pred) if _outputs_logits(image_loss) else pred)
 
 
 # ---------------------------------------------------------------- dict observations
