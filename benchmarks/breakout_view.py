@@ -65,7 +65,7 @@ def reconstruction(policy, rec: dict, envs: int = 16, length: int = 64) -> dict:
 
     def decode(obs, action, is_first):
         _, _, _, feat = agent.observe(params, obs, action, is_first, jax.random.key(0))
-        return agent.decoder.to_obs(agent.decoder.apply({"params": params["decoder"]}, feat))
+        return agent.decode(params, feat)
 
     decoded = np.asarray(jax.jit(decode)(obs, action, is_first))
     obs = np.asarray(obs)

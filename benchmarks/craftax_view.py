@@ -85,7 +85,7 @@ def world_model_view(policy, rec: dict, envs: int = 16) -> dict:
 
     def view(obs, action, is_first):
         _, _, _, feat = agent.observe(params, obs, action, is_first, jax.random.key(0))
-        decoded = agent.decoder.to_obs(agent.decoder.apply({"params": params["decoder"]}, feat))
+        decoded = agent.decode(params, feat)
         cont = jax.nn.sigmoid(agent.cont.apply({"params": params["cont"]}, feat)[..., 0])
         return decoded, cont
 

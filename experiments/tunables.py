@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(str(e))
     return sweep.train_tunables_grid(ap, args, axes)
 
+
 if __name__ == "__main__":
     start_command()  # huge pages (restarts once) and the compile cache, before any work
     main()

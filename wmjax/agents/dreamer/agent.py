@@ -283,6 +283,11 @@ class Dreamer:
                                                is_first.at[:, 0].set(True), key)
         return last, post, prior_logits, self._apply(params, "rssm", post, method=RSSM.feat)
 
+    def decode(self, params: dict, feat: jax.Array) -> Any:
+        """The decoder's prediction from RSSM features, in observation units (pixels 0..255,
+        vectors un-symlogged; a dict of them for dict observations)."""
+        return self.decoder.to_obs(self._apply(params, "decoder", feat))
+
     def open_loop(self, params: dict, batch: Batch, context: int, key: jax.Array) -> jax.Array:
         """DreamerV3's open-loop report: observe the first `context` steps of each sequence, then
         predict the rest from the prior alone under the recorded actions (the mode of each
@@ -305,7 +310,7 @@ class Dreamer:
         prior = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), prior)
         states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], 1), post, prior)
         feat = self._apply(params, "rssm", states, method=RSSM.feat)
-        return self.decoder.to_obs(self._apply(params, "decoder", feat))
+        return self.decode(params, feat)
 
     def loss(
         self, params: dict, slow_critic: Any, retnorm: RetNormState, hyper: dict, batch: Batch,
