@@ -21,13 +21,13 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.ppo import PPOConfig, train_ppo  # noqa: E402
+from benchmarks.ppo import PPO_PRESETS, PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.plots import curve  # noqa: E402
@@ -51,6 +51,12 @@ RUNGS = {
 # The env PPO trains on where it differs from the rung's: the Grid variant is the symbolic
 # env's numbers with the map laid out for a CNN; PPO's MLP reads the same numbers flat.
 PPO_ENVS = {"Craftax-Classic-Symbolic-Grid-v1": "Craftax-Classic-Symbolic-v1"}
+
+# The PPO preset a rung uses (benchmarks/ppo.py): the MinAtar games take gymnax-blines' recipe,
+# which produced the published MinAtar PPO numbers the rungs are compared with; the rest take
+# PureJaxRL's classic-control settings.
+PPO_RUNG_PRESETS = {rung: "classic" for rung in RUNGS} | {
+    rung: "minatar" for rung in ("breakout", "spaceinvaders", "asterix", "freeway")}
 
 # Agent overrides a rung uses when no --set is given: the settings of the README's ladder table
 # (benchmarks/README.md has the runs that chose them). Classic control takes the learning
@@ -98,7 +104,7 @@ def final_value(steps: np.ndarray, mean: np.ndarray, last: int = 3) -> float | N
 
 
 def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float | None,
-             overrides: dict, logdir: str, out: str, resume: bool, ppo_envs: int,
+             overrides: dict, logdir: str, out: str, resume: bool, ppo: PPOConfig | None = None,
              envs: int = 16, chunk_steps: int | None = None, replay_size: int | None = None,
              eval_episodes: int = 32) -> dict:
     env, budget, default_ratio = RUNGS[rung]
@@ -116,7 +122,8 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     d_steps, d_mean, d_low, d_high = curve(d_rows)
     frozen = seed_returns(run_dir, eval_episodes) if eval_episodes else None
     ppo_env = PPO_ENVS.get(env, env)
-    ppo = _ppo_baseline(ppo_env, steps, seeds, PPOConfig(num_envs=ppo_envs), eval_episodes,
+    ppo_config = ppo or PPO_PRESETS[PPO_RUNG_PRESETS[rung]]
+    ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes,
                         os.path.join(logdir, rung, "ppo.json"), resume)
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
     p_steps = np.asarray(ppo["env_steps"])
@@ -131,7 +138,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
                      final_policy=_frozen(frozen, eval_episodes)),
         ppo=dict(env=ppo_env, final=final_value(p_steps[keep], p_mean), wall_s=ppo["wall_s"],
-                 num_envs=ppo_envs, final_policy=_frozen(ppo["final_policy"], eval_episodes),
+                 config=asdict(ppo_config), final_policy=_frozen(ppo["final_policy"], eval_episodes),
                  curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)]),
         references=REFERENCES.get(env, {}),
     )
@@ -236,7 +243,10 @@ def main(argv=None) -> dict:
                     help="env steps per compiled chunk (default: 2048, 16384 above 100k steps)")
     ap.add_argument("--replay-size", type=int, default=None,
                     help="replay capacity per seed (default: the whole run)")
-    ap.add_argument("--ppo-envs", type=int, default=PPOConfig.num_envs)
+    ap.add_argument("--ppo-preset", default=None, choices=sorted(PPO_PRESETS),
+                    help="PPO's settings (default: the rung's: " + ", ".join(
+                        f"{r} {p}" for r, p in PPO_RUNG_PRESETS.items()) + ")")
+    ap.add_argument("--ppo-envs", type=int, default=None, help="default: the PPO preset's")
     ap.add_argument("--eval-episodes", type=int, default=32,
                     help="play each seed's final DreamerV3 checkpoint and final PPO parameters "
                          "frozen for this many episodes (0: skip)")
@@ -251,8 +261,14 @@ def main(argv=None) -> dict:
         overrides = dict(parse_override(s) for s in sets)
     except ValueError as e:
         ap.error(str(e))
+    ppo = PPO_PRESETS[args.ppo_preset or PPO_RUNG_PRESETS[args.rung]]
+    if args.ppo_envs is not None:
+        try:
+            ppo = replace(ppo, num_envs=args.ppo_envs)
+        except ValueError as e:
+            ap.error(str(e))
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
-                    args.logdir, args.out, args.resume, args.ppo_envs, args.envs, args.chunk_steps,
+                    args.logdir, args.out, args.resume, ppo, args.envs, args.chunk_steps,
                     args.replay_size, args.eval_episodes)
 
 

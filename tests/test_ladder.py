@@ -93,3 +93,43 @@ def test_the_grid_craftax_rung_is_the_craftax_rung_with_a_map_image():
     assert grid[1:] == flat[1:] and RUNG_SETS["craftax_grid"] == RUNG_SETS["craftax"]
     assert PPO_ENVS[grid[0]] == flat[0] and REFERENCES[grid[0]] == REFERENCES[flat[0]]
     assert make_env(grid[0]).spec.is_dict and make_env(PPO_ENVS[grid[0]]).spec.obs_shape == (1345,)
+
+
+def test_ppo_config_refuses_bad_settings_by_name():
+    for bad, field in ((dict(activation="gelu"), "activation"), (dict(lr_schedule="cosine"), "lr_schedule"),
+                       (dict(weight_init="he"), "weight_init"), (dict(num_envs=0), "num_envs"),
+                       (dict(num_envs=3, minibatches=7), "minibatches")):
+        with pytest.raises(ValueError, match=f"invalid PPO config: {field}="):
+            PPOConfig(**bad)
+
+
+def test_minatar_rungs_take_gymnax_blines_ppo(tmp_path, capsys):
+    """The MinAtar rungs compare with gymnax's published PPO, so their baseline is the recipe
+    that produced those numbers: 2 x 256 ReLU MLPs with Flax's default init, 64 envs, γ 0.999."""
+    from benchmarks.ladder import PPO_RUNG_PRESETS
+    from benchmarks.ppo import ActorCritic, PPO_PRESETS
+
+    minatar = PPO_PRESETS["minatar"]
+    assert {r for r, p in PPO_RUNG_PRESETS.items() if p == "minatar"} == {
+        "breakout", "spaceinvaders", "asterix", "freeway"}
+    assert PPO_RUNG_PRESETS["cartpole"] == PPO_RUNG_PRESETS["craftax"] == "classic"
+    assert PPO_PRESETS["classic"] == PPOConfig()
+    assert (minatar.num_envs, minatar.gamma, minatar.lr_schedule, minatar.clip_value) == (
+        64, 0.999, "constant", True)
+    x = np.ones((2, 400), np.float32)
+    params = {}
+    for name in ("classic", "minatar"):
+        c = PPO_PRESETS[name]
+        net = ActorCritic(3, True, c.hidden, c.activation, c.weight_init)
+        params[name] = net.init(jax.random.key(0), x)["params"]
+    dense = lambda p: [layer for layer in p.values() if isinstance(layer, dict)]  # not log_std
+    widths = lambda p: sorted(layer["kernel"].shape for layer in dense(p))
+    assert widths(params["minatar"]) == [(256, 1), (256, 3), (256, 256), (256, 256), (400, 256), (400, 256)]
+    biases = lambda p: np.concatenate([np.ravel(layer["bias"]) for layer in dense(p)])
+    assert 0 < biases(params["minatar"]).min() and biases(params["minatar"]).max() < 0.05
+    assert not biases(params["classic"]).any()
+    # A bad PPO override is refused by name before anything trains.
+    with pytest.raises(SystemExit):
+        main(["--rung", "breakout", "--ppo-envs", "0", "--logdir", str(tmp_path)])
+    assert "num_envs=0; allowed: an integer >= 1" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
