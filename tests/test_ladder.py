@@ -1,6 +1,7 @@
 """The benchmark ladder runs a rung end to end: DreamerV3 and the PPO baseline, JSON and PNG."""
 import json
 import os
+from dataclasses import asdict
 
 import jax
 import numpy as np
@@ -47,8 +48,10 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
     monkeypatch.setattr(ladder, "train_ppo", no_training)
     again = main(argv + ["--resume"])
     assert again["ppo"] == result["ppo"]
-    with pytest.raises(AssertionError, match="PPO trained again"):
-        main(argv + ["--resume", "--ppo-envs", "8"])
+    for other in (["--ppo-envs", "8"], ["--ppo-preset", "minatar"]):
+        with pytest.raises(AssertionError, match="PPO trained again"):
+            main(argv + ["--resume"] + other)
+    assert saved["ppo"]["config"] == asdict(PPOConfig())  # cartpole's preset: classic
 
 
 def test_ppo_baseline_learns_cartpole():
