@@ -80,8 +80,9 @@ def test_every_rung_has_default_settings_that_make_a_valid_config():
     assert all(configs[rung].actent == 3e-3 for rung in ("cartpole", "acrobot", "craftax", "breakout"))
     assert configs["acrobot"].cont_terminal_weight == 10 and configs["pendulum"].actent == 3e-4
     assert configs["craftax"].lr == 3e-4 and configs["craftax"].cont_terminal_weight == 1
-    assert configs["breakout"].lr == 3e-4
-    assert configs["freeway"].lr == DreamerConfig().lr  # MinAtar games not yet run keep DreamerV3's
+    assert configs["breakout"].lr == 3e-4 and configs["breakout"].image_loss == "mse"
+    for rung in ("spaceinvaders", "asterix"):  # Breakout's settings and the bce image loss
+        assert configs[rung] == configs["breakout"].replace(image_loss="bce")
 
 
 def test_the_grid_craftax_rung_is_the_craftax_rung_with_a_map_image():
