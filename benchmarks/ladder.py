@@ -108,9 +108,11 @@ def final_value(steps: np.ndarray, mean: np.ndarray, last: int = 3) -> float | N
 
 
 def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float | None,
-             overrides: dict, logdir: str, out: str, resume: bool, ppo: PPOConfig | None = None,
-             envs: int = 16, chunk_steps: int | None = None, replay_size: int | None = None,
-             eval_episodes: int = 32) -> dict:
+             overrides: dict, logdir: str, out: str, resume: bool,
+             ppo_config: PPOConfig | None = None, envs: int = 16, chunk_steps: int | None = None,
+             replay_size: int | None = None, eval_episodes: int = 32) -> dict:
+    """Train DreamerV3 and the PPO baseline (`ppo_config`, default the rung's preset) on one
+    rung; write RUNG.json and RUNG.png to `out`; return the JSON's contents."""
     env, budget, default_ratio = RUNGS[rung]
     steps = steps or budget
     ratio = ratio or default_ratio
@@ -126,7 +128,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     d_steps, d_mean, d_low, d_high = curve(d_rows)
     frozen = seed_returns(run_dir, eval_episodes) if eval_episodes else None
     ppo_env = PPO_ENVS.get(env, env)
-    ppo_config = ppo or PPO_PRESETS[PPO_RUNG_PRESETS[rung]]
+    ppo_config = ppo_config or PPO_PRESETS[PPO_RUNG_PRESETS[rung]]
     ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes,
                         os.path.join(logdir, rung, "ppo.json"), resume)
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])

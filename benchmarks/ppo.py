@@ -83,7 +83,7 @@ class PPOConfig:
 # gymnax-blines' MinAtar PPO (agents/<game>/ppo.yaml, utils/models.py): 64 envs x 128 steps,
 # 8 minibatches, gamma 0.999, constant lr 5e-4, separate 2 x 256 ReLU MLPs with Flax's default
 # kernels, a clipped value loss weighted 0.5 x 0.5 (its loss halves the squared error, then
-# weighs it 0.5). On Breakout-MinAtar at 1M steps the init alone moved 3 seeds from 6.4-8.6
+# weighs it 0.5). On Breakout-MinAtar at 1M steps the init alone moved 3 seeds from 6.4-6.9
 # (orthogonal) to 6.8-16.3 (benchmarks/README.md).
 PPO_PRESETS = {
     "classic": PPOConfig(),
