@@ -83,6 +83,7 @@ def test_every_rung_has_default_settings_that_make_a_valid_config():
     assert configs["breakout"].lr == 3e-4 and configs["breakout"].image_loss == "mse"
     for rung in ("spaceinvaders", "asterix"):  # Breakout's settings and the bce image loss
         assert configs[rung] == configs["breakout"].replace(image_loss="bce")
+    assert configs["freeway"] == configs["asterix"].replace(actent=DreamerConfig().actent)
 
 
 def test_the_grid_craftax_rung_is_the_craftax_rung_with_a_map_image():
