@@ -21,7 +21,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 
@@ -55,8 +55,8 @@ PPO_ENVS = {"Craftax-Classic-Symbolic-Grid-v1": "Craftax-Classic-Symbolic-v1"}
 # The PPO preset a rung uses (benchmarks/ppo.py): the MinAtar games take gymnax-blines' recipe,
 # which produced the published MinAtar PPO numbers the rungs are compared with; the rest take
 # PureJaxRL's classic-control settings.
-PPO_RUNG_PRESETS = {rung: "classic" for rung in RUNGS} | {
-    rung: "minatar" for rung in ("breakout", "spaceinvaders", "asterix", "freeway")}
+PPO_RUNG_PRESETS = {rung: "minatar" if env.endswith("-MinAtar") else "classic"
+                    for rung, (env, _, _) in RUNGS.items()}
 
 # Agent overrides a rung uses when no --set is given: the settings of the README's ladder table
 # (benchmarks/README.md has the runs that chose them). Classic control takes the learning
@@ -130,7 +130,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     d_steps, d_mean, d_low, d_high = curve(d_rows)
     frozen = seed_returns(run_dir, eval_episodes) if eval_episodes else None
     ppo_env = PPO_ENVS.get(env, env)
-    ppo_config = ppo_config or PPO_PRESETS[PPO_RUNG_PRESETS[rung]]
+    ppo_config = ppo_config or PPOConfig.preset(PPO_RUNG_PRESETS[rung])
     ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes,
                         os.path.join(logdir, rung, "ppo.json"), resume)
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
@@ -269,12 +269,11 @@ def main(argv=None) -> dict:
         overrides = dict(parse_override(s) for s in sets)
     except ValueError as e:
         ap.error(str(e))
-    ppo = PPO_PRESETS[args.ppo_preset or PPO_RUNG_PRESETS[args.rung]]
-    if args.ppo_envs is not None:
-        try:
-            ppo = replace(ppo, num_envs=args.ppo_envs)
-        except ValueError as e:
-            ap.error(str(e))
+    try:
+        ppo = PPOConfig.preset(args.ppo_preset or PPO_RUNG_PRESETS[args.rung],
+                               **({} if args.ppo_envs is None else {"num_envs": args.ppo_envs}))
+    except ValueError as e:
+        ap.error(str(e))
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
                     args.logdir, args.out, args.resume, ppo, args.envs, args.chunk_steps,
                     args.replay_size, args.eval_episodes)

@@ -79,6 +79,13 @@ class PPOConfig:
         check((self.num_envs * self.num_steps) % self.minibatches == 0, "minibatches",
               f"a divisor of num_envs x num_steps = {self.num_envs * self.num_steps}")
 
+    @staticmethod
+    def preset(name: str, **changes) -> "PPOConfig":
+        """A preset of PPO_PRESETS with `changes` applied; a ValueError names a bad one."""
+        if name not in PPO_PRESETS:
+            raise ValueError(f"unknown PPO preset {name!r}; allowed: one of {tuple(PPO_PRESETS)}")
+        return replace(PPO_PRESETS[name], **changes)
+
 
 # gymnax-blines' MinAtar PPO (agents/<game>/ppo.yaml, utils/models.py): 64 envs x 128 steps,
 # 8 minibatches, gamma 0.999, constant lr 5e-4, separate 2 x 256 ReLU MLPs with Flax's default
@@ -313,7 +320,7 @@ def main(argv=None) -> dict:
         ap.error(f"--eval-episodes {args.eval_episodes}; allowed: >= 0")
     changes = {k: v for k, v in (("num_envs", args.num_envs), ("lr", args.lr)) if v is not None}
     try:
-        config = replace(PPO_PRESETS[args.preset], **changes)
+        config = PPOConfig.preset(args.preset, **changes)
     except ValueError as e:
         ap.error(str(e))
     result = train_ppo(args.env, args.steps, args.seeds, config=config,

@@ -106,6 +106,9 @@ def test_ppo_config_refuses_bad_settings_by_name():
                        (dict(num_envs=3, minibatches=7), "minibatches")):
         with pytest.raises(ValueError, match=f"invalid PPO config: {field}="):
             PPOConfig(**bad)
+    with pytest.raises(ValueError, match="unknown PPO preset 'atari'; allowed"):
+        PPOConfig.preset("atari")
+    assert PPOConfig.preset("minatar", num_envs=8).num_envs == 8
 
 
 def test_minatar_rungs_take_gymnax_blines_ppo(tmp_path, capsys):
