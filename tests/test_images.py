@@ -235,3 +235,74 @@ def test_breakout_view_on_a_trained_run(tmp_path):
     assert abs(sum(out["action_share"].values()) - 1.0) < 1e-6
     with pytest.raises(RunDirError, match="holds no run"):
         main([str(tmp_path / "nothing-here")])
+
+
+def _freeway_state(pos: int, car_x: dict[int, int]):
+    """A Freeway-MinAtar state (batch of one): the chicken on row `pos`, its move timer at 0,
+    car in row r at column car_x[r] (the others at column 0), no car moving this step."""
+    env = make_env("Freeway-MinAtar")
+    state, _ = env.reset(jax.random.key(0))
+    cars = np.array(state.inner.cars)
+    for car in range(8):  # car i drives on row i + 1; cars[i] = (x, row, timer, speed)
+        cars[car, 0] = car_x.get(car + 1, 0)
+        cars[car, 2] = 3
+    inner = state.inner.replace(pos=jnp.int32(pos), move_timer=jnp.int32(0), cars=jnp.asarray(cars))
+    return env, jax.tree.map(lambda x: jnp.asarray(x)[None], inner)
+
+
+def test_freeway_view_labels_hits_from_the_true_dynamics():
+    """benchmarks/freeway_view.py asks the game what "up" and "noop" would do: a car standing on
+    the chicken's column one row up makes "up" a hit and "noop" safe (a dodgeable step); one on
+    the chicken's own row hits it unless it moves up (the chicken moves before the cars); an
+    empty road is safe."""
+    from types import SimpleNamespace
+
+    from benchmarks.freeway_view import make_probe
+
+    for car_x, hit_up, hit_noop in (({4: 4}, True, False), ({5: 4}, False, True), ({}, False, False)):
+        env, inner = _freeway_state(5, car_x)
+        seen = make_probe(SimpleNamespace(env=env))(inner)
+        assert (bool(seen["hit_up"][0]), bool(seen["hit_noop"][0])) == (hit_up, hit_noop), car_x
+        assert int(seen["pos"][0]) == 5 and int(seen["timer"][0]) == 0
+
+
+def test_freeway_view_counts_crossings_and_hits():
+    """A hit is a return to the bottom row without a reward and not by stepping down onto it; a
+    crossing is a reward; both are counted per finished episode."""
+    from benchmarks.freeway_view import DOWN, UP, episodes
+
+    pos = np.array([[9], [8], [7], [9], [8], [9], [8], [0], [9]])  # (steps, envs)
+    action = np.full_like(pos, UP)
+    action[4] = DOWN  # 8 -> 9 by stepping down: not a hit
+    reward = np.zeros(pos.shape, np.float32)
+    reward[6] = 1.0  # the crossing that put it back on row 9
+    ended = np.zeros(pos.shape, bool)
+    ended[7] = True
+    out = episodes(dict(pos=pos, action=action, reward=reward, ended=ended))
+    assert out == dict(returns=[1.0], crossings=[1], hits=[1])
+
+
+def test_freeway_view_on_a_trained_run(tmp_path):
+    """The diagnosis end to end on a tiny Freeway run: shares between 0 and 1, finite Q values
+    for the picked steps, and a run on another env refused by name."""
+    from benchmarks.freeway_view import main
+    from wmjax.config import DreamerConfig, TrainConfig
+    from wmjax.run import train
+
+    config = TrainConfig(env="Freeway-MinAtar", num_envs=4, seeds=1, steps=256, chunk_steps=128,
+                         train_ratio=8, replay_size=1024,
+                         agent=DreamerConfig.preset("tiny", warmup=10))
+    train(config, str(tmp_path), verbose=False)
+    out = main([str(tmp_path), "--envs", "8", "--steps", "96", "--samples", "2",
+                "--max-picks", "16", "--out", str(tmp_path / "v.json")])
+    assert abs(sum(out["action_share"].values()) - 1.0) < 1e-6
+    assert 0.0 <= out["dodgeable_share_of_steps"] <= 1.0
+    safe = out["world_model"]["safe"]
+    assert 0 < safe["steps"] <= 16 and np.isfinite([safe["q_noop"], safe["q_up"], safe["q_down"]]).all()
+    for key in ("posterior_row_right", "prior_row_after_up_is_bottom", "noop_valued_above_up"):
+        assert 0.0 <= safe[key] <= 1.0
+    other = tmp_path / "cartpole"
+    train(TrainConfig(env="CartPole-v1", num_envs=2, seeds=1, steps=64, chunk_steps=64,
+                      agent=DreamerConfig.preset("tiny")), str(other), verbose=False)
+    with pytest.raises(SystemExit):
+        main([str(other)])

@@ -1,0 +1,207 @@
+"""Does a trained Freeway-MinAtar agent wait for cars, and does its world model know it should?
+
+Freeway rewards each crossing; a car that hits the chicken sends it back to the bottom row.
+Pressing "up" on every step scores about 18 per episode; waiting for a gap scores more. This
+plays a run folder's final policy (sampling, as in training) in `--envs` envs for `--steps`
+steps and, before every step, asks the game itself what "up" and "noop" would do (one step of
+the true dynamics from the current state). A step is *dodgeable* when "up" would be hit and
+"noop" would not. It reports:
+- how the policy plays: return, crossings and hits per episode, action shares, and how often it
+  presses "up" on dodgeable steps;
+- what the world model predicts there, from its posterior at that step:
+  - whether the prior after "up" puts the chicken back on the bottom row (it foresees the hit);
+  - the imagined value of each first action, Q(s, a) = r + c * R^lambda, where the rest of the
+    rollout follows the actor for the imagination horizon and R^lambda is the actor-critic's
+    lambda-return (averaged over `--samples` rollouts). If Q(noop) > Q(up) on dodgeable steps,
+    the model and critic know waiting pays, and a policy that still presses "up" has stopped
+    exploring; if not, the world model or critic is the limit.
+
+    python benchmarks/freeway_view.py runs/ladder_freeway_bce_ent3e4/freeway/dreamer
+    python benchmarks/freeway_view.py RUN_DIR --chunk 73 --out benchmarks/results/freeway_view.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from wmjax.agents.dreamer.losses import lambda_return  # noqa: E402
+from wmjax.models.rssm import RSSM  # noqa: E402
+from wmjax.policy import Policy, load_policy, record_rollout  # noqa: E402
+from wmjax.run import write_json  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
+
+ENV = "Freeway-MinAtar"
+NOOP, UP, DOWN = 0, 1, 2  # the agent's actions (gymnax's minimal set 0, 2, 4)
+BOTTOM = 9  # the chicken's start row
+CHICKEN = 0  # observation channel
+
+
+def make_probe(policy: Policy):
+    """probe(inner) for record_rollout: the chicken's row and move timer, and whether one true
+    step of "noop" or "up" from this state would end in a hit (back on the bottom row without
+    a crossing, where the move alone would not have put it there)."""
+    env = policy.env
+
+    def hit(inner, action):
+        def one(state):
+            _, after, reward, _, _ = env.transition(jax.random.key(0), state, jnp.int32(action))
+            moves = (action == UP) & (state.move_timer == 0)
+            expected = jnp.where(moves, jnp.maximum(state.pos - 1, 0), state.pos)
+            return (after.pos == BOTTOM) & (reward == 0) & (expected != BOTTOM)
+        return jax.vmap(one)(inner)
+
+    def probe(inner) -> dict:
+        return dict(pos=inner.pos, timer=inner.move_timer, hit_noop=hit(inner, NOOP),
+                    hit_up=hit(inner, UP))
+    return probe
+
+
+def episodes(rec: dict) -> dict:
+    """Per finished episode: return, crossings and hits (read from the recorded true rows)."""
+    steps, envs = rec["ended"].shape
+    out = dict(returns=[], crossings=[], hits=[])
+    for e in range(envs):
+        ret = hits = crossings = 0
+        for t in range(steps - 1):
+            ret += float(rec["reward"][t, e])
+            crossings += int(rec["reward"][t, e] > 0)
+            if rec["ended"][t, e]:
+                out["returns"].append(ret)
+                out["crossings"].append(crossings)
+                out["hits"].append(hits)
+                ret = hits = crossings = 0
+            elif (rec["pos"][t + 1, e] == BOTTOM and rec["pos"][t, e] != BOTTOM
+                  and rec["reward"][t, e] == 0 and not (rec["action"][t, e] == DOWN
+                                                        and rec["pos"][t, e] == BOTTOM - 1)):
+                hits += 1
+    return out
+
+
+def model_view(policy: Policy, rec: dict, picks: dict[str, np.ndarray], samples: int,
+               window: int, key: jax.Array) -> dict:
+    """The world model's view at the picked steps (name -> (env, step) index pairs): the chicken
+    row decoded from the posterior (is it seen?) and from the prior after "up" (is the hit
+    foreseen?), and the imagined Q of "noop", "up" and "down"."""
+    agent, params, c = policy.agent, policy.state.params, policy.agent.config
+    steps = rec["ended"].shape[0] // window * window
+
+    def posterior(obs, action, is_first):
+        _, post, _, _ = agent.observe(params, obs, agent.action_vector(action), is_first,
+                                      jax.random.key(1))
+        return post
+
+    # Windows of `window` steps per env, each started fresh as in training.
+    def windows(x):
+        x = x[:steps].swapaxes(0, 1)  # (envs, steps, ...)
+        return x.reshape((x.shape[0] * (steps // window), window) + x.shape[2:])
+    post = jax.jit(posterior)(*(jnp.asarray(windows(rec[k])) for k in ("obs", "action", "is_first")))
+    per_env = steps // window
+
+    def rssm(*args, method):
+        return agent.rssm.apply({"params": params["rssm"]}, *args, method=method)
+
+    def value_of(start, action, key):
+        """Q(start, action) for one sampled rollout, the actor choosing after the first action."""
+        first = rssm(start, agent.action_vector(jnp.full(start.deter.shape[:1], action)), key,
+                     method=RSSM.img_step)
+        feat, _ = agent.imagine(params, first, jax.random.fold_in(key, 1), time_major=True)
+        rew = agent.twohot.mean(agent.reward.apply({"params": params["reward"]}, feat))
+        con = jax.nn.sigmoid(agent.cont.apply({"params": params["cont"]}, feat)[..., 0])
+        val = agent.twohot.mean(agent.critic.apply({"params": params["critic"]}, feat))
+        ret = lambda_return(jnp.zeros_like(con), 1.0 - con, rew, val, 1.0, c.lam, axis=0)
+        return rew[0] + con[0] * ret[0]
+
+    def chicken_row(state):  # the decoded frame's brightest chicken row
+        frame = agent.decode(params, rssm(state, method=RSSM.feat))[..., CHICKEN]
+        return jnp.argmax(frame.max(-1), -1)
+
+    def view(start, key):
+        after_up = rssm(start, agent.action_vector(jnp.full(start.deter.shape[:1], UP)), None,
+                        method=RSSM.img_step)
+        keys = jax.random.split(key, samples)
+        q = [jax.vmap(lambda k, a=a: value_of(start, a, k))(keys).mean(0) for a in (NOOP, UP, DOWN)]
+        return chicken_row(start), chicken_row(after_up), jnp.stack(q, -1)
+    view = jax.jit(view)
+
+    out = {}
+    for name, idx in picks.items():
+        if not len(idx):
+            out[name] = dict(steps=0)
+            continue
+        e, t = idx[:, 0], idx[:, 1]
+        flat = e * per_env + t // window
+        start = jax.tree.map(lambda x: x[flat, t % window], post)
+        now, row, q = (np.asarray(v) for v in view(start, key))
+        out[name] = dict(
+            steps=int(len(idx)),
+            posterior_row_right=float((now == rec["pos"][t, e]).mean()),
+            prior_row_after_up_is_bottom=float((row == BOTTOM).mean()),
+            prior_row_after_up_is_one_higher=float((row == rec["pos"][t, e] - 1).mean()),
+            q_noop=float(q[:, NOOP].mean()), q_up=float(q[:, UP].mean()), q_down=float(q[:, DOWN].mean()),
+            noop_valued_above_up=float((q[:, NOOP] > q[:, UP]).mean()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk", type=int, default=None, help="a checkpoint to read (default: the last)")
+    ap.add_argument("--envs", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=2560, help="one episode is 2500 steps")
+    ap.add_argument("--samples", type=int, default=8, help="imagined rollouts per Q estimate")
+    ap.add_argument("--max-picks", type=int, default=1024, help="steps per kind fed to the model")
+    ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    policy = load_policy(args.run_dir, args.seed, "train", args.chunk)
+    if policy.config.env != ENV:
+        ap.error(f"{args.run_dir} trained on {policy.config.env}; this diagnosis reads the "
+                 f"states of {ENV}")
+    key = jax.random.key(args.seed)
+    rec = record_rollout(policy, args.envs, args.steps, key, make_probe(policy))
+    eps = episodes(rec)
+    window = policy.agent.config.batch_length
+    usable = np.zeros_like(rec["ended"], bool)
+    usable[: rec["ended"].shape[0] // window * window] = True
+    dodgeable = rec["hit_up"] & ~rec["hit_noop"] & (rec["timer"] == 0)
+    safe = ~rec["hit_up"] & ~rec["hit_noop"] & (rec["timer"] == 0) & (rec["pos"] != BOTTOM)
+    rng = np.random.default_rng(args.seed)
+
+    def pick(mask):  # (env, step) pairs, at most --max-picks
+        idx = np.argwhere((mask & usable).T)
+        return idx[rng.permutation(len(idx))[: args.max_picks]]
+    shares = np.bincount(rec["action"].reshape(-1), minlength=3) / rec["action"].size
+    result = dict(
+        run_dir=args.run_dir, seed=args.seed, checkpoint=policy.chunk, episodes=len(eps["returns"]),
+        mean_return=float(np.mean(eps["returns"])) if eps["returns"] else None,
+        crossings_per_episode=float(np.mean(eps["crossings"])) if eps["returns"] else None,
+        hits_per_episode=float(np.mean(eps["hits"])) if eps["returns"] else None,
+        action_share=dict(noop=shares[NOOP], up=shares[UP], down=shares[DOWN]),
+        dodgeable_share_of_steps=float(dodgeable.mean()),
+        up_when_dodgeable=float((rec["action"][dodgeable] == UP).mean()) if dodgeable.any() else None,
+        up_when_safe=float((rec["action"][safe] == UP).mean()) if safe.any() else None,
+        world_model=model_view(policy, rec, {"dodgeable": pick(dodgeable), "safe": pick(safe)},
+                               args.samples, window, jax.random.fold_in(key, 7)))
+    print(f"{args.run_dir} (checkpoint {policy.chunk}): {result['episodes']} episodes, mean return "
+          f"{result['mean_return']}, crossings {result['crossings_per_episode']}, hits "
+          f"{result['hits_per_episode']} per episode")
+    print("actions:", {k: round(float(v), 3) for k, v in result["action_share"].items()},
+          f"| dodgeable steps {100 * result['dodgeable_share_of_steps']:.1f}%, 'up' on them "
+          f"{result['up_when_dodgeable']}, 'up' on safe steps {result['up_when_safe']}")
+    for name, v in result["world_model"].items():
+        print(f"  {name}:", {k: round(x, 3) if isinstance(x, float) else x for k, x in v.items()})
+    if args.out:
+        write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    start_command()
+    main()
