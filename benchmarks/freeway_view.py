@@ -192,9 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.run_dir} (checkpoint {policy.chunk}): {result['episodes']} episodes, mean return "
           f"{result['mean_return']}, crossings {result['crossings_per_episode']}, hits "
           f"{result['hits_per_episode']} per episode")
+    def share(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
     print("actions:", {k: round(float(v), 3) for k, v in result["action_share"].items()},
-          f"| dodgeable steps {100 * result['dodgeable_share_of_steps']:.1f}%, 'up' on them "
-          f"{result['up_when_dodgeable']}, 'up' on safe steps {result['up_when_safe']}")
+          f"| dodgeable steps {share(result['dodgeable_share_of_steps'])}, 'up' on them "
+          f"{share(result['up_when_dodgeable'])}, 'up' on safe steps {share(result['up_when_safe'])}")
     for name, v in result["world_model"].items():
         print(f"  {name}:", {k: round(x, 3) if isinstance(x, float) else x for k, x in v.items()})
     if args.out:
