@@ -43,6 +43,15 @@ BOTTOM = 9  # the chicken's start row
 CHICKEN = 0  # observation channel
 
 
+def moved_row(pos, timer, action):
+    """Where the chicken's own move puts it, cars aside: one row up or down when its move timer
+    is at 0 (row 0 is the far side), else where it is. Works on numpy and jax values."""
+    xp = jnp if isinstance(pos, jax.Array) else np
+    ready = timer == 0
+    up = xp.where(ready & (action == UP), xp.maximum(pos - 1, 0), pos)
+    return xp.where(ready & (action == DOWN), xp.minimum(up + 1, BOTTOM), up)
+
+
 def make_probe(policy: Policy):
     """probe(inner) for record_rollout: the chicken's row and move timer, and whether one true
     step of "noop" or "up" from this state would end in a hit (back on the bottom row without
@@ -52,8 +61,7 @@ def make_probe(policy: Policy):
     def hit(inner, action):
         def one(state):
             _, after, reward, _, _ = env.transition(jax.random.key(0), state, jnp.int32(action))
-            moves = (action == UP) & (state.move_timer == 0)
-            expected = jnp.where(moves, jnp.maximum(state.pos - 1, 0), state.pos)
+            expected = moved_row(state.pos, state.move_timer, action)
             return (after.pos == BOTTOM) & (reward == 0) & (expected != BOTTOM)
         return jax.vmap(one)(inner)
 
@@ -64,23 +72,23 @@ def make_probe(policy: Policy):
 
 
 def episodes(rec: dict) -> dict:
-    """Per finished episode: return, crossings and hits (read from the recorded true rows)."""
+    """Per finished episode: return, crossings and hits. A hit is a step that ends on the bottom
+    row without a crossing where the chicken's own move would not have put it there."""
     steps, envs = rec["ended"].shape
+    hit = ((rec["pos"][1:] == BOTTOM) & (rec["reward"][:-1] == 0) & ~rec["ended"][:-1]
+           & (moved_row(rec["pos"][:-1], rec["timer"][:-1], rec["action"][:-1]) != BOTTOM))
     out = dict(returns=[], crossings=[], hits=[])
     for e in range(envs):
         ret = hits = crossings = 0
         for t in range(steps - 1):
             ret += float(rec["reward"][t, e])
             crossings += int(rec["reward"][t, e] > 0)
+            hits += int(hit[t, e])
             if rec["ended"][t, e]:
                 out["returns"].append(ret)
                 out["crossings"].append(crossings)
                 out["hits"].append(hits)
                 ret = hits = crossings = 0
-            elif (rec["pos"][t + 1, e] == BOTTOM and rec["pos"][t, e] != BOTTOM
-                  and rec["reward"][t, e] == 0 and not (rec["action"][t, e] == DOWN
-                                                        and rec["pos"][t, e] == BOTTOM - 1)):
-                hits += 1
     return out
 
 

@@ -267,19 +267,23 @@ def test_freeway_view_labels_hits_from_the_true_dynamics():
 
 
 def test_freeway_view_counts_crossings_and_hits():
-    """A hit is a return to the bottom row without a reward and not by stepping down onto it; a
+    """A hit is a step onto the bottom row without a reward where the chicken's own move would
+    not have put it there (stepping down onto it is no hit; a hit while leaving it is); a
     crossing is a reward; both are counted per finished episode."""
     from benchmarks.freeway_view import DOWN, UP, episodes
 
-    pos = np.array([[9], [8], [7], [9], [8], [9], [8], [0], [9]])  # (steps, envs)
+    pos = np.array([[9], [8], [7], [9], [9], [9], [8], [9], [8], [9], [9]])  # (steps, envs)
+    timer = np.zeros_like(pos)
+    timer[3] = 2  # "up" does nothing while the timer runs: staying on row 9 is no hit
     action = np.full_like(pos, UP)
-    action[4] = DOWN  # 8 -> 9 by stepping down: not a hit
+    action[6] = DOWN  # 8 -> 9 by stepping down: no hit
     reward = np.zeros(pos.shape, np.float32)
-    reward[6] = 1.0  # the crossing that put it back on row 9
+    reward[8] = 1.0  # a crossing puts it back on row 9: no hit
     ended = np.zeros(pos.shape, bool)
-    ended[7] = True
-    out = episodes(dict(pos=pos, action=action, reward=reward, ended=ended))
-    assert out == dict(returns=[1.0], crossings=[1], hits=[1])
+    ended[9] = True  # the next record starts a new episode
+    out = episodes(dict(pos=pos, timer=timer, action=action, reward=reward, ended=ended))
+    # hits: 7 -> 9 (step 2), and 9 -> 9 on "up" with the timer at 0 (step 4)
+    assert out == dict(returns=[1.0], crossings=[1], hits=[2])
 
 
 def test_freeway_view_on_a_trained_run(tmp_path):

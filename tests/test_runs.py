@@ -61,6 +61,8 @@ def test_checkpoints_written_and_kept(reference):
     assert ckpt.latest() == CHUNKS
     assert sorted(int(d) for d in os.listdir(os.path.join(logdir, "checkpoints")) if d.isdigit()) \
         == [12, 16]  # every 4 chunks and at the end, the newest 2 kept
+    with pytest.raises(CheckpointError, match=r"no checkpoint 8 in .*; saved: \[12, 16\]"):
+        ckpt.restore({}, 8)  # rotated out: named, with what there is
     ckpt.close()
 
 

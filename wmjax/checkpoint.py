@@ -57,6 +57,9 @@ class Checkpointer:
         chunk = self.latest() if chunk is None else chunk
         if chunk is None:
             raise CheckpointError(f"no complete checkpoint in {self.directory}")
+        saved = sorted(self._manager.all_steps())
+        if chunk not in saved:  # older ones are rotated out (max_to_keep)
+            raise CheckpointError(f"no checkpoint {chunk} in {self.directory}; saved: {saved}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         _check_saved_arrays(abstract, self._saved_arrays(chunk), chunk)
         try:
