@@ -8,6 +8,10 @@ the true dynamics from the current state). A step is *dodgeable* when "up" would
 "noop" would not. It reports:
 - how the policy plays: return, crossings and hits per episode, action shares, and how often it
   presses "up" on dodgeable steps;
+- how well the world model draws the frames (`frames`): over every recorded window, the share
+  of lanes whose car, and whose speed trail, its posterior's reconstruction puts on the right
+  cells, and the same for its prior one step ahead under the action taken; the chicken likewise.
+  Cars that move on that step are counted apart, as the model must know when they move;
 - what the world model predicts there, from its posterior at that step:
   - whether the prior after "up" puts the chicken back on the bottom row (it foresees the hit);
   - the imagined value of each first action, Q(s, a) = r + c * R^lambda, where the rest of the
@@ -40,7 +44,8 @@ from wmjax.startup import start_command  # noqa: E402
 ENV = "Freeway-MinAtar"
 NOOP, UP, DOWN = 0, 1, 2  # the agent's actions (gymnax's minimal set 0, 2, 4)
 BOTTOM = 9  # the chicken's start row
-CHICKEN = 0  # observation channel
+CHICKEN, CARS = 0, 1  # observation channels; 2-6 are the cars' trails, one per speed
+LANES = slice(1, 9)  # rows 1-8 hold one car each
 
 
 def moved_row(pos, timer, action):
@@ -90,6 +95,51 @@ def episodes(rec: dict) -> dict:
                 out["hits"].append(hits)
                 ret = hits = crossings = 0
     return out
+
+
+def lanes_right(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
+    """Which objects a predicted frame draws on exactly the right cells, against the true frame
+    (both boolean (..., 10, 10, 7)): per frame the chicken (`chicken`, (...)), per lane its car
+    (`cars`) and its speed trail over all trail channels (`trails`), both (..., 8)."""
+    return dict(chicken=(pred[..., CHICKEN] == true[..., CHICKEN]).all((-1, -2)),
+                cars=(pred[..., LANES, :, CARS] == true[..., LANES, :, CARS]).all(-1),
+                trails=(pred[..., LANES, :, 2:] == true[..., LANES, :, 2:]).all((-1, -2)))
+
+
+def frame_view(policy: Policy, rec: dict, window: int) -> dict:
+    """How well the world model draws Freeway's frames over all recorded windows (started fresh,
+    as in training): its posterior reconstruction of each frame, and its prior's prediction of
+    the next frame under the action taken (pixels above half on)."""
+    agent, params = policy.agent, policy.state.params
+    steps = rec["ended"].shape[0] // window * window
+
+    def windows(x):
+        x = x[:steps].swapaxes(0, 1)
+        return x.reshape((x.shape[0] * (steps // window), window) + x.shape[2:])
+
+    def draw(obs, action, is_first):
+        _, post, _, feat = agent.observe(params, obs, agent.action_vector(action), is_first,
+                                         jax.random.key(1))
+        prior = agent.rssm.apply({"params": params["rssm"]}, post, agent.action_vector(action),
+                                 None, method=RSSM.img_step)
+        prior_feat = agent.rssm.apply({"params": params["rssm"]}, prior, method=RSSM.feat)
+        return agent.decode(params, feat) > 127, agent.decode(params, prior_feat) > 127
+
+    obs, action, is_first = (windows(rec[k]) for k in ("obs", "action", "is_first"))
+    recon, pred = (np.asarray(x) for x in jax.jit(draw)(*map(jnp.asarray, (obs, action, is_first))))
+    obs = obs > 127
+    seen, ahead = lanes_right(recon, obs), lanes_right(pred[:, :-1], obs[:, 1:])
+    moves = (obs[:, :-1, LANES, :, CARS] != obs[:, 1:, LANES, :, CARS]).any(-1)
+    return dict(
+        posterior_chicken_right=float(seen["chicken"].mean()),
+        posterior_car_right=float(seen["cars"].mean()),
+        posterior_trail_right=float(seen["trails"].mean()),
+        prior_chicken_right=float(ahead["chicken"].mean()),
+        prior_car_right=float(ahead["cars"].mean()),
+        prior_car_right_when_it_moves=float(ahead["cars"][moves].mean()) if moves.any() else None,
+        prior_car_right_when_it_stays=float(ahead["cars"][~moves].mean()) if (~moves).any() else None,
+        prior_trail_right=float(ahead["trails"].mean()),
+        cars_moving_per_step=float(moves.mean()))
 
 
 def model_view(policy: Policy, rec: dict, picks: dict[str, np.ndarray], samples: int,
@@ -195,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         dodgeable_share_of_steps=float(dodgeable.mean()),
         up_when_dodgeable=float((rec["action"][dodgeable] == UP).mean()) if dodgeable.any() else None,
         up_when_safe=float((rec["action"][safe] == UP).mean()) if safe.any() else None,
+        frames=frame_view(policy, rec, window),
         world_model=model_view(policy, rec, {"dodgeable": pick(dodgeable), "safe": pick(safe)},
                                args.samples, window, jax.random.fold_in(key, 7)))
     print(f"{args.run_dir} (checkpoint {policy.chunk}): {result['episodes']} episodes, mean return "
@@ -205,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("actions:", {k: round(float(v), 3) for k, v in result["action_share"].items()},
           f"| dodgeable steps {share(result['dodgeable_share_of_steps'])}, 'up' on them "
           f"{share(result['up_when_dodgeable'])}, 'up' on safe steps {share(result['up_when_safe'])}")
+    print("  frames:", {k: None if v is None else round(v, 3) for k, v in result["frames"].items()})
     for name, v in result["world_model"].items():
         print(f"  {name}:", {k: round(x, 3) if isinstance(x, float) else x for k, x in v.items()})
     if args.out:

@@ -286,6 +286,27 @@ def test_freeway_view_counts_crossings_and_hits():
     assert out == dict(returns=[1.0], crossings=[1], hits=[2])
 
 
+def test_freeway_view_scores_each_lane_of_a_drawn_frame():
+    """A predicted frame is scored per object: a car drawn one cell off fails its lane only, a
+    trail on the wrong speed channel fails its lane's trail, and a missing chicken fails it."""
+    from benchmarks.freeway_view import lanes_right
+
+    true = np.zeros((10, 10, 7), bool)
+    true[9, 4, 0] = True  # the chicken
+    for lane in range(1, 9):
+        true[lane, lane, 1] = True  # its car
+        true[lane, lane - 1, 2 + lane % 5] = True  # its trail
+    pred = true.copy()
+    pred[3, 3, 1], pred[3, 4, 1] = False, True  # lane 3's car one cell right
+    pred[6, 5, 2 + 6 % 5], pred[6, 5, 2] = False, True  # lane 6's trail on another channel
+    right = lanes_right(pred[None], true[None])
+    assert right["cars"].tolist() == [[lane != 3 for lane in range(1, 9)]]
+    assert right["trails"].tolist() == [[lane != 6 for lane in range(1, 9)]]
+    assert right["chicken"].tolist() == [True]
+    pred[9, 4, 0] = False
+    assert lanes_right(pred, true)["chicken"].item() is False
+
+
 def test_freeway_view_on_a_trained_run(tmp_path):
     """The diagnosis end to end on a tiny Freeway run: shares between 0 and 1, finite Q values
     for the picked steps, and a run on another env refused by name."""
@@ -305,6 +326,11 @@ def test_freeway_view_on_a_trained_run(tmp_path):
     assert 0 < safe["steps"] <= 16 and np.isfinite([safe["q_noop"], safe["q_up"], safe["q_down"]]).all()
     for key in ("posterior_row_right", "prior_row_after_up_is_bottom", "noop_valued_above_up"):
         assert 0.0 <= safe[key] <= 1.0
+    frames = out["frames"]
+    assert 0.0 < frames["cars_moving_per_step"] < 1.0  # some of the 8 cars move on a step
+    for key in ("posterior_chicken_right", "posterior_car_right", "prior_car_right",
+                "prior_car_right_when_it_moves", "prior_trail_right"):
+        assert 0.0 <= frames[key] <= 1.0, key
     other = tmp_path / "cartpole"
     train(TrainConfig(env="CartPole-v1", num_envs=2, seeds=1, steps=64, chunk_steps=64,
                       agent=DreamerConfig.preset("tiny")), str(other), verbose=False)
