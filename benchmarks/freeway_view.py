@@ -97,6 +97,14 @@ def episodes(rec: dict) -> dict:
     return out
 
 
+def windows(x: np.ndarray, window: int) -> np.ndarray:
+    """(steps, envs, ...) records -> (envs * steps // window, window, ...) replay-like windows,
+    dropping the steps past the last whole window."""
+    steps = x.shape[0] // window * window
+    x = x[:steps].swapaxes(0, 1)
+    return x.reshape((x.shape[0] * (steps // window), window) + x.shape[2:])
+
+
 def lanes_right(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
     """Which objects a predicted frame draws on exactly the right cells, against the true frame
     (both boolean (..., 10, 10, 7)): per frame the chicken (`chicken`, (...)), per lane its car
@@ -111,11 +119,6 @@ def frame_view(policy: Policy, rec: dict, window: int) -> dict:
     as in training): its posterior reconstruction of each frame, and its prior's prediction of
     the next frame under the action taken (pixels above half on)."""
     agent, params = policy.agent, policy.state.params
-    steps = rec["ended"].shape[0] // window * window
-
-    def windows(x):
-        x = x[:steps].swapaxes(0, 1)
-        return x.reshape((x.shape[0] * (steps // window), window) + x.shape[2:])
 
     def draw(obs, action, is_first):
         _, post, _, feat = agent.observe(params, obs, agent.action_vector(action), is_first,
@@ -125,11 +128,13 @@ def frame_view(policy: Policy, rec: dict, window: int) -> dict:
         prior_feat = agent.rssm.apply({"params": params["rssm"]}, prior, method=RSSM.feat)
         return agent.decode(params, feat) > 127, agent.decode(params, prior_feat) > 127
 
-    obs, action, is_first = (windows(rec[k]) for k in ("obs", "action", "is_first"))
+    obs, action, is_first = (windows(rec[k], window) for k in ("obs", "action", "is_first"))
     recon, pred = (np.asarray(x) for x in jax.jit(draw)(*map(jnp.asarray, (obs, action, is_first))))
     obs = obs > 127
-    seen, ahead = lanes_right(recon, obs), lanes_right(pred[:, :-1], obs[:, 1:])
-    moves = (obs[:, :-1, LANES, :, CARS] != obs[:, 1:, LANES, :, CARS]).any(-1)
+    same_episode = ~is_first[:, 1:]  # a prediction across a reset has nothing to match
+    seen = lanes_right(recon, obs)
+    ahead = {k: v[same_episode] for k, v in lanes_right(pred[:, :-1], obs[:, 1:]).items()}
+    moves = (obs[:, :-1, LANES, :, CARS] != obs[:, 1:, LANES, :, CARS]).any(-1)[same_episode]
     return dict(
         posterior_chicken_right=float(seen["chicken"].mean()),
         posterior_car_right=float(seen["cars"].mean()),
@@ -148,7 +153,6 @@ def model_view(policy: Policy, rec: dict, picks: dict[str, np.ndarray], samples:
     row decoded from the posterior (is it seen?) and from the prior after "up" (is the hit
     foreseen?), and the imagined Q of "noop", "up" and "down"."""
     agent, params, c = policy.agent, policy.state.params, policy.agent.config
-    steps = rec["ended"].shape[0] // window * window
 
     def posterior(obs, action, is_first):
         _, post, _, _ = agent.observe(params, obs, agent.action_vector(action), is_first,
@@ -156,11 +160,9 @@ def model_view(policy: Policy, rec: dict, picks: dict[str, np.ndarray], samples:
         return post
 
     # Windows of `window` steps per env, each started fresh as in training.
-    def windows(x):
-        x = x[:steps].swapaxes(0, 1)  # (envs, steps, ...)
-        return x.reshape((x.shape[0] * (steps // window), window) + x.shape[2:])
-    post = jax.jit(posterior)(*(jnp.asarray(windows(rec[k])) for k in ("obs", "action", "is_first")))
-    per_env = steps // window
+    post = jax.jit(posterior)(*(jnp.asarray(windows(rec[k], window))
+                                for k in ("obs", "action", "is_first")))
+    per_env = rec["ended"].shape[0] // window
 
     def rssm(*args, method):
         return agent.rssm.apply({"params": params["rssm"]}, *args, method=method)
