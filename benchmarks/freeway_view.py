@@ -114,22 +114,41 @@ def lanes_right(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
                 trails=(pred[..., LANES, :, 2:] == true[..., LANES, :, 2:]).all((-1, -2)))
 
 
-def frame_view(policy: Policy, rec: dict, window: int) -> dict:
-    """How well the world model draws Freeway's frames over all recorded windows (started fresh,
-    as in training): its posterior reconstruction of each frame, and its prior's prediction of
-    the next frame under the action taken (pixels above half on)."""
+def posterior(policy: Policy, rec: dict, window: int):
+    """The world model's posterior states (B, window) over the record's windows, each started
+    fresh as in training; both views read this one pass."""
     agent, params = policy.agent, policy.state.params
 
-    def draw(obs, action, is_first):
-        _, post, _, feat = agent.observe(params, obs, agent.action_vector(action), is_first,
-                                         jax.random.key(1))
-        prior = agent.rssm.apply({"params": params["rssm"]}, post, agent.action_vector(action),
-                                 None, method=RSSM.img_step)
-        prior_feat = agent.rssm.apply({"params": params["rssm"]}, prior, method=RSSM.feat)
-        return agent.decode(params, feat) > 127, agent.decode(params, prior_feat) > 127
+    def observe(obs, action, is_first):
+        return agent.observe(params, obs, agent.action_vector(action), is_first,
+                             jax.random.key(1))[1]
+    return jax.jit(observe)(*(jnp.asarray(windows(rec[k], window))
+                              for k in ("obs", "action", "is_first")))
 
+
+def rssm(policy: Policy, *args, method):
+    """A method of the policy's RSSM with its trained parameters."""
+    return policy.agent.rssm.apply({"params": policy.state.params["rssm"]}, *args, method=method)
+
+
+def _share(x: np.ndarray) -> float | None:
+    """The share of True in `x`, or None when it is empty."""
+    return float(x.mean()) if x.size else None
+
+
+def frame_view(policy: Policy, rec: dict, post, window: int) -> dict:
+    """How well the world model draws Freeway's frames over all recorded windows (`post`, from
+    `posterior`): its posterior reconstruction of each frame, and its prior's prediction of the
+    next frame under the action taken (pixels above half on)."""
+    agent, params = policy.agent, policy.state.params
     obs, action, is_first = (windows(rec[k], window) for k in ("obs", "action", "is_first"))
-    recon, pred = (np.asarray(x) for x in jax.jit(draw)(*map(jnp.asarray, (obs, action, is_first))))
+
+    def draw(post, action):
+        prior = rssm(policy, post, agent.action_vector(action), None, method=RSSM.img_step)
+        return tuple(agent.decode(params, rssm(policy, state, method=RSSM.feat)) > 127
+                     for state in (post, prior))
+
+    recon, pred = (np.asarray(x) for x in jax.jit(draw)(post, jnp.asarray(action)))
     obs = obs > 127
     same_episode = ~is_first[:, 1:]  # a prediction across a reset has nothing to match
     seen = lanes_right(recon, obs)
@@ -141,36 +160,25 @@ def frame_view(policy: Policy, rec: dict, window: int) -> dict:
         posterior_trail_right=float(seen["trails"].mean()),
         prior_chicken_right=float(ahead["chicken"].mean()),
         prior_car_right=float(ahead["cars"].mean()),
-        prior_car_right_when_it_moves=float(ahead["cars"][moves].mean()) if moves.any() else None,
-        prior_car_right_when_it_stays=float(ahead["cars"][~moves].mean()) if (~moves).any() else None,
+        prior_car_right_when_it_moves=_share(ahead["cars"][moves]),
+        prior_car_right_when_it_stays=_share(ahead["cars"][~moves]),
         prior_trail_right=float(ahead["trails"].mean()),
         cars_moving_per_step=float(moves.mean()))
 
 
-def model_view(policy: Policy, rec: dict, picks: dict[str, np.ndarray], samples: int,
+def model_view(policy: Policy, rec: dict, post, picks: dict[str, np.ndarray], samples: int,
                window: int, key: jax.Array) -> dict:
-    """The world model's view at the picked steps (name -> (env, step) index pairs): the chicken
-    row decoded from the posterior (is it seen?) and from the prior after "up" (is the hit
-    foreseen?), and the imagined Q of "noop", "up" and "down"."""
+    """The world model's view at the picked steps (name -> (env, step) index pairs), from the
+    posterior `post` over the record's windows: the chicken row decoded from the posterior (is
+    it seen?) and from the prior after "up" (is the hit foreseen?), and the imagined Q of
+    "noop", "up" and "down"."""
     agent, params, c = policy.agent, policy.state.params, policy.agent.config
-
-    def posterior(obs, action, is_first):
-        _, post, _, _ = agent.observe(params, obs, agent.action_vector(action), is_first,
-                                      jax.random.key(1))
-        return post
-
-    # Windows of `window` steps per env, each started fresh as in training.
-    post = jax.jit(posterior)(*(jnp.asarray(windows(rec[k], window))
-                                for k in ("obs", "action", "is_first")))
     per_env = rec["ended"].shape[0] // window
-
-    def rssm(*args, method):
-        return agent.rssm.apply({"params": params["rssm"]}, *args, method=method)
 
     def value_of(start, action, key):
         """Q(start, action) for one sampled rollout, the actor choosing after the first action."""
-        first = rssm(start, agent.action_vector(jnp.full(start.deter.shape[:1], action)), key,
-                     method=RSSM.img_step)
+        first = rssm(policy, start, agent.action_vector(jnp.full(start.deter.shape[:1], action)),
+                     key, method=RSSM.img_step)
         feat, _ = agent.imagine(params, first, jax.random.fold_in(key, 1), time_major=True)
         rew = agent.twohot.mean(agent.reward.apply({"params": params["reward"]}, feat))
         con = jax.nn.sigmoid(agent.cont.apply({"params": params["cont"]}, feat)[..., 0])
@@ -179,12 +187,12 @@ def model_view(policy: Policy, rec: dict, picks: dict[str, np.ndarray], samples:
         return rew[0] + con[0] * ret[0]
 
     def chicken_row(state):  # the decoded frame's brightest chicken row
-        frame = agent.decode(params, rssm(state, method=RSSM.feat))[..., CHICKEN]
+        frame = agent.decode(params, rssm(policy, state, method=RSSM.feat))[..., CHICKEN]
         return jnp.argmax(frame.max(-1), -1)
 
     def view(start, key):
-        after_up = rssm(start, agent.action_vector(jnp.full(start.deter.shape[:1], UP)), None,
-                        method=RSSM.img_step)
+        after_up = rssm(policy, start, agent.action_vector(jnp.full(start.deter.shape[:1], UP)),
+                        None, method=RSSM.img_step)
         keys = jax.random.split(key, samples)
         q = [jax.vmap(lambda k, a=a: value_of(start, a, k))(keys).mean(0) for a in (NOOP, UP, DOWN)]
         return chicken_row(start), chicken_row(after_up), jnp.stack(q, -1)
@@ -238,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         idx = np.argwhere((mask & usable).T)
         return idx[rng.permutation(len(idx))[: args.max_picks]]
     shares = np.bincount(rec["action"].reshape(-1), minlength=3) / rec["action"].size
+    post = posterior(policy, rec, window)
     result = dict(
         run_dir=args.run_dir, seed=args.seed, checkpoint=policy.chunk, episodes=len(eps["returns"]),
         mean_return=float(np.mean(eps["returns"])) if eps["returns"] else None,
@@ -247,8 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
         dodgeable_share_of_steps=float(dodgeable.mean()),
         up_when_dodgeable=float((rec["action"][dodgeable] == UP).mean()) if dodgeable.any() else None,
         up_when_safe=float((rec["action"][safe] == UP).mean()) if safe.any() else None,
-        frames=frame_view(policy, rec, window),
-        world_model=model_view(policy, rec, {"dodgeable": pick(dodgeable), "safe": pick(safe)},
+        frames=frame_view(policy, rec, post, window),
+        world_model=model_view(policy, rec, post,
+                               {"dodgeable": pick(dodgeable), "safe": pick(safe)},
                                args.samples, window, jax.random.fold_in(key, 7)))
     print(f"{args.run_dir} (checkpoint {policy.chunk}): {result['episodes']} episodes, mean return "
           f"{result['mean_return']}, crossings {result['crossings_per_episode']}, hits "
