@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from benchmarks.ppo import PPO_PRESETS, PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
-from wmjax.plots import curve  # noqa: E402
+from wmjax.plots import binned, binned_table, curve  # noqa: E402
 from wmjax.policy import seed_returns  # noqa: E402
 from wmjax.run import holds_run, read_metrics, stop_on_sigterm, train, training_wall_time  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
@@ -150,6 +150,11 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                  curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)]),
         references=REFERENCES.get(env, {}),
     )
+    # Mean training return per tenth of the budget, over the episodes that ended in it.
+    every = max(steps // 10, 1)
+    named = {"DreamerV3": d_rows, "PPO": ppo.get("rows", [])}
+    result["per_bin"] = dict(every=every, dreamer=binned(d_rows, every, bins=10),
+                             ppo=binned(named["PPO"], every, bins=10))
     if env.startswith("Craftax"):  # the Crafter score over every training episode, per seed
         from wmjax.envs.craftax import crafter_score
 
@@ -165,6 +170,8 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     print(f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){', reduced budget' if reduced else ''}): "
           f"DreamerV3 {d:.1f} in {dreamer_wall / 60:.1f} min, PPO {p:.1f} in {ppo['wall_s'] / 60:.1f} min; "
           f"references {result['references']}")
+    print(f"Mean training return per {every:,d} steps (over the episodes that ended in each):")
+    print(binned_table(named, every, bins=10))
     if frozen:
         print(f"Final policies played frozen ({eval_episodes} episodes per seed): DreamerV3 "
               f"{np.mean(frozen):.1f} (per seed {[round(r, 1) for r in frozen]}), PPO "

@@ -13,6 +13,7 @@ from benchmarks.ppo import PPOConfig, train_ppo
 from wmjax.cli import parse_override
 from wmjax.config import DreamerConfig
 from wmjax.policy import evaluate, load_policy
+from wmjax.run import read_metrics
 
 
 def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
@@ -28,6 +29,13 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
     for learner in ("dreamer", "ppo"):
         assert saved[learner]["curve"] and 5 < saved[learner]["final"] < 200, saved[learner]
     assert saved["dreamer"]["curve"][-1][0] == 512
+    # Mean return per tenth of the budget: here each 128-step chunk lands in a bin of its own.
+    per_bin = saved["per_bin"]
+    assert per_bin["every"] == 51 and len(per_bin["dreamer"]) == len(per_bin["ppo"]) == 10
+    rows = read_metrics(str(tmp_path / "runs" / "cartpole" / "dreamer"))
+    by_step = {s: [r["episode_return"] for r in rows if r["env_step"] == s] for s in (128, 256, 384, 512)}
+    for step, returns in by_step.items():
+        assert per_bin["dreamer"][min((step - 1) // 51, 9)] == pytest.approx(np.mean(returns))
     png = tmp_path / "out" / "cartpole.png"
     assert os.path.getsize(png) > 10_000 and open(png, "rb").read(4) == b"\x89PNG"
     assert result["ppo"]["final"] == saved["ppo"]["final"]

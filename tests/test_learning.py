@@ -108,3 +108,42 @@ def test_openloop_report_draws_vectors_and_images(tmp_path):
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 5_000
     with pytest.raises(ValueError, match="vectors .* or images"):
         draw_openloop(vec[0], vec[0], 5, str(tmp_path / "bad.png"))
+
+
+def test_binned_means_weigh_episodes_and_average_seeds():
+    from wmjax.plots import binned
+
+    rows = [  # seed 0: chunks of 50 steps; seed 1 logs only in the second bin
+        {"seed": 0, "env_step": 50, "episode_return": 1.0, "episodes": 1, "loss/rec": 4.0},
+        {"seed": 0, "env_step": 100, "episode_return": 4.0, "episodes": 3, "loss/rec": 2.0},
+        {"seed": 0, "env_step": 150, "episode_return": None, "episodes": 0, "loss/rec": 1.0},
+        {"seed": 0, "env_step": 200, "episode_return": 10.0, "episodes": 2, "loss/rec": 1.0},
+        {"seed": 1, "env_step": 200, "episode_return": 20.0, "episodes": 5},
+        {"seed": 0, "env_step": 250, "episode_return": None, "episodes": 0, "loss/rec": 0.5},
+    ]
+    # (1·1 + 4·3) / 4 = 3.25; seeds 10 and 20 average to 15; nothing ended after step 200.
+    assert binned(rows, 100) == [3.25, 15.0, None]
+    assert binned(rows, 100, "loss/rec") == [3.0, 1.0, 0.5]  # plain means of the rows
+    # With a fixed number of bins, the chunk that rounds a budget up counts in the last bin.
+    assert binned(rows, 100, "loss/rec", bins=2) == [3.0, 2.5 / 3]
+    assert binned([], 100) == []
+    with pytest.raises(ValueError, match="bin width 0"):
+        binned(rows, 0)
+
+
+def test_cli_table_prints_the_mean_return_per_bin(tmp_path, capsys):
+    from wmjax.run import write_jsonl
+
+    for name, steps in (("a", (40, 80, 120)), ("b", (40, 80))):
+        os.makedirs(tmp_path / name)
+        write_jsonl(str(tmp_path / name / "metrics.jsonl"),
+                    [{"seed": 0, "env_step": s, "episode_return": float(s), "episodes": 1}
+                     for s in steps])
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main(["table", *runs, "--every", "80"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0] == "| steps | 0–80 | 80–160 |"
+    assert table[2].endswith("| 60.00 | 120.00* |")  # a's last bin holds 120 of its 160 steps
+    assert table[3].endswith("| 60.00 |  |")  # b stopped at 80 steps
+    assert main(["table", str(tmp_path / "missing")]) == 2
+    assert "holds no metrics.jsonl" in capsys.readouterr().err

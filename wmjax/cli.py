@@ -4,6 +4,7 @@
     python -m wmjax train --resume runs/cartpole            # continue from the newest checkpoint
     python -m wmjax eval runs/cartpole --episodes 20
     python -m wmjax plot runs/cartpole runs/other --out plots/
+    python -m wmjax table runs/cartpole runs/other --every 10000  # mean return per 10k steps
 """
 from __future__ import annotations
 
@@ -122,13 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="episode_return")
     p.add_argument("--no-openloop", action="store_true", help="only the learning curves")
     p.add_argument("--seed-index", type=int, default=0)
+
+    b = sub.add_parser("table", help="a Markdown table of a metric's mean per bin of env steps")
+    b.add_argument("run_dirs", nargs="+")
+    b.add_argument("--every", type=int, default=100_000, help="env steps per bin (default 100000)")
+    b.add_argument("--metric", default="episode_return",
+                   help="any metrics.jsonl field; episode_return and episode_length are weighted "
+                        "by the episodes each row finished (default episode_return)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "plot": _plot}[args.command](args)
+        return {"train": _train, "eval": _eval, "plot": _plot, "table": _table}[args.command](args)
     except ValueError as e:  # includes config, run-folder and checkpoint errors
         print(f"wmjax: error: {e}", file=sys.stderr)
         return 2
@@ -207,6 +215,18 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{args.run_dir} ({policy.config.env}, seed {args.seed_index}, checkpoint after "
               f"chunk {policy.chunk}): mean return {result['mean_return']:.2f} ± "
               f"{result['std_return']:.2f} over {args.episodes} episodes ({args.mode} mode)")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from wmjax.plots import binned_table
+    from wmjax.run import read_metrics
+
+    for run_dir in args.run_dirs:
+        if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
+            raise ValueError(f"{run_dir} holds no metrics.jsonl; pass run folders")
+    print(binned_table({os.path.normpath(d): read_metrics(d) for d in args.run_dirs}, args.every,
+                       args.metric))
     return 0
 
 

@@ -47,6 +47,65 @@ def curve(rows: list[dict], metric: str = "episode_return") -> tuple[np.ndarray,
     return steps, mean, low, high
 
 
+def binned(rows: list[dict], every: int, metric: str = "episode_return",
+           bins: int | None = None) -> list[float | None]:
+    """The mean of `metric` in each bin of `every` env steps, from 0 to the last logged step.
+
+    A row logs the chunk that ends at its `env_step`, so it falls in the bin
+    `start < env_step <= start + every`. With `bins`, there are that many and rows past the last
+    one count in it (a budget rounded up to whole chunks ends a little past it).
+    Each seed is binned alone and the seeds' values averaged.
+    `episode_return` and `episode_length` are weighted by the row's `episodes` (so a bin's value
+    is the mean over the episodes that ended in it; rows without the field weigh 1); other
+    metrics are the plain mean of the bin's rows. None where no row of the bin has a value.
+    """
+    if every < 1:
+        raise ValueError(f"bin width {every}; allowed: a positive number of env steps")
+    logged = [r for r in rows if r.get(metric) is not None]
+    last = max((int(r["env_step"]) for r in rows), default=0)
+    bins = bins or -(-last // every)
+    weighted = metric in ("episode_return", "episode_length")
+    per_seed: dict[int, list[list[tuple[float, float]]]] = defaultdict(
+        lambda: [[] for _ in range(bins)])
+    for r in logged:
+        weight = float(r.get("episodes", 1)) if weighted else 1.0
+        per_seed[r.get("seed", 0)][min(max(int(r["env_step"]) - 1, 0) // every, bins - 1)].append(
+            (float(r[metric]), weight))
+    values = []
+    for b in range(bins):
+        means = []
+        for seed_bins in per_seed.values():
+            weights = sum(w for _, w in seed_bins[b])
+            if weights > 0:
+                means.append(sum(v * w for v, w in seed_bins[b]) / weights)
+        values.append(float(np.mean(means)) if means else None)
+    return values
+
+
+def binned_table(named_rows: dict[str, list[dict]], every: int, metric: str = "episode_return",
+                 bins: int | None = None) -> str:
+    """A Markdown table of `binned` values, one line per name, one column per bin.
+
+    A bin that one line's rows do not fill (its last logged step falls inside it) is marked `*`.
+    """
+    lines = {name: binned(rows, every, metric, bins) for name, rows in named_rows.items()}
+    bins = max((len(v) for v in lines.values()), default=0)
+    if not bins:
+        raise ValueError(f"nothing logged to bin among {list(named_rows)}")
+    unit, scale = ("k", 1000) if every % 1000 == 0 else ("", 1)
+    edges = [f"{b * every // scale}–{(b + 1) * every // scale}" for b in range(bins)]
+    out = [f"| steps{f' ({unit})' if unit else ''} | " + " | ".join(edges) + " |",
+           "|---|" + "---:|" * bins]
+    for name, values in lines.items():
+        last = max((int(r["env_step"]) for r in named_rows[name]), default=0)
+        cells = ["–" if v is None else f"{v:.2f}" for v in values] + [""] * (bins - len(values))
+        partial = (last - 1) // every  # the bin of the last logged step
+        if last % every and 0 <= partial < len(values):
+            cells[partial] += "*"
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def plot_curves(run_dirs: Sequence[str], path: str, metric: str = "episode_return") -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
