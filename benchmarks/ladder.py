@@ -3,7 +3,8 @@
 One command runs one rung: DreamerV3 (the fused loop, all seeds in one program) and the PPO
 baseline (benchmarks/ppo.py) for the same env-step budget and seeds, then writes
 `OUT/RUNG.json` and `OUT/RUNG.png`: both learning curves (mean over seeds, shaded min to max)
-with the reference numbers of benchmarks/REFERENCE.md drawn as horizontal lines.
+with the reference numbers of benchmarks/REFERENCE.md drawn as horizontal lines. It also
+prints, and saves as `per_bin`, both learners' mean training return per tenth of the budget.
 
     python benchmarks/ladder.py --rung cartpole --seeds 3
     python benchmarks/ladder.py --rung breakout --seeds 1                 # 1M steps: hours
