@@ -152,10 +152,9 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
         references=REFERENCES.get(env, {}),
     )
     # Mean training return per tenth of the budget, over the episodes that ended in it.
-    every = max(steps // 10, 1)
-    named = {"DreamerV3": d_rows, "PPO": ppo.get("rows", [])}
+    every, p_rows = max(steps // 10, 1), ppo.get("rows", [])
     result["per_bin"] = dict(every=every, dreamer=binned(d_rows, every, bins=10),
-                             ppo=binned(named["PPO"], every, bins=10))
+                             ppo=binned(p_rows, every, bins=10))
     if env.startswith("Craftax"):  # the Crafter score over every training episode, per seed
         from wmjax.envs.craftax import crafter_score
 
@@ -172,7 +171,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
           f"DreamerV3 {d:.1f} in {dreamer_wall / 60:.1f} min, PPO {p:.1f} in {ppo['wall_s'] / 60:.1f} min; "
           f"references {result['references']}")
     print(f"Mean training return per {every:,d} steps (over the episodes that ended in each):")
-    print(binned_table(named, every, bins=10))
+    print(binned_table({"DreamerV3": d_rows, "PPO": p_rows}, every, bins=10))
     if frozen:
         print(f"Final policies played frozen ({eval_episodes} episodes per seed): DreamerV3 "
               f"{np.mean(frozen):.1f} (per seed {[round(r, 1) for r in frozen]}), PPO "
