@@ -89,16 +89,16 @@ def binned_table(named_rows: dict[str, list[dict]], every: int, metric: str = "e
     A bin that one line's rows do not fill (its last logged step falls inside it) is marked `*`.
     """
     lines = {name: binned(rows, every, metric, bins) for name, rows in named_rows.items()}
-    bins = max((len(v) for v in lines.values()), default=0)
-    if not bins:
+    columns = max((len(v) for v in lines.values()), default=0)
+    if not columns:
         raise ValueError(f"nothing logged to bin among {list(named_rows)}")
     unit, scale = ("k", 1000) if every % 1000 == 0 else ("", 1)
-    edges = [f"{b * every // scale}–{(b + 1) * every // scale}" for b in range(bins)]
+    edges = [f"{b * every // scale}–{(b + 1) * every // scale}" for b in range(columns)]
     out = [f"| steps{f' ({unit})' if unit else ''} | " + " | ".join(edges) + " |",
-           "|---|" + "---:|" * bins]
+           "|---|" + "---:|" * columns]
     for name, values in lines.items():
         last = max((int(r["env_step"]) for r in named_rows[name]), default=0)
-        cells = ["–" if v is None else f"{v:.2f}" for v in values] + [""] * (bins - len(values))
+        cells = ["–" if v is None else f"{v:.2f}" for v in values] + [""] * (columns - len(values))
         partial = (last - 1) // every  # the bin of the last logged step
         if last % every and 0 <= partial < len(values):
             cells[partial] += "*"
