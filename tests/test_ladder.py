@@ -89,8 +89,9 @@ def test_every_rung_has_default_settings_that_make_a_valid_config():
     assert configs["acrobot"].cont_terminal_weight == 10 and configs["pendulum"].actent == 3e-4
     assert configs["craftax"].lr == 3e-4 and configs["craftax"].cont_terminal_weight == 1
     assert configs["breakout"].lr == 3e-4 and configs["breakout"].image_loss == "mse"
-    for rung in ("spaceinvaders", "asterix"):  # Breakout's settings and the bce image loss
-        assert configs[rung] == configs["breakout"].replace(image_loss="bce")
+    # Asterix: Breakout's settings and the bce image loss; SpaceInvaders and Freeway change the bonus.
+    assert configs["asterix"] == configs["breakout"].replace(image_loss="bce")
+    assert configs["spaceinvaders"] == configs["asterix"].replace(actent=1e-3)
     assert configs["freeway"] == configs["asterix"].replace(actent=DreamerConfig().actent)
 
 
