@@ -76,9 +76,9 @@ PPO_RUNG_PRESETS = {rung: "minatar" if env.endswith("-MinAtar") else "classic"
 _EVERY = ("imag_starts=256",)
 _CLASSIC = _EVERY + ("lr=3e-4", "warmup=200")
 _EXPLORE = _CLASSIC + ("actent=3e-3",)
+_MID_BONUS = _CLASSIC + ("actent=1e-3",)
 _RARE_ENDS = _EXPLORE + ("cont_terminal_weight=10",)
 _BCE = ("image_loss=bce",)
-_MID_BONUS = _CLASSIC + ("actent=1e-3",)
 RUNG_SETS = {rung: _EVERY for rung in RUNGS} | {
     "cartpole": _RARE_ENDS, "acrobot": _RARE_ENDS, "pendulum": _CLASSIC, "craftax": _EXPLORE,
     "craftax_grid": _EXPLORE, "breakout": _EXPLORE, "spaceinvaders": _MID_BONUS + _BCE,
