@@ -10,6 +10,8 @@ prints, and saves as `per_bin`, both learners' mean training return per tenth of
     python benchmarks/ladder.py --rung breakout --seeds 1                 # 1M steps: hours
     python benchmarks/ladder.py --rung breakout --seeds 1 --resume        # continue it
     python benchmarks/ladder.py --rung cartpole --steps 2048 --preset tiny  # a smoke test
+    python benchmarks/ladder.py --rung breakout --seeds 1 --seed 1 --logdir runs/ladder_seed1
+                                                      # one more seed, in a run of its own
 
 Runs that use less than the published protocol (model size, train ratio, steps) are labelled
 "reduced budget" in the JSON and on the plot. The DreamerV3 run is checkpointed (run folder
@@ -115,14 +117,17 @@ def final_value(steps: np.ndarray, mean: np.ndarray, last: int = 3) -> float | N
 def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float | None,
              overrides: dict, logdir: str, out: str, resume: bool,
              ppo_config: PPOConfig | None = None, envs: int = 16, chunk_steps: int | None = None,
-             replay_size: int | None = None, eval_episodes: int = 32) -> dict:
+             replay_size: int | None = None, eval_episodes: int = 32, seed: int = 0) -> dict:
     """Train DreamerV3 and the PPO baseline (`ppo_config`, default the rung's preset) on one
-    rung; write RUNG.json and RUNG.png to `out`; return the JSON's contents."""
+    rung; write RUNG.json and RUNG.png to `out`; return the JSON's contents. `seed` is both
+    learners' base seed (TrainConfig.seed, train_ppo's seed), so a rung can add seeds one run
+    at a time: `seeds=1, seed=1` is a second seed, not a repeat of the first."""
     env, budget, default_ratio = RUNGS[rung]
     steps = steps or budget
     ratio = ratio or default_ratio
     agent = DreamerConfig.preset(preset, **overrides)
-    config = TrainConfig(env=env, num_envs=envs, seeds=seeds, steps=steps, train_ratio=ratio,
+    config = TrainConfig(env=env, num_envs=envs, seeds=seeds, seed=seed, steps=steps,
+                         train_ratio=ratio,
                          replay_size=replay_size or max(steps, envs * (agent.batch_length + 1)),
                          chunk_steps=chunk_steps or min(2048 if steps <= 100_000 else 16_384, steps),
                          agent=agent)
@@ -135,7 +140,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     ppo_env = PPO_ENVS.get(env, env)
     ppo_config = ppo_config or PPOConfig.preset(PPO_RUNG_PRESETS[rung])
     ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes,
-                        os.path.join(logdir, rung, "ppo.json"), resume)
+                        os.path.join(logdir, rung, "ppo.json"), resume, seed)
     p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
     p_steps = np.asarray(ppo["env_steps"])
     keep = ~np.all(np.isnan(p_returns), 0)
@@ -143,7 +148,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     p_low, p_high = np.nanmin(p_returns[:, keep], 0), np.nanmax(p_returns[:, keep], 0)
     reduced = preset != PUBLISHED["preset"] or ratio < PUBLISHED["train_ratio"]
     result = dict(
-        rung=rung, env=env, steps=steps, seeds=seeds, preset=preset, train_ratio=ratio,
+        rung=rung, env=env, steps=steps, seeds=seeds, seed=seed, preset=preset, train_ratio=ratio,
         overrides=overrides, reduced_budget=reduced,
         dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
@@ -169,7 +174,8 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     _plot(result, (d_steps, d_mean, d_low, d_high), (p_steps[keep], p_mean, p_low, p_high),
           os.path.join(out, f"{rung}.png"))
     d, p = result["dreamer"]["final"], result["ppo"]["final"]
-    print(f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){', reduced budget' if reduced else ''}): "
+    print(f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){f' from seed {seed}' if seed else ''}"
+          f"{', reduced budget' if reduced else ''}): "
           f"DreamerV3 {d:.1f} in {dreamer_wall / 60:.1f} min, PPO {p:.1f} in {ppo['wall_s'] / 60:.1f} min; "
           f"references {result['references']}")
     print(f"Mean training return per {every:,d} steps (over the episodes that ended in each):")
@@ -186,21 +192,21 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
 
 
 def _ppo_baseline(env: str, steps: int, seeds: int, config: PPOConfig, eval_episodes: int,
-                  path: str, resume: bool) -> dict:
+                  path: str, resume: bool, seed: int = 0) -> dict:
     """`train_ppo`'s result, saved at `path`. A resumed rung reuses a saved result made with the
-    same env, budget, seeds, PPO settings and frozen play, instead of training PPO again (it
-    takes minutes on Craftax, and is not bit-reproducible across machines)."""
-    wanted = dict(env=env, steps=steps, seeds=seeds, config=asdict(config),
+    same env, budget, seeds, base seed, PPO settings and frozen play, instead of training PPO
+    again (it takes minutes on Craftax, and is not bit-reproducible across machines)."""
+    wanted = dict(env=env, steps=steps, seeds=seeds, seed=seed, config=asdict(config),
                   eval_episodes=eval_episodes)
     if resume and os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        if saved.get("request") == wanted:
+        if {"seed": 0} | saved.get("request", {}) == wanted:  # files before --seed: seed 0
             print(f"PPO baseline: reusing {path} (same env, steps, seeds and settings)")
             return saved["result"]
         print(f"PPO baseline: {path} was made with other settings; training again")
-    print(f"PPO baseline: {env}, {steps:,d} steps x {seeds} seed(s)")
-    result = train_ppo(env, steps, seeds, config=config, eval_episodes=eval_episodes)
+    print(f"PPO baseline: {env}, {steps:,d} steps x {seeds} seed(s) from seed {seed}")
+    result = train_ppo(env, steps, seeds, seed=seed, config=config, eval_episodes=eval_episodes)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -249,6 +255,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rung", required=True, choices=sorted(RUNGS))
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="base seed of both learners: --seeds 1 --seed 1 adds a second seed")
     ap.add_argument("--steps", type=int, default=None, help="default: the rung's budget")
     ap.add_argument("--preset", default="size1m")
     ap.add_argument("--train-ratio", type=float, default=None, help="default: the rung's")
@@ -273,6 +281,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.eval_episodes < 0:
         ap.error(f"--eval-episodes {args.eval_episodes}; allowed: >= 0")
+    if args.seed < 0:
+        ap.error(f"--seed {args.seed}; allowed: an integer >= 0")
     sets = RUNG_SETS[args.rung] if args.set is None else args.set
     try:
         overrides = dict(parse_override(s) for s in sets)
@@ -285,7 +295,7 @@ def main(argv=None) -> dict:
         ap.error(str(e))
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
                     args.logdir, args.out, args.resume, ppo, args.envs, args.chunk_steps,
-                    args.replay_size, args.eval_episodes)
+                    args.replay_size, args.eval_episodes, args.seed)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from benchmarks.ppo import PPOConfig, train_ppo
 from wmjax.cli import parse_override
 from wmjax.config import DreamerConfig
 from wmjax.policy import evaluate, load_policy
-from wmjax.run import read_metrics
+from wmjax.run import RunDirError, read_metrics
 
 
 def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
@@ -60,6 +60,36 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
         with pytest.raises(AssertionError, match="PPO trained again"):
             main(argv + ["--resume"] + other)
     assert saved["ppo"]["config"] == asdict(PPOConfig())  # cartpole's preset: classic
+    # --seed is DreamerV3's base seed: a seed-0 run is not resumed as seed 1.
+    assert saved["seed"] == 0
+    with pytest.raises(RunDirError, match="seed: 0 != 1"):
+        main(argv + ["--resume", "--seed", "1"])
+
+
+def test_ppo_baseline_takes_the_base_seed_and_caches_per_seed(tmp_path, monkeypatch):
+    """--seed reaches PPO too, and a saved PPO result is reused only for its own base seed;
+    files saved before --seed existed hold seed 0's."""
+    seeds_trained = []
+
+    def fake_train_ppo(env, steps, seeds, seed=0, config=None, eval_episodes=0):
+        seeds_trained.append(seed)
+        return dict(marker=seed)
+
+    monkeypatch.setattr(ladder, "train_ppo", fake_train_ppo)
+    path, config = str(tmp_path / "ppo.json"), PPOConfig()
+    baseline = lambda seed, resume=True: ladder._ppo_baseline(
+        "CartPole-v1", 512, 1, config, 0, path, resume, seed)
+    assert baseline(1) == dict(marker=1) and seeds_trained == [1]
+    assert baseline(1) == dict(marker=1) and seeds_trained == [1]  # reused
+    assert baseline(0) == dict(marker=0) and seeds_trained == [1, 0]  # another seed: trained
+    saved = json.load(open(path))
+    del saved["request"]["seed"]  # as written before --seed
+    json.dump(saved, open(path, "w"))
+    assert baseline(0) == dict(marker=0) and seeds_trained == [1, 0]  # reused as seed 0's
+    assert baseline(2) == dict(marker=2) and seeds_trained == [1, 0, 2]
+    with pytest.raises(SystemExit):
+        main(["--rung", "cartpole", "--seed", "-1", "--logdir", str(tmp_path / "none")])
+    assert not os.path.exists(tmp_path / "none")
 
 
 def test_ppo_baseline_learns_cartpole():
