@@ -39,6 +39,13 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
     png = tmp_path / "out" / "cartpole.png"
     assert os.path.getsize(png) > 10_000 and open(png, "rb").read(4) == b"\x89PNG"
     assert result["ppo"]["final"] == saved["ppo"]["final"]
+    # benchmarks/ladder_seeds.py reads what the ladder writes (here, as if run twice).
+    from benchmarks.ladder_seeds import combine
+
+    twice = combine([saved, {**saved, "seed": 2}])
+    assert twice["seed_ids"] == [0, 1, 2, 3] and twice["per_bin"]["ppo"] == pytest.approx(
+        saved["per_bin"]["ppo"])
+    assert twice["dreamer"]["final"] == pytest.approx(saved["dreamer"]["final"])
     # Each seed's final checkpoint played frozen, as wmjax.policy.evaluate plays it.
     frozen = saved["dreamer"]["final_policy"]
     run_dir = str(tmp_path / "runs" / "cartpole" / "dreamer")
@@ -180,3 +187,55 @@ def test_minatar_rungs_take_gymnax_blines_ppo(tmp_path, capsys):
         main(["--rung", "breakout", "--ppo-envs", "0", "--logdir", str(tmp_path)])
     assert "num_envs=0; allowed: an integer >= 1" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+def _fake_result(seed, seeds, final, per_bin, frozen, curve, ppo_final=1.0):
+    learner = lambda f: dict(final=f, wall_s=60.0, curve=curve,
+                             final_policy=dict(mode="train", episodes=4, returns=frozen,
+                                               mean=float(np.mean(frozen))))
+    return dict(rung="breakout", env="Breakout-MinAtar", steps=100, seed=seed, seeds=seeds,
+                preset="size1m", train_ratio=32.0, overrides={"actent": 1e-3},
+                reduced_budget=True, references={"random": 0.4},
+                dreamer=learner(final), ppo=dict(learner(ppo_final), env="Breakout-MinAtar",
+                                                 config={"lr": 1.0}),
+                per_bin=dict(every=50, dreamer=per_bin, ppo=[1.0, None]))
+
+
+def test_ladder_seeds_combines_runs_of_one_rung(tmp_path, capsys):
+    """Seeds run one ladder run at a time combine into one result, each file weighed by its
+    seeds; results that are not seeds of one experiment are refused by name."""
+    from benchmarks.ladder_seeds import combine, main as combine_main
+
+    one = _fake_result(0, 1, 4.0, [1.0, None], [5.0], [[50, 2.0], [100, 4.0]])
+    two = _fake_result(1, 2, 10.0, [4.0, 7.0], [8.0, 11.0], [[50, 5.0], [100, 10.0], [150, 9.0]],
+                       ppo_final=4.0)
+    both = combine([one, two])
+    assert both["seeds"] == 3 and both["seed_ids"] == [0, 1, 2]
+    assert both["dreamer"]["final"] == pytest.approx(8.0)  # (4 + 2 * 10) / 3
+    assert both["ppo"]["final"] == pytest.approx(3.0) and both["ppo"]["config"] == {"lr": 1.0}
+    assert both["per_bin"]["dreamer"] == [pytest.approx(3.0), 7.0]  # None counts in no mean
+    assert both["per_bin"]["ppo"] == [1.0, None]
+    assert both["dreamer"]["final_policy"]["returns"] == [5.0, 8.0, 11.0]
+    assert both["dreamer"]["final_policy"]["mean"] == pytest.approx(8.0)
+    assert both["dreamer"]["curve"] == [[50, 4.0], [100, 8.0], [150, 9.0]]
+    assert both["dreamer"]["spread"][0] == [50, 2.0, 5.0] and both["dreamer"]["wall_s"] == 120.0
+    for bad, match in ((dict(seed=0), "seed 0 is in both"), (dict(steps=200), "steps=200"),
+                       (dict(overrides={}), "overrides=")):
+        with pytest.raises(ValueError, match=match):
+            combine([one, {**two, **bad}])
+    with pytest.raises(ValueError, match="allowed: 2 or more"):
+        combine([one])
+    paths = []
+    for i, result in enumerate((one, two)):
+        paths.append(str(tmp_path / f"r{i}.json"))
+        json.dump(result, open(paths[-1], "w"))
+    combine_main(paths + ["--out", str(tmp_path / "both")])
+    assert json.load(open(tmp_path / "both" / "breakout.json")) == json.loads(json.dumps(both)) | {
+        "sources": paths}
+    printed = capsys.readouterr().out
+    assert "seeds [0, 1, 2]" in printed and "DreamerV3 8.0" in printed and "| 3.00 | 7.00 |" in printed
+    assert open(tmp_path / "both" / "breakout.png", "rb").read(4) == b"\x89PNG"
+    open(tmp_path / "broken.json", "w").write("{")
+    with pytest.raises(SystemExit):
+        combine_main([paths[0], str(tmp_path / "broken.json"), "--out", str(tmp_path / "x")])
+    assert "cannot read" in capsys.readouterr().err and not os.path.exists(tmp_path / "x")

@@ -89,19 +89,28 @@ def binned_table(named_rows: dict[str, list[dict]], every: int, metric: str = "e
     A bin that one line's rows do not fill (its last logged step falls inside it) is marked `*`.
     """
     lines = {name: binned(rows, every, metric, bins) for name, rows in named_rows.items()}
-    columns = max((len(v) for v in lines.values()), default=0)
-    if not columns:
+    if not max((len(v) for v in lines.values()), default=0):
         raise ValueError(f"nothing logged to bin among {list(named_rows)}")
+    last = {name: max((int(r["env_step"]) for r in rows), default=0)
+            for name, rows in named_rows.items()}
+    partial = {name: (step - 1) // every for name, step in last.items() if step % every}
+    return bins_table(lines, every, partial)
+
+
+def bins_table(named_values: dict[str, list[float | None]], every: int,
+               partial: dict[str, int] | None = None) -> str:
+    """A Markdown table of per-bin values (bin b covers env steps b*every to (b+1)*every), one
+    line per name; None prints as `–`, and the bin `partial[name]` is marked `*`."""
+    columns = max((len(v) for v in named_values.values()), default=0)
     unit, scale = ("k", 1000) if every % 1000 == 0 else ("", 1)
     edges = [f"{b * every // scale}–{(b + 1) * every // scale}" for b in range(columns)]
     out = [f"| steps{f' ({unit})' if unit else ''} | " + " | ".join(edges) + " |",
            "|---|" + "---:|" * columns]
-    for name, values in lines.items():
-        last = max((int(r["env_step"]) for r in named_rows[name]), default=0)
+    for name, values in named_values.items():
         cells = ["–" if v is None else f"{v:.2f}" for v in values] + [""] * (columns - len(values))
-        partial = (last - 1) // every  # the bin of the last logged step
-        if last % every and 0 <= partial < len(values):
-            cells[partial] += "*"
+        bin_ = (partial or {}).get(name)
+        if bin_ is not None and 0 <= bin_ < len(values):
+            cells[bin_] += "*"
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
