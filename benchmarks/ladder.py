@@ -71,7 +71,7 @@ PPO_RUNG_PRESETS = {rung: "minatar" if env.endswith("-MinAtar") else "classic"
 # it went past gymnax's published PPO. Asterix takes Breakout's settings and the binary
 # cross-entropy image loss: with DreamerV3's loss it stayed at random for 471k steps, with bce it
 # reached 9.0. SpaceInvaders takes the same with a bonus of 1e-3: with DreamerV3's loss it
-# flattened at 24, with bce it reached 41.6 at Breakout's bonus and 77.6 at 1e-3. Freeway
+# flattened at 24, with bce it reached 41.6 at Breakout's bonus and 70.8 at 1e-3 (2 seeds). Freeway
 # takes bce with DreamerV3's bonus: under Breakout's its policy stayed uniform for 199k steps (the
 # reward head had seen 34 rewards). Every rung imagines from 256 of the 1024 replayed states,
 # which halves the update's time.
