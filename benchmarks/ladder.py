@@ -10,8 +10,8 @@ prints, and saves as `per_bin`, both learners' mean training return per tenth of
     python benchmarks/ladder.py --rung breakout --seeds 1                 # 1M steps: hours
     python benchmarks/ladder.py --rung breakout --seeds 1 --resume        # continue it
     python benchmarks/ladder.py --rung cartpole --steps 2048 --preset tiny  # a smoke test
-    python benchmarks/ladder.py --rung breakout --seeds 1 --seed 1 --logdir runs/ladder_seed1
-                                                      # one more seed, in a run of its own
+    python benchmarks/ladder.py --rung breakout --seeds 1 --seed 1        # one more seed, in
+                                              # runs/ladder_seed1 and benchmarks/results/ladder_seed1
 
 Runs that use less than the published protocol (model size, train ratio, steps) are labelled
 "reduced budget" in the JSON and on the plot. The DreamerV3 run is checkpointed (run folder
@@ -275,14 +275,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--eval-episodes", type=int, default=32,
                     help="play each seed's final DreamerV3 checkpoint and final PPO parameters "
                          "frozen for this many episodes (0: skip)")
-    ap.add_argument("--logdir", default="runs/ladder")
-    ap.add_argument("--out", default="benchmarks/results/ladder")
+    ap.add_argument("--logdir", default=None,
+                    help="default: runs/ladder, or runs/ladder_seedS with --seed S > 0")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/ladder, or "
+                                                "benchmarks/results/ladder_seedS with --seed S > 0")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
     if args.eval_episodes < 0:
         ap.error(f"--eval-episodes {args.eval_episodes}; allowed: >= 0")
     if args.seed < 0:
         ap.error(f"--seed {args.seed}; allowed: an integer >= 0")
+    # Another base seed gets folders of its own, so it never writes over seed 0's results.
+    suffix = f"_seed{args.seed}" if args.seed else ""
+    logdir = args.logdir or "runs/ladder" + suffix
+    out = args.out or "benchmarks/results/ladder" + suffix
     sets = RUNG_SETS[args.rung] if args.set is None else args.set
     try:
         overrides = dict(parse_override(s) for s in sets)
@@ -294,7 +300,7 @@ def main(argv=None) -> dict:
     except ValueError as e:
         ap.error(str(e))
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
-                    args.logdir, args.out, args.resume, ppo, args.envs, args.chunk_steps,
+                    logdir, out, args.resume, ppo, args.envs, args.chunk_steps,
                     args.replay_size, args.eval_episodes, args.seed)
 
 

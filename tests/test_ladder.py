@@ -97,6 +97,12 @@ def test_ppo_baseline_takes_the_base_seed_and_caches_per_seed(tmp_path, monkeypa
     with pytest.raises(SystemExit):
         main(["--rung", "cartpole", "--seed", "-1", "--logdir", str(tmp_path / "none")])
     assert not os.path.exists(tmp_path / "none")
+    # Another base seed gets folders of its own by default, so seed 0's results stay.
+    monkeypatch.setattr(ladder, "run_rung", lambda *args: args[6:8])
+    assert main(["--rung", "cartpole"]) == ("runs/ladder", "benchmarks/results/ladder")
+    assert main(["--rung", "cartpole", "--seed", "2"]) == (
+        "runs/ladder_seed2", "benchmarks/results/ladder_seed2")
+    assert main(["--rung", "cartpole", "--seed", "2", "--out", "o"])[1] == "o"
 
 
 def test_ppo_baseline_learns_cartpole():
