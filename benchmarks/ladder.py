@@ -171,7 +171,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{rung}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    _plot(result, (d_steps, d_mean, d_low, d_high), (p_steps[keep], p_mean, p_low, p_high),
+    plot_rung(result, (d_steps, d_mean, d_low, d_high), (p_steps[keep], p_mean, p_low, p_high),
           os.path.join(out, f"{rung}.png"))
     d, p = result["dreamer"]["final"], result["ppo"]["final"]
     print(f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){f' from seed {seed}' if seed else ''}"
@@ -222,7 +222,9 @@ def _frozen(returns: list[float] | None, episodes: int) -> dict | None:
     return dict(mode="train", episodes=episodes, returns=returns, mean=float(np.mean(returns)))
 
 
-def _plot(result, dreamer, ppo, path):
+def plot_rung(result, dreamer, ppo, path):
+    """Both learners' curves (steps, mean, low, high) with their spread, frozen plays as stars
+    and the references as horizontal lines, saved as a PNG at `path`."""
     from wmjax.plots import _pyplot
 
     plt = _pyplot()

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.ladder import _plot  # noqa: E402
+from benchmarks.ladder import plot_rung  # noqa: E402
 from wmjax.plots import bins_table  # noqa: E402
 
 # Fields that must agree for results to be seeds of one experiment.
@@ -154,7 +154,8 @@ def main(argv=None) -> dict:
                 results.append(json.load(f))
         except (OSError, json.JSONDecodeError) as e:
             ap.error(f"cannot read {path}: {e}")
-        if not {"rung", "seeds", "dreamer", "ppo", "per_bin"} <= set(results[-1]):
+        if not (isinstance(results[-1], dict)
+                and {"rung", "seeds", "dreamer", "ppo", "per_bin"} <= set(results[-1])):
             ap.error(f"{path} is not a ladder result (RUNG.json with per_bin, from ladder.py)")
     try:
         result = combine(results, args.results)
@@ -169,7 +170,7 @@ def main(argv=None) -> dict:
         spread = np.array([[lo, hi] for _, lo, hi in result[learner]["spread"]]).reshape(-1, 2)
         curves[learner] = (steps, np.array([m for _, m in result[learner]["curve"]]),
                            spread[:, 0], spread[:, 1])
-    _plot(result, curves["dreamer"], curves["ppo"],
+    plot_rung(result, curves["dreamer"], curves["ppo"],
           os.path.join(args.out, f"{result['rung']}.png"))
     print(report(result))
     return result

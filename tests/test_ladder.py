@@ -245,3 +245,7 @@ def test_ladder_seeds_combines_runs_of_one_rung(tmp_path, capsys):
     with pytest.raises(SystemExit):
         combine_main([paths[0], str(tmp_path / "broken.json"), "--out", str(tmp_path / "x")])
     assert "cannot read" in capsys.readouterr().err and not os.path.exists(tmp_path / "x")
+    json.dump([1, 2], open(tmp_path / "list.json", "w"))
+    with pytest.raises(SystemExit):
+        combine_main([paths[0], str(tmp_path / "list.json"), "--out", str(tmp_path / "x")])
+    assert "is not a ladder result" in capsys.readouterr().err and not os.path.exists(tmp_path / "x")
