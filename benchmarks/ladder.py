@@ -152,9 +152,9 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
         overrides=overrides, reduced_budget=reduced,
         dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
-                     final_policy=_frozen(frozen, eval_episodes)),
+                     final_policy=frozen_record(frozen, eval_episodes)),
         ppo=dict(env=ppo_env, final=final_value(p_steps[keep], p_mean), wall_s=ppo["wall_s"],
-                 config=asdict(ppo_config), final_policy=_frozen(ppo["final_policy"], eval_episodes),
+                 config=asdict(ppo_config), final_policy=frozen_record(ppo["final_policy"], eval_episodes),
                  curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)]),
         references=REFERENCES.get(env, {}),
     )
@@ -172,7 +172,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     with open(os.path.join(out, f"{rung}.json"), "w") as f:
         json.dump(result, f, indent=2)
     plot_rung(result, (d_steps, d_mean, d_low, d_high), (p_steps[keep], p_mean, p_low, p_high),
-          os.path.join(out, f"{rung}.png"))
+              os.path.join(out, f"{rung}.png"))
     d, p = result["dreamer"]["final"], result["ppo"]["final"]
     print(f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){f' from seed {seed}' if seed else ''}"
           f"{', reduced budget' if reduced else ''}): "
@@ -215,7 +215,7 @@ def _ppo_baseline(env: str, steps: int, seeds: int, config: PPOConfig, eval_epis
     return result
 
 
-def _frozen(returns: list[float] | None, episodes: int) -> dict | None:
+def frozen_record(returns: list[float] | None, episodes: int) -> dict | None:
     """The JSON record of a frozen play: per-seed mean returns, sampling as in training."""
     if returns is None:
         return None

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.ladder import plot_rung  # noqa: E402
+from benchmarks.ladder import frozen_record, plot_rung  # noqa: E402
 from wmjax.plots import bins_table  # noqa: E402
 
 # Fields that must agree for results to be seeds of one experiment.
@@ -78,9 +78,8 @@ def combine(results: list[dict], sources: list[str] | None = None) -> dict:
             spread=[[int(s), float(lo), float(hi)] for s, lo, hi in zip(steps, low, high)])
         frozen = [p.get("final_policy") for p in parts]
         if all(frozen):
-            returns = [x for f in frozen for x in f["returns"]]
-            combined["final_policy"] = dict(mode=frozen[0]["mode"], episodes=frozen[0]["episodes"],
-                                            returns=returns, mean=float(np.mean(returns)))
+            combined["final_policy"] = frozen_record([x for f in frozen for x in f["returns"]],
+                                                     frozen[0]["episodes"])
         if all("crafter_score" in p for p in parts):
             combined["crafter_score"] = [x for p in parts for x in p["crafter_score"]]
         if learner == "ppo":
@@ -171,7 +170,7 @@ def main(argv=None) -> dict:
         curves[learner] = (steps, np.array([m for _, m in result[learner]["curve"]]),
                            spread[:, 0], spread[:, 1])
     plot_rung(result, curves["dreamer"], curves["ppo"],
-          os.path.join(args.out, f"{result['rung']}.png"))
+              os.path.join(args.out, f"{result['rung']}.png"))
     print(report(result))
     return result
 
