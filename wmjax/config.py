@@ -26,6 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMAGE_LOSSES = ("mse", "bce")  # the image decoder's pixel loss (see models.heads.ImageDecoder)
+VECTOR_LOSSES = ("mse", "bce")  # the vector decoder's loss (see models.heads.VectorDecoder)
 
 
 def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
@@ -56,6 +57,9 @@ class DreamerConfig:
     # The image decoder's pixel loss: "mse" (DreamerV3's, a sigmoid and squared error) or "bce"
     # (binary cross-entropy on the sigmoid's logits; for binary frames, see ImageDecoder)
     image_loss: str = "mse"
+    # The vector decoder's loss: "mse" (DreamerV3's, squared error on symlog(obs)) or "bce"
+    # (binary cross-entropy against obs clipped to [0, 1]; for one-hot views, see VectorDecoder)
+    vector_loss: str = "mse"
     enc_layers: int = 3
     dec_layers: int = 3
     reward_layers: int = 1
@@ -113,6 +117,8 @@ class DreamerConfig:
         _check(isinstance(self.cnn_outer, bool), "cnn_outer", self.cnn_outer, "True or False")
         _check(self.image_loss in IMAGE_LOSSES, "image_loss", self.image_loss,
                f"one of {IMAGE_LOSSES}")
+        _check(self.vector_loss in VECTOR_LOSSES, "vector_loss", self.vector_loss,
+               f"one of {VECTOR_LOSSES}")
         for name in ("deter", "hidden", "stoch", "classes", "blocks", "units", "num_bins",
                      "imag_horizon", "batch_size", "batch_length", "depth", "cnn_minres"):
             v = getattr(self, name)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from wmjax.config import IMAGE_LOSSES
+from wmjax.config import IMAGE_LOSSES, VECTOR_LOSSES
 from wmjax.nn.dists import symexp, symlog
 from wmjax.nn.layers import MLP, Conv, Linear, RMSNorm
 
@@ -27,25 +27,51 @@ class VectorEncoder(nn.Module):
 
 
 class VectorDecoder(nn.Module):
-    """Features -> prediction of symlog(obs); trained with squared error summed over dims."""
+    """Features -> prediction of a vector observation, with a loss summed over its dims.
+
+    `vector_loss` picks the loss:
+    - "mse" (DreamerV3's): the output predicts symlog(obs), trained with squared error;
+    - "bce": the output is logits, trained with binary cross-entropy against obs clipped to
+      [0, 1]. For vectors of one-hot cells and [0, 1]-scaled counts (Craftax's symbolic view):
+      a rare cell (a zombie) missed at probability p costs -log p, not at most 1."""
 
     obs_size: int
     layers: int = 3
     units: int = 64
     dtype: Any = jnp.float32
+    vector_loss: str = "mse"
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> jax.Array:
+        _check_vector_loss(self.vector_loss)
         return MLP(self.layers, self.units, out=self.obs_size, dtype=self.dtype)(feat)
 
-    @staticmethod
-    def loss(pred: jax.Array, obs: jax.Array) -> jax.Array:
-        return jnp.square(pred - symlog(obs.astype(jnp.float32))).sum(-1)
+    def loss(self, pred: jax.Array, obs: jax.Array) -> jax.Array:
+        return vector_loss(pred, obs, self.vector_loss)
 
-    @staticmethod
-    def to_obs(pred: jax.Array) -> jax.Array:
+    def to_obs(self, pred: jax.Array) -> jax.Array:
         """The prediction in observation units."""
-        return symexp(pred)
+        return vector_from(pred, self.vector_loss)
+
+
+def _check_vector_loss(name: str) -> None:
+    if name not in VECTOR_LOSSES:
+        raise ValueError(f"vector_loss={name!r}; allowed: one of {VECTOR_LOSSES}")
+
+
+def vector_loss(pred: jax.Array, obs: jax.Array, name: str) -> jax.Array:
+    """A vector decoder's loss per step, summed over the last dim (see VectorDecoder)."""
+    _check_vector_loss(name)
+    obs = obs.astype(jnp.float32)
+    if name == "bce":
+        return optax.sigmoid_binary_cross_entropy(pred, jnp.clip(obs, 0.0, 1.0)).sum(-1)
+    return jnp.square(pred - symlog(obs)).sum(-1)
+
+
+def vector_from(pred: jax.Array, name: str) -> jax.Array:
+    """A vector decoder's output in observation units."""
+    _check_vector_loss(name)
+    return jax.nn.sigmoid(pred) if name == "bce" else symexp(pred)
 
 
 # ---------------------------------------------------------------- images
@@ -212,10 +238,11 @@ class DictEncoder(_DictHead):
 
 class DictDecoder(_DictHead):
     """Features -> a prediction per key: one image decoder for all image keys (split back by
-    channels; see ImageDecoder for `image_loss`) and one MLP for all vector keys (split back,
-    in symlog space)."""
+    channels; see ImageDecoder for `image_loss`) and one MLP for all vector keys (split back;
+    see VectorDecoder for `vector_loss`)."""
 
     image_loss: str = "mse"
+    vector_loss: str = "mse"
 
     @nn.compact
     def __call__(self, feat: jax.Array) -> dict[str, jax.Array]:
@@ -230,7 +257,8 @@ class DictDecoder(_DictHead):
             out.update(zip(images, jnp.split(x, np.cumsum(channels)[:-1], -1)))
         if vectors:
             sizes = [shapes[k][0] for k in vectors]
-            x = VectorDecoder(sum(sizes), self.layers, self.units, self.dtype)(feat)
+            x = VectorDecoder(sum(sizes), self.layers, self.units, self.dtype,
+                              self.vector_loss)(feat)
             out.update(zip(vectors, jnp.split(x, np.cumsum(sizes)[:-1], -1)))
         return out
 
@@ -238,11 +266,12 @@ class DictDecoder(_DictHead):
         """The sum over keys of each key's decoder loss (per time step)."""
         images, vectors = split_keys(dict(self.shapes))
         return sum([pixel_loss(pred[k], obs[k], self.image_loss) for k in images]
-                   + [VectorDecoder.loss(pred[k], obs[k]) for k in vectors])
+                   + [vector_loss(pred[k], obs[k], self.vector_loss) for k in vectors])
 
     def to_obs(self, pred: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        """Predictions in observation units: pixels 0..255 and un-symlogged vectors."""
+        """Predictions in observation units: pixels 0..255 and vectors as observed."""
         images, _ = split_keys(dict(self.shapes))
-        return {k: pixels_from(v, self.image_loss) if k in images else symexp(v)
+        return {k: pixels_from(v, self.image_loss) if k in images
+                else vector_from(v, self.vector_loss)
                 for k, v in pred.items()}
 

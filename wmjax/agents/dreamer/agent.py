@@ -120,14 +120,15 @@ class Dreamer:
                        outer=c.cnn_outer)
             self.encoder = DictEncoder(spec.obs_shape, c.enc_layers, c.units, **cnn)
             self.decoder = DictDecoder(spec.obs_shape, c.dec_layers, c.units, **cnn,
-                                       image_loss=c.image_loss)
+                                       image_loss=c.image_loss, vector_loss=c.vector_loss)
         elif self.image:
             self.encoder = ImageEncoder(c.depth, c.cnn_mults, c.cnn_minres, dtype, c.cnn_outer)
             self.decoder = ImageDecoder(spec.obs_shape, c.depth, c.cnn_mults, c.cnn_minres, dtype,
                                         c.cnn_outer, c.image_loss)
         else:
             self.encoder = VectorEncoder(c.enc_layers, c.units, dtype)
-            self.decoder = VectorDecoder(spec.obs_shape[-1], c.dec_layers, c.units, dtype)
+            self.decoder = VectorDecoder(spec.obs_shape[-1], c.dec_layers, c.units, dtype,
+                                         c.vector_loss)
         self.rssm = RSSM(c.deter, c.hidden, c.stoch, c.classes, c.blocks, c.unimix, dtype=dtype)
         self.reward = MLP(c.reward_layers, c.units, c.num_bins, outscale=0.0, dtype=dtype)
         self.cont = MLP(c.cont_layers, c.units, 1, outscale=1.0, dtype=dtype)
