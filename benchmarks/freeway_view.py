@@ -22,6 +22,9 @@ the true dynamics from the current state). A step is *dodgeable* when "up" would
 
     python benchmarks/freeway_view.py runs/ladder_freeway_bce_ent3e4/freeway/dreamer
     python benchmarks/freeway_view.py RUN_DIR --chunk 73 --out benchmarks/results/freeway_view.json
+
+Runs on `Freeway-MinAtar-Flat` (the frames as one vector) are read the same way, their
+observations and decoded vectors laid back out as frames.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ from wmjax.policy import Policy, load_policy, record_rollout  # noqa: E402
 from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
-ENV = "Freeway-MinAtar"
+ENVS = ("Freeway-MinAtar", "Freeway-MinAtar-Flat")
+FRAME = (10, 10, 7)  # rows, columns, channels
 NOOP, UP, DOWN = 0, 1, 2  # the agent's actions (gymnax's minimal set 0, 2, 4)
 BOTTOM = 9  # the chicken's start row
 CHICKEN, CARS = 0, 1  # observation channels; 2-6 are the cars' trails, one per speed
@@ -105,6 +109,14 @@ def windows(x: np.ndarray, window: int) -> np.ndarray:
     return x.reshape((x.shape[0] * (steps // window), window) + x.shape[2:])
 
 
+def cells(x, flat: bool):
+    """Observations or decoded predictions as boolean frames (..., 10, 10, 7): pixels above half
+    on, or, for the flat env, vector entries above 0.5 laid back out as the frame they came from."""
+    if flat:
+        return (x > 0.5).reshape(x.shape[:-1] + FRAME)
+    return x > 127
+
+
 def lanes_right(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
     """Which objects a predicted frame draws on exactly the right cells, against the true frame
     (both boolean (..., 10, 10, 7)): per frame the chicken (`chicken`, (...)), per lane its car
@@ -131,6 +143,11 @@ def rssm(policy: Policy, *args, method):
     return policy.agent.rssm.apply({"params": policy.state.params["rssm"]}, *args, method=method)
 
 
+def _flat(policy: Policy) -> bool:
+    """Whether the policy's env hands the frames over as one vector."""
+    return policy.config.env.endswith("-Flat")
+
+
 def _share(x: np.ndarray) -> float | None:
     """The share of True in `x`, or None when it is empty."""
     return float(x.mean()) if x.size else None
@@ -140,16 +157,16 @@ def frame_view(policy: Policy, rec: dict, post, window: int) -> dict:
     """How well the world model draws Freeway's frames over all recorded windows (`post`, from
     `posterior`): its posterior reconstruction of each frame, and its prior's prediction of the
     next frame under the action taken (pixels above half on)."""
-    agent, params = policy.agent, policy.state.params
+    agent, params, flat = policy.agent, policy.state.params, _flat(policy)
     obs, action, is_first = (windows(rec[k], window) for k in ("obs", "action", "is_first"))
 
     def draw(post, action):
         prior = rssm(policy, post, agent.action_vector(action), None, method=RSSM.img_step)
-        return tuple(agent.decode(params, rssm(policy, state, method=RSSM.feat)) > 127
+        return tuple(cells(agent.decode(params, rssm(policy, state, method=RSSM.feat)), flat)
                      for state in (post, prior))
 
     recon, pred = (np.asarray(x) for x in jax.jit(draw)(post, jnp.asarray(action)))
-    obs = obs > 127
+    obs = cells(obs, flat)
     same_episode = ~is_first[:, 1:]  # a prediction across a reset has nothing to match
     seen = lanes_right(recon, obs)
     ahead = {k: v[same_episode] for k, v in lanes_right(pred[:, :-1], obs[:, 1:]).items()}
@@ -187,8 +204,10 @@ def model_view(policy: Policy, rec: dict, post, picks: dict[str, np.ndarray], sa
         return rew[0] + con[0] * ret[0]
 
     def chicken_row(state):  # the decoded frame's brightest chicken row
-        frame = agent.decode(params, rssm(policy, state, method=RSSM.feat))[..., CHICKEN]
-        return jnp.argmax(frame.max(-1), -1)
+        frame = agent.decode(params, rssm(policy, state, method=RSSM.feat))
+        if _flat(policy):
+            frame = frame.reshape(frame.shape[:-1] + FRAME)
+        return jnp.argmax(frame[..., CHICKEN].max(-1), -1)
 
     def view(start, key):
         after_up = rssm(policy, start, agent.action_vector(jnp.full(start.deter.shape[:1], UP)),
@@ -229,9 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     policy = load_policy(args.run_dir, args.seed, "train", args.chunk)
-    if policy.config.env != ENV:
+    if policy.config.env not in ENVS:
         ap.error(f"{args.run_dir} trained on {policy.config.env}; this diagnosis reads the "
-                 f"states of {ENV}")
+                 f"states of {' or '.join(ENVS)}")
     key = jax.random.key(args.seed)
     rec = record_rollout(policy, args.envs, args.steps, key, make_probe(policy))
     eps = episodes(rec)

@@ -47,6 +47,7 @@ RUNGS = {
     "spaceinvaders": ("SpaceInvaders-MinAtar", 1_000_000, 32.0),
     "asterix": ("Asterix-MinAtar", 1_000_000, 32.0),
     "freeway": ("Freeway-MinAtar", 1_000_000, 32.0),
+    "freeway_flat": ("Freeway-MinAtar-Flat", 1_000_000, 32.0),
     "craftax": ("Craftax-Classic-Symbolic-v1", 1_000_000, 32.0),
     "craftax_grid": ("Craftax-Classic-Symbolic-Grid-v1", 1_000_000, 32.0),
 }
@@ -54,11 +55,15 @@ RUNGS = {
 # The env PPO trains on where it differs from the rung's: the Grid variant is the symbolic
 # env's numbers with the map laid out for a CNN; PPO's MLP reads the same numbers flat.
 PPO_ENVS = {"Craftax-Classic-Symbolic-Grid-v1": "Craftax-Classic-Symbolic-v1"}
+# A `-Flat` MinAtar env is its game's frames as one vector for DreamerV3's MLP encoder; PPO's
+# MinAtar recipe flattens the frames itself, so it trains on the game as it is.
+PPO_ENVS |= {env + "-Flat": env for env in ("Breakout-MinAtar", "SpaceInvaders-MinAtar",
+                                            "Asterix-MinAtar", "Freeway-MinAtar")}
 
 # The PPO preset a rung uses (benchmarks/ppo.py): the MinAtar games take gymnax-blines' recipe,
 # which produced the published MinAtar PPO numbers the rungs are compared with; the rest take
 # PureJaxRL's classic-control settings.
-PPO_RUNG_PRESETS = {rung: "minatar" if env.endswith("-MinAtar") else "classic"
+PPO_RUNG_PRESETS = {rung: "minatar" if "-MinAtar" in env else "classic"
                     for rung, (env, _, _) in RUNGS.items()}
 
 # Agent overrides a rung uses when no --set is given: the settings of the README's ladder table
@@ -81,10 +86,11 @@ _EXPLORE = _CLASSIC + ("actent=3e-3",)
 _MID_BONUS = _CLASSIC + ("actent=1e-3",)
 _RARE_ENDS = _EXPLORE + ("cont_terminal_weight=10",)
 _BCE = ("image_loss=bce",)
+_FLAT_BCE = ("vector_loss=bce",)
 RUNG_SETS = {rung: _EVERY for rung in RUNGS} | {
     "cartpole": _RARE_ENDS, "acrobot": _RARE_ENDS, "pendulum": _CLASSIC, "craftax": _EXPLORE,
     "craftax_grid": _EXPLORE, "breakout": _EXPLORE, "spaceinvaders": _MID_BONUS + _BCE,
-    "asterix": _EXPLORE + _BCE, "freeway": _CLASSIC + _BCE,
+    "asterix": _EXPLORE + _BCE, "freeway": _CLASSIC + _BCE, "freeway_flat": _CLASSIC + _FLAT_BCE,
 }
 
 # Published reference returns (label -> value) per env, from benchmarks/REFERENCE.md.
@@ -101,6 +107,7 @@ REFERENCES = {
                                     "DreamerV3 Craftax-Classic @1M": 10.38},
 }
 REFERENCES["Craftax-Classic-Symbolic-Grid-v1"] = REFERENCES["Craftax-Classic-Symbolic-v1"]
+REFERENCES |= {flat: REFERENCES[env] for flat, env in PPO_ENVS.items() if flat.endswith("-Flat")}
 
 # Crafter scores (%, geometric mean of achievement success rates) @1M, for Craftax rungs.
 SCORE_REFERENCES = {"PPO (Crafter paper)": 4.6, "DreamerV2": 10.0, "DreamerV3": 14.5}

@@ -237,6 +237,43 @@ def test_breakout_view_on_a_trained_run(tmp_path):
         main([str(tmp_path / "nothing-here")])
 
 
+@pytest.mark.parametrize("name", ["Breakout-MinAtar", "Freeway-MinAtar"])
+def test_flat_minatar_is_the_same_game_as_one_vector(name):
+    """`NAME-Flat` steps the same game and hands each frame over as its cells, 0/1 floats in
+    row, column, channel order, so the MLP encoder and vector decoder read it."""
+    image, flat = make_env(name), make_env(name + "-Flat")
+    h, w, c = image.spec.obs_shape
+    assert flat.spec.obs_shape == (h * w * c,) and flat.spec.obs_dtype == jnp.float32
+    assert (flat.spec.discrete, flat.spec.num_actions) == (image.spec.discrete, image.spec.num_actions)
+    key = jax.random.key(3)
+    states, steps = image.reset_batch(key, 4), flat.reset_batch(key, 4)
+    step_image, step_flat = jax.jit(image.step_batch), jax.jit(flat.step_batch)
+    for t in range(40):
+        action = jax.random.randint(jax.random.fold_in(key, t), (4,), 0, image.spec.num_actions)
+        frames, vectors = states[1].obs, steps[1].obs
+        assert vectors.dtype == jnp.float32 and set(np.unique(np.asarray(vectors))) <= {0.0, 1.0}
+        np.testing.assert_array_equal(np.asarray(frames).reshape(4, -1) / 255, np.asarray(vectors))
+        np.testing.assert_array_equal(states[1].reward, steps[1].reward)
+        states = step_image(jax.random.fold_in(key, 100 + t), states[0], action)
+        steps = step_flat(jax.random.fold_in(key, 100 + t), steps[0], action)
+    assert np.asarray(frames).any(axis=(1, 2, 3)).all()  # the frames were not blank
+
+
+def test_flat_minatar_is_read_by_the_mlp_and_drawn_as_cell_probabilities():
+    """A Dreamer on a flat MinAtar env reads the frame with its MLP encoder and, with the bce
+    vector loss, draws it back as one probability per cell."""
+    from wmjax.agents.dreamer import Dreamer
+    from wmjax.config import DreamerConfig
+    from wmjax.models.heads import VectorDecoder, VectorEncoder
+
+    agent = Dreamer(DreamerConfig.preset("tiny", vector_loss="bce"),
+                    make_env("Freeway-MinAtar-Flat").spec)
+    assert isinstance(agent.encoder, VectorEncoder) and isinstance(agent.decoder, VectorDecoder)
+    params = agent.init(jax.random.key(0)).params
+    drawn = agent.decode(params, jnp.zeros((2, agent.config.feat_size)))
+    assert drawn.shape == (2, 700) and bool(((drawn > 0) & (drawn < 1)).all())
+
+
 def _freeway_state(pos: int, car_x: dict[int, int]):
     """A Freeway-MinAtar state (batch of one): the chicken on row `pos`, its move timer at 0,
     car in row r at column car_x[r] (the others at column 0), no car moving this step."""
@@ -307,16 +344,19 @@ def test_freeway_view_scores_each_lane_of_a_drawn_frame():
     assert lanes_right(pred, true)["chicken"].item() is False
 
 
-def test_freeway_view_on_a_trained_run(tmp_path):
-    """The diagnosis end to end on a tiny Freeway run: shares between 0 and 1, finite Q values
-    for the picked steps, and a run on another env refused by name."""
+@pytest.mark.parametrize("env", ["Freeway-MinAtar", "Freeway-MinAtar-Flat"])
+def test_freeway_view_on_a_trained_run(tmp_path, env):
+    """The diagnosis end to end on a tiny Freeway run, on frames or on the flat vector: shares
+    between 0 and 1, finite Q values for the picked steps, and a run on another env refused by
+    name."""
     from benchmarks.freeway_view import main
     from wmjax.config import DreamerConfig, TrainConfig
     from wmjax.run import train
 
-    config = TrainConfig(env="Freeway-MinAtar", num_envs=4, seeds=1, steps=256, chunk_steps=128,
+    loss = dict(vector_loss="bce") if env.endswith("-Flat") else {}
+    config = TrainConfig(env=env, num_envs=4, seeds=1, steps=256, chunk_steps=128,
                          train_ratio=8, replay_size=1024,
-                         agent=DreamerConfig.preset("tiny", warmup=10))
+                         agent=DreamerConfig.preset("tiny", warmup=10, **loss))
     train(config, str(tmp_path), verbose=False)
     out = main([str(tmp_path), "--envs", "8", "--steps", "96", "--samples", "2",
                 "--max-picks", "16", "--out", str(tmp_path / "v.json")])
@@ -331,6 +371,8 @@ def test_freeway_view_on_a_trained_run(tmp_path):
     for key in ("posterior_chicken_right", "posterior_car_right", "prior_car_right",
                 "prior_car_right_when_it_moves", "prior_trail_right"):
         assert 0.0 <= frames[key] <= 1.0, key
+    if env.endswith("-Flat"):
+        return
     other = tmp_path / "cartpole"
     train(TrainConfig(env="CartPole-v1", num_envs=2, seeds=1, steps=64, chunk_steps=64,
                       agent=DreamerConfig.preset("tiny")), str(other), verbose=False)

@@ -138,6 +138,21 @@ def test_every_rung_has_default_settings_that_make_a_valid_config():
     assert configs["freeway"] == configs["asterix"].replace(actent=DreamerConfig().actent)
 
 
+def test_the_flat_freeway_rung_is_the_freeway_rung_read_as_a_vector():
+    """freeway_flat trains DreamerV3 on Freeway's frames as one vector, with the freeway rung's
+    budget and settings but the bce loss on the vector decoder; PPO (the MinAtar recipe, which
+    flattens frames itself) trains on the game as it is and is compared with the same numbers."""
+    from benchmarks.ladder import PPO_ENVS, PPO_RUNG_PRESETS
+
+    flat, freeway = RUNGS["freeway_flat"], RUNGS["freeway"]
+    assert flat[0] == "Freeway-MinAtar-Flat" and flat[1:] == freeway[1:]
+    assert PPO_ENVS[flat[0]] == freeway[0] and REFERENCES[flat[0]] == REFERENCES[freeway[0]]
+    assert PPO_RUNG_PRESETS["freeway_flat"] == PPO_RUNG_PRESETS["freeway"] == "minatar"
+    sets = [dict(map(parse_override, RUNG_SETS[r])) for r in ("freeway_flat", "freeway")]
+    assert sets[0].pop("vector_loss") == "bce" and sets[1].pop("image_loss") == "bce"
+    assert sets[0] == sets[1]
+
+
 def test_the_grid_craftax_rung_is_the_craftax_rung_with_a_map_image():
     """craftax_grid trains DreamerV3 on the Grid view with craftax's settings and budget; its
     PPO reads the same numbers flat, as on the craftax rung."""

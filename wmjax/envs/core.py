@@ -204,6 +204,31 @@ def _gymnax(name: str) -> EnvAdapter:
     return EnvAdapter(env, params, spec, low, high)
 
 
+@dataclass(frozen=True)
+class FlatAdapter(EnvAdapter):
+    """An image env whose frames reach the agent as one float32 vector of their cells.
+
+    For MinAtar's 10x10xC frames of 0/1 channels: the world model reads and draws them with
+    its MLP encoder and vector decoder (best with `vector_loss="bce"`), which see every cell
+    on its own, where size1m's CNN pools 2x2 cells together before the RSSM sees them.
+    """
+
+    def _obs(self, obs: Any) -> Any:
+        return jnp.asarray(obs, jnp.float32).reshape(-1)
+
+
+FLAT_SUFFIX = "-Flat"
+
+
+def _gymnax_flat(name: str) -> EnvAdapter:
+    base = _gymnax(name.removesuffix(FLAT_SUFFIX))
+    size = 1
+    for d in base.spec.obs_shape:
+        size *= d
+    spec = EnvSpec(name, (size,), base.spec.discrete, base.spec.num_actions)
+    return FlatAdapter(base.env, base.params, spec)
+
+
 def _craftax(name: str) -> EnvAdapter:
     from wmjax.envs.craftax import make_craftax
 
@@ -211,6 +236,7 @@ def _craftax(name: str) -> EnvAdapter:
 
 
 # name -> factory. MinAtar games are gymnax's 10x10xC frames (channels 0/1, stored as uint8);
+# their `-Flat` names give the same frames as one 0/1 float vector (FlatAdapter);
 # Craftax-Classic needs the optional `craftax` package (see envs/craftax.py).
 REGISTRY = {
     "CartPole-v1": _gymnax,
@@ -220,6 +246,10 @@ REGISTRY = {
     "SpaceInvaders-MinAtar": _gymnax,
     "Asterix-MinAtar": _gymnax,
     "Freeway-MinAtar": _gymnax,
+    "Breakout-MinAtar-Flat": _gymnax_flat,
+    "SpaceInvaders-MinAtar-Flat": _gymnax_flat,
+    "Asterix-MinAtar-Flat": _gymnax_flat,
+    "Freeway-MinAtar-Flat": _gymnax_flat,
     "Craftax-Classic-Symbolic-v1": _craftax,
     "Craftax-Classic-Pixels-v1": _craftax,
     "Craftax-Classic-Symbolic-Grid-v1": _craftax,
