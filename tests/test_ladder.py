@@ -186,7 +186,7 @@ def test_minatar_rungs_take_gymnax_blines_ppo(tmp_path, capsys):
 
     minatar = PPO_PRESETS["minatar"]
     assert {r for r, p in PPO_RUNG_PRESETS.items() if p == "minatar"} == {
-        "breakout", "spaceinvaders", "asterix", "freeway"}
+        "breakout", "spaceinvaders", "asterix", "freeway", "freeway_flat"}
     assert PPO_RUNG_PRESETS["cartpole"] == PPO_RUNG_PRESETS["craftax"] == "classic"
     assert PPO_PRESETS["classic"] == PPOConfig()
     assert (minatar.num_envs, minatar.gamma, minatar.lr_schedule, minatar.clip_value) == (
