@@ -8,9 +8,12 @@ the true dynamics from the current state). A step is *dodgeable* when "up" would
 "noop" would not. It reports:
 - how the policy plays: return, crossings and hits per episode, action shares, and how often it
   presses "up" on dodgeable steps;
-- how well the world model draws the frames (`frames`): over every recorded window, the share
-  of lanes whose car, and whose speed trail, its posterior's reconstruction puts on the right
-  cells, and the same for its prior one step ahead under the action taken; the chicken likewise.
+- how well the world model draws the frames (`frames`): its reconstruction loss on these
+  frames (`posterior_rec_loss`, the training loss's term, so a gap to the run's logged
+  `loss/rec` shows how much of the replay it fits without generalising); over every recorded
+  window, the share of lanes whose car, and whose speed trail, its posterior's reconstruction
+  puts on the right cells, and the same for its prior one step ahead under the action taken;
+  the chicken likewise.
   Cars that move on that step are counted apart, as the model must know when they move;
 - what the world model predicts there, from its posterior at that step:
   - whether the prior after "up" puts the chicken back on the bottom row (it foresees the hit);
@@ -160,18 +163,22 @@ def frame_view(policy: Policy, rec: dict, post, window: int) -> dict:
     agent, params, flat = policy.agent, policy.state.params, _flat(policy)
     obs, action, is_first = (windows(rec[k], window) for k in ("obs", "action", "is_first"))
 
-    def draw(post, action):
+    def draw(post, action, obs):
         prior = rssm(policy, post, agent.action_vector(action), None, method=RSSM.img_step)
-        return tuple(cells(agent.decode(params, rssm(policy, state, method=RSSM.feat)), flat)
-                     for state in (post, prior))
+        out = [agent.decoder.apply({"params": params["decoder"]}, rssm(policy, state, method=RSSM.feat))
+               for state in (post, prior)]
+        loss = agent.decoder.loss(out[0], obs).mean()  # the training loss's term, on these frames
+        return tuple(cells(agent.decoder.to_obs(x), flat) for x in out) + (loss,)
 
-    recon, pred = (np.asarray(x) for x in jax.jit(draw)(post, jnp.asarray(action)))
+    recon, pred, loss = (np.asarray(x) for x in jax.jit(draw)(post, jnp.asarray(action),
+                                                               jnp.asarray(obs)))
     obs = cells(obs, flat)
     same_episode = ~is_first[:, 1:]  # a prediction across a reset has nothing to match
     seen = lanes_right(recon, obs)
     ahead = {k: v[same_episode] for k, v in lanes_right(pred[:, :-1], obs[:, 1:]).items()}
     moves = (obs[:, :-1, LANES, :, CARS] != obs[:, 1:, LANES, :, CARS]).any(-1)[same_episode]
     return dict(
+        posterior_rec_loss=float(loss),
         posterior_chicken_right=float(seen["chicken"].mean()),
         posterior_car_right=float(seen["cars"].mean()),
         posterior_trail_right=float(seen["trails"].mean()),

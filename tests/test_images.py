@@ -368,6 +368,7 @@ def test_freeway_view_on_a_trained_run(tmp_path, env):
         assert 0.0 <= safe[key] <= 1.0
     frames = out["frames"]
     assert 0.0 < frames["cars_moving_per_step"] < 1.0  # some of the 8 cars move on a step
+    assert np.isfinite(frames["posterior_rec_loss"]) and frames["posterior_rec_loss"] > 0.0
     for key in ("posterior_chicken_right", "posterior_car_right", "prior_car_right",
                 "prior_car_right_when_it_moves", "prior_trail_right"):
         assert 0.0 <= frames[key] <= 1.0, key
