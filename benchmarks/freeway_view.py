@@ -9,8 +9,9 @@ the true dynamics from the current state). A step is *dodgeable* when "up" would
 - how the policy plays: return, crossings and hits per episode, action shares, and how often it
   presses "up" on dodgeable steps;
 - how well the world model draws the frames (`frames`): its reconstruction loss on these
-  frames (`posterior_rec_loss`, the training loss's term, so a gap to the run's logged
-  `loss/rec` shows how much of the replay it fits without generalising); over every recorded
+  fresh frames (`posterior_rec_loss`, the training loss's term) and on windows of the
+  checkpoint's own replay (`replay_rec_loss`, what the run logs as `loss/rec`), so the gap
+  shows how much of its fit to replay carries over to new episodes; over every recorded
   window, the share of lanes whose car, and whose speed trail, its posterior's reconstruction
   puts on the right cells, and the same for its prior one step ahead under the action taken;
   the chicken likewise.
@@ -41,9 +42,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from wmjax import replay as rb  # noqa: E402
+from wmjax.agents.dreamer.agent import Batch  # noqa: E402
 from wmjax.agents.dreamer.losses import lambda_return  # noqa: E402
 from wmjax.models.rssm import RSSM  # noqa: E402
-from wmjax.policy import Policy, load_policy, record_rollout  # noqa: E402
+from wmjax.policy import (  # noqa: E402
+    Policy, load_policy, load_train_state, record_rollout, resolve_member)
 from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
@@ -190,6 +194,24 @@ def frame_view(policy: Policy, rec: dict, post, window: int) -> dict:
         cars_moving_per_step=float(moves.mean()))
 
 
+def replay_rec_loss(policy: Policy, run_dir: str, seed: int, windows: int = 4096,
+                    batch: int = 64) -> float:
+    """The reconstruction loss on `windows` windows sampled from the replay of seed `seed` in
+    the policy's checkpoint, computed as `frame_view` computes it on fresh episodes: what the run
+    logged as `loss/rec`, measured again at this checkpoint."""
+    run_dir, member = resolve_member(run_dir, seed)
+    _, _, state = load_train_state(run_dir, policy.chunk)
+    replay = jax.tree.map(lambda x: x[member], state.replay)
+    agent, params = policy.agent, policy.state.params
+
+    def loss(key):
+        b = Batch(**rb.sample(replay, key, batch, agent.config.batch_length))
+        feat = agent.observe(params, b.obs, b.action, b.is_first, jax.random.key(1))[3]
+        return agent.decoder.loss(agent.decoder.apply({"params": params["decoder"]}, feat), b.obs).mean()
+    loss = jax.jit(loss)
+    return float(np.mean([loss(jax.random.key(i)) for i in range(max(windows // batch, 1))]))
+
+
 def model_view(policy: Policy, rec: dict, post, picks: dict[str, np.ndarray], samples: int,
                window: int, key: jax.Array) -> dict:
     """The world model's view at the picked steps (name -> (env, step) index pairs), from the
@@ -282,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
         dodgeable_share_of_steps=float(dodgeable.mean()),
         up_when_dodgeable=float((rec["action"][dodgeable] == UP).mean()) if dodgeable.any() else None,
         up_when_safe=float((rec["action"][safe] == UP).mean()) if safe.any() else None,
-        frames=frame_view(policy, rec, post, window),
+        frames=dict(replay_rec_loss=replay_rec_loss(policy, args.run_dir, args.seed),
+                    **frame_view(policy, rec, post, window)),
         world_model=model_view(policy, rec, post,
                                {"dodgeable": pick(dodgeable), "safe": pick(safe)},
                                args.samples, window, jax.random.fold_in(key, 7)))

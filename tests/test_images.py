@@ -369,6 +369,11 @@ def test_freeway_view_on_a_trained_run(tmp_path, env):
     frames = out["frames"]
     assert 0.0 < frames["cars_moving_per_step"] < 1.0  # some of the 8 cars move on a step
     assert np.isfinite(frames["posterior_rec_loss"]) and frames["posterior_rec_loss"] > 0.0
+    # The replay figure is the training loss again: near what the last chunk logged.
+    from wmjax.run import read_metrics
+
+    logged = [r["loss/rec"] for r in read_metrics(str(tmp_path)) if r.get("loss/rec") is not None]
+    assert abs(frames["replay_rec_loss"] - logged[-1]) < 0.5 * logged[-1]
     for key in ("posterior_chicken_right", "posterior_car_right", "prior_car_right",
                 "prior_car_right_when_it_moves", "prior_trail_right"):
         assert 0.0 <= frames[key] <= 1.0, key
