@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from wmjax import replay as rb  # noqa: E402
 from wmjax.agents.dreamer.agent import Batch  # noqa: E402
 from wmjax.agents.dreamer.losses import lambda_return  # noqa: E402
+from wmjax.envs.core import FLAT_SUFFIX  # noqa: E402
 from wmjax.models.rssm import RSSM  # noqa: E402
 from wmjax.policy import (  # noqa: E402
     Policy, load_policy, load_train_state, record_rollout, resolve_member)
@@ -152,7 +153,7 @@ def rssm(policy: Policy, *args, method):
 
 def _flat(policy: Policy) -> bool:
     """Whether the policy's env hands the frames over as one vector."""
-    return policy.config.env.endswith("-Flat")
+    return policy.config.env.endswith(FLAT_SUFFIX)
 
 
 def _share(x: np.ndarray) -> float | None:

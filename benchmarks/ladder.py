@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from benchmarks.ppo import PPO_PRESETS, PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
+from wmjax.envs.core import FLAT_SUFFIX, REGISTRY  # noqa: E402
 from wmjax.plots import binned, binned_table, curve  # noqa: E402
 from wmjax.policy import seed_returns  # noqa: E402
 from wmjax.run import holds_run, read_metrics, stop_on_sigterm, train, training_wall_time  # noqa: E402
@@ -57,8 +58,7 @@ RUNGS = {
 PPO_ENVS = {"Craftax-Classic-Symbolic-Grid-v1": "Craftax-Classic-Symbolic-v1"}
 # A `-Flat` MinAtar env is its game's frames as one vector for DreamerV3's MLP encoder; PPO's
 # MinAtar recipe flattens the frames itself, so it trains on the game as it is.
-PPO_ENVS |= {env + "-Flat": env for env in ("Breakout-MinAtar", "SpaceInvaders-MinAtar",
-                                            "Asterix-MinAtar", "Freeway-MinAtar")}
+PPO_ENVS |= {env: env.removesuffix(FLAT_SUFFIX) for env in REGISTRY if env.endswith(FLAT_SUFFIX)}
 
 # The PPO preset a rung uses (benchmarks/ppo.py): the MinAtar games take gymnax-blines' recipe,
 # which produced the published MinAtar PPO numbers the rungs are compared with; the rest take
@@ -107,7 +107,7 @@ REFERENCES = {
                                     "DreamerV3 Craftax-Classic @1M": 10.38},
 }
 REFERENCES["Craftax-Classic-Symbolic-Grid-v1"] = REFERENCES["Craftax-Classic-Symbolic-v1"]
-REFERENCES |= {flat: REFERENCES[env] for flat, env in PPO_ENVS.items() if flat.endswith("-Flat")}
+REFERENCES |= {flat: REFERENCES[env] for flat, env in PPO_ENVS.items() if flat.endswith(FLAT_SUFFIX)}
 
 # Crafter scores (%, geometric mean of achievement success rates) @1M, for Craftax rungs.
 SCORE_REFERENCES = {"PPO (Crafter paper)": 4.6, "DreamerV2": 10.0, "DreamerV3": 14.5}

@@ -12,6 +12,7 @@ clips and rescales to the env's bounds.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -210,7 +211,8 @@ class FlatAdapter(EnvAdapter):
 
     For MinAtar's 10x10xC frames of 0/1 channels: the world model reads and draws them with
     its MLP encoder and vector decoder (best with `vector_loss="bce"`), which see every cell
-    on its own, where size1m's CNN pools 2x2 cells together before the RSSM sees them.
+    on its own, where size1m's CNN pools 2x2 cells together before the RSSM sees them. (On
+    Freeway it placed fewer cars than the CNN on new episodes: see benchmarks/README.md.)
     """
 
     def _obs(self, obs: Any) -> Any:
@@ -222,10 +224,7 @@ FLAT_SUFFIX = "-Flat"
 
 def _gymnax_flat(name: str) -> EnvAdapter:
     base = _gymnax(name.removesuffix(FLAT_SUFFIX))
-    size = 1
-    for d in base.spec.obs_shape:
-        size *= d
-    spec = EnvSpec(name, (size,), base.spec.discrete, base.spec.num_actions)
+    spec = EnvSpec(name, (math.prod(base.spec.obs_shape),), base.spec.discrete, base.spec.num_actions)
     return FlatAdapter(base.env, base.params, spec)
 
 
