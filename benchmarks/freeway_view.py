@@ -52,7 +52,7 @@ from wmjax.policy import (  # noqa: E402
 from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
-ENVS = ("Freeway-MinAtar", "Freeway-MinAtar-Flat")
+ENVS = ("Freeway-MinAtar", "Freeway-MinAtar" + FLAT_SUFFIX)
 FRAME = (10, 10, 7)  # rows, columns, channels
 NOOP, UP, DOWN = 0, 1, 2  # the agent's actions (gymnax's minimal set 0, 2, 4)
 BOTTOM = 9  # the chicken's start row
@@ -117,12 +117,16 @@ def windows(x: np.ndarray, window: int) -> np.ndarray:
     return x.reshape((x.shape[0] * (steps // window), window) + x.shape[2:])
 
 
+def laid_out(x, flat: bool):
+    """Frames (..., 10, 10, 7) as they are, or the flat env's vectors laid back out as the
+    frames they came from."""
+    return x.reshape(x.shape[:-1] + FRAME) if flat else x
+
+
 def cells(x, flat: bool):
     """Observations or decoded predictions as boolean frames (..., 10, 10, 7): pixels above half
-    on, or, for the flat env, vector entries above 0.5 laid back out as the frame they came from."""
-    if flat:
-        return (x > 0.5).reshape(x.shape[:-1] + FRAME)
-    return x > 127
+    on, or, for the flat env, vector entries above 0.5."""
+    return laid_out(x, flat) > (0.5 if flat else 127)
 
 
 def lanes_right(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
@@ -151,6 +155,11 @@ def rssm(policy: Policy, *args, method):
     return policy.agent.rssm.apply({"params": policy.state.params["rssm"]}, *args, method=method)
 
 
+def decoder(policy: Policy, feat: jax.Array) -> jax.Array:
+    """The policy's decoder output (what its loss reads) from RSSM features."""
+    return policy.agent.decoder.apply({"params": policy.state.params["decoder"]}, feat)
+
+
 def _flat(policy: Policy) -> bool:
     """Whether the policy's env hands the frames over as one vector."""
     return policy.config.env.endswith(FLAT_SUFFIX)
@@ -165,13 +174,12 @@ def frame_view(policy: Policy, rec: dict, post, window: int) -> dict:
     """How well the world model draws Freeway's frames over all recorded windows (`post`, from
     `posterior`): its posterior reconstruction of each frame, and its prior's prediction of the
     next frame under the action taken (pixels above half on)."""
-    agent, params, flat = policy.agent, policy.state.params, _flat(policy)
+    agent, flat = policy.agent, _flat(policy)
     obs, action, is_first = (windows(rec[k], window) for k in ("obs", "action", "is_first"))
 
     def draw(post, action, obs):
         prior = rssm(policy, post, agent.action_vector(action), None, method=RSSM.img_step)
-        out = [agent.decoder.apply({"params": params["decoder"]}, rssm(policy, state, method=RSSM.feat))
-               for state in (post, prior)]
+        out = [decoder(policy, rssm(policy, state, method=RSSM.feat)) for state in (post, prior)]
         loss = agent.decoder.loss(out[0], obs).mean()  # the training loss's term, on these frames
         return tuple(cells(agent.decoder.to_obs(x), flat) for x in out) + (loss,)
 
@@ -208,7 +216,7 @@ def replay_rec_loss(policy: Policy, run_dir: str, seed: int, windows: int = 4096
     def loss(key):
         b = Batch(**rb.sample(replay, key, batch, agent.config.batch_length))
         feat = agent.observe(params, b.obs, b.action, b.is_first, jax.random.key(1))[3]
-        return agent.decoder.loss(agent.decoder.apply({"params": params["decoder"]}, feat), b.obs).mean()
+        return agent.decoder.loss(decoder(policy, feat), b.obs).mean()
     loss = jax.jit(loss)
     return float(np.mean([loss(jax.random.key(i)) for i in range(max(windows // batch, 1))]))
 
@@ -234,9 +242,7 @@ def model_view(policy: Policy, rec: dict, post, picks: dict[str, np.ndarray], sa
         return rew[0] + con[0] * ret[0]
 
     def chicken_row(state):  # the decoded frame's brightest chicken row
-        frame = agent.decode(params, rssm(policy, state, method=RSSM.feat))
-        if _flat(policy):
-            frame = frame.reshape(frame.shape[:-1] + FRAME)
+        frame = laid_out(agent.decode(params, rssm(policy, state, method=RSSM.feat)), _flat(policy))
         return jnp.argmax(frame[..., CHICKEN].max(-1), -1)
 
     def view(start, key):
