@@ -361,3 +361,71 @@ def test_continue_head_reads_every_replayed_record(reference, capsys):
     np.testing.assert_allclose(windowed[:, 16:], continue_predictions(agent, params, tail)[:, 4:],
                                rtol=1e-5)
     assert "seed 1" in capsys.readouterr().out
+
+
+def test_fork_without_a_change_continues_bit_exactly(reference, tmp_path):
+    """`train --fork SRC --fork-chunk 12` from the CLI: the new folder continues chunk 12 of the
+    reference run, logs its rows up to there and then exactly the rows the reference logged
+    after it, names its source in fork.json, and leaves the source untouched."""
+    from wmjax.cli import main
+
+    ref_dir, _ = reference
+    before = _snapshot(ref_dir)
+    dst = str(tmp_path / "fork")
+    assert main(["train", "--fork", ref_dir, "--fork-chunk", "12", "--logdir", dst, "--quiet"]) == 0
+    assert _rows(dst) == _rows(ref_dir)
+    fork = json.load(open(os.path.join(dst, "fork.json")))
+    assert fork == dict(source=os.path.abspath(ref_dir), chunk=12, env_steps=12 * 128, tunables={})
+    assert _snapshot(ref_dir) == before
+
+
+def test_fork_sets_tunables_from_its_checkpoint_on(reference, tmp_path):
+    """A fork with lr=1e-3 (the reference trained at 4e-5) starts from checkpoint 12's state
+    with only the tunable changed, trains on with it, and ends elsewhere than the reference;
+    the fork without a change above ends exactly on it, so the change made the difference."""
+    from wmjax.run import abstract_state, cached_trainer, fork
+
+    ref_dir, ref_state = reference
+    dst = str(tmp_path / "lr")
+    config = fork(ref_dir, dst, {"lr": 1e-3}, chunk=12)
+    assert config.agent.lr == 1e-3
+    assert json.load(open(os.path.join(dst, "config.json")))["agent"]["lr"] == 1e-3
+    ckpt = Checkpointer(dst, read_only=True)
+    _, start = ckpt.restore(abstract_state(cached_trainer(config), jax.random.key(0), None), 12)
+    ckpt.close()
+    np.testing.assert_allclose(np.asarray(start.agent.hyper["lr"]), [1e-3, 1e-3])
+    src = Checkpointer(ref_dir, read_only=True)
+    _, original = src.restore(abstract_state(cached_trainer(CONFIG), jax.random.key(0), None), 12)
+    src.close()
+    _leaves_equal(start.agent.params, original.agent.params)
+    _leaves_equal(start.replay, original.replay)
+    state, rows = train(config, dst, resume=True, verbose=False)
+    assert [r["env_step"] for r in rows if r["seed"] == 0] == [128 * c for c in range(13, 17)]
+    np.testing.assert_allclose(np.asarray(state.agent.hyper["lr"]), [1e-3, 1e-3])
+    moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
+             for a, b in zip(jax.tree.leaves(state.agent.params), jax.tree.leaves(ref_state.agent.params))]
+    assert max(moved) > 0.0
+
+
+def test_fork_refusals_name_the_problem_and_write_nothing(reference, tmp_path, capsys):
+    from wmjax.cli import main
+
+    ref_dir, _ = reference
+    before = _snapshot(ref_dir)
+    dst = str(tmp_path / "never")
+    cases = [
+        (["--set", "units=48"], "a fork changes tunables only; ['units']"),
+        (["--env", "Acrobot-v1"], "env: 'CartPole-v1' != 'Acrobot-v1'"),
+        (["--fork-chunk", "8"], "no checkpoint 8 in .*saved: [12, 16]"),
+        (["--resume", ref_dir], "give one of them"),
+    ]
+    for flags, message in cases:
+        assert main(["train", "--fork", ref_dir, "--logdir", dst, "--quiet"] + flags) == 2
+        err = capsys.readouterr().err
+        assert all(part in err for part in message.split(".*")), err
+        assert not os.path.exists(dst)
+    assert main(["train", "--fork", ref_dir, "--logdir", ref_dir, "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--fork-chunk", "12", "--logdir", dst]) == 2
+    assert "give --fork too" in capsys.readouterr().err
+    assert _snapshot(ref_dir) == before

@@ -2,6 +2,7 @@
 
     python -m wmjax train --env CartPole-v1 --steps 50000 --logdir runs/cartpole [--wandb]
     python -m wmjax train --resume runs/cartpole            # continue from the newest checkpoint
+    python -m wmjax train --fork runs/cartpole --logdir runs/cartpole_lr --set lr=1e-4  # branch
     python -m wmjax eval runs/cartpole --episodes 20
     python -m wmjax plot runs/cartpole runs/other --out plots/
     python -m wmjax table runs/cartpole runs/other --every 10000  # mean return per 10k steps
@@ -91,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its newest checkpoint; flags given must "
                         "match its config (except --steps, which may extend it)")
+    t.add_argument("--fork", metavar="SRC",
+                   help="start the new run in --logdir from the newest checkpoint of run SRC (or "
+                        "--fork-chunk), with the tunables given by --set changed, e.g. --set "
+                        "reward_scale=10; other flags must match SRC's config, except --steps")
+    t.add_argument("--fork-chunk", type=int, metavar="N", help="with --fork: SRC's checkpoint N")
     t.add_argument("--checkpoint-every", type=int, default=10,
                    help="checkpoint every N chunks and at the end (0: only at the end)")
     t.add_argument("--wandb", action="store_true",
@@ -157,16 +163,20 @@ def _train(args: argparse.Namespace) -> int:
         if not (args.logdir or args.resume):
             raise ValueError("several processes write one run folder: give them all the same "
                              "--logdir (or --resume DIR)")
-    if args.resume:
+    if args.fork_chunk is not None and not args.fork:
+        raise ValueError("--fork-chunk picks a checkpoint of --fork SRC; give --fork too")
+    if args.fork:
+        config, logdir = None, _fork(args)  # train resumes the forked folder
+    elif args.resume:
         config = _resume_config(args)
         logdir = args.resume
     else:
         config = build_config(args)
         logdir = args.logdir or os.path.join(
             "runs", f"{config.env}-{time.strftime('%Y%m%d-%H%M%S')}")
-    train(config, logdir, resume=bool(args.resume), checkpoint_every=args.checkpoint_every,
-          wandb=args.wandb, wandb_project=args.wandb_project, verbose=not args.quiet,
-          devices=args.devices)
+    train(config, logdir, resume=bool(args.resume or args.fork),
+          checkpoint_every=args.checkpoint_every, wandb=args.wandb,
+          wandb_project=args.wandb_project, verbose=not args.quiet, devices=args.devices)
     from wmjax.distributed import is_main_process
 
     if is_main_process():
@@ -174,12 +184,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume_config(args: argparse.Namespace) -> TrainConfig:
-    """The saved config with the flags given on this command line applied on top, so that
-    `train` can name any that differ from the saved run."""
+def _fork(args: argparse.Namespace) -> str:
+    """`train --fork SRC --logdir DST --set NAME=VALUE`: fork SRC into DST (wmjax.run.fork), which
+    `train` then resumes. Returns DST."""
+    from wmjax.run import fork, load_config
+
+    if args.resume:
+        raise ValueError("--fork starts a new run from another's checkpoint and --resume "
+                         "continues one; give one of them")
+    if not args.logdir:
+        raise ValueError("--fork needs --logdir, the new run's folder")
+    tunables = dict(parse_override(s) for s in args.set)
+    requested = _resume_config(args, args.fork)
+    ignore = ("steps",) + tuple(f"agent.{name}" for name in tunables)
+    diffs = load_config(args.fork).differences(requested, ignore=ignore)
+    if diffs:
+        raise ValueError(f"--fork keeps {args.fork}'s config except --steps and tunables set with "
+                         f"--set; these differ (saved != requested): {'; '.join(diffs)}")
+    fork(args.fork, args.logdir, tunables, chunk=args.fork_chunk, steps=args.steps)
+    return args.logdir
+
+
+def _resume_config(args: argparse.Namespace, run_dir: str | None = None) -> TrainConfig:
+    """The saved config of `run_dir` (default: --resume's) with the flags given on this
+    command line applied on top, so that `train` can name any that differ from the saved run."""
     from wmjax.run import load_config
 
-    saved = load_config(args.resume)
+    saved = load_config(run_dir or args.resume)
     agent = dict(parse_override(s) for s in args.set)
     if args.preset is not None:
         if args.preset not in PRESETS:

@@ -4,6 +4,7 @@ A run folder holds:
     config.json      the resolved TrainConfig
     hyper.json       per-seed tunables, when a grid of them is trained as one program
     metrics.jsonl    one JSON object per seed per log point
+    fork.json        for a run forked from another's checkpoint (`fork`): the source and change
     checkpoints/     orbax checkpoints of the whole TrainState, numbered by chunks done
     wandb/           when wandb logging is on
 """
@@ -31,6 +32,7 @@ from wmjax.loop import host_metrics, make_train, num_chunks
 CONFIG_FILE = "config.json"
 HYPER_FILE = "hyper.json"
 METRICS_FILE = "metrics.jsonl"
+FORK_FILE = "fork.json"
 
 
 class RunDirError(ValueError):
@@ -225,6 +227,55 @@ def train(
         if ckpt:
             ckpt.close()
     return state, rows
+
+
+def fork(src: str, dst: str, tunables: dict[str, float], chunk: int | None = None,
+         steps: int | None = None) -> TrainConfig:
+    """Start run folder `dst` from checkpoint `chunk` (default: the newest) of run `src`, with
+    the given tunables (names in TUNABLES) set to new values for every seed: a branch that tests
+    a change from a trained state, with src's replay, optimizer and return statistics. Returns
+    dst's config; `train(config, dst, resume=True)` continues it. dst's metrics.jsonl begins
+    with src's rows up to that checkpoint, and fork.json names the source, the checkpoint and
+    the change. Nothing in src is written, and dst is written only once the checkpoint has
+    been read."""
+    from wmjax.agents.dreamer import TUNABLES
+
+    unknown = sorted(set(tunables) - set(TUNABLES))
+    if unknown:
+        raise ValueError(f"a fork changes tunables only; {unknown} would change the compiled "
+                         f"program or the state's layout. Tunables: {', '.join(TUNABLES)}")
+    if holds_run(dst):
+        raise RunDirError(f"{dst} already holds a run; fork into a new folder")
+    config = load_config(src)
+    config = config.replace(steps=config.steps if steps is None else steps,
+                            agent=config.agent.replace(**tunables))
+    trainer = cached_trainer(config)
+    if not os.path.isdir(checkpoint_dir(src)):
+        raise CheckpointError(f"cannot fork {src}: it has no checkpoint")
+    reader = Checkpointer(src, read_only=True)
+    try:
+        done, state = reader.restore(abstract_state(trainer, jax.random.key(config.seed), None),
+                                     chunk)
+    finally:
+        reader.close()
+    hyper = {k: jax.numpy.full_like(v, tunables[k]) if k in tunables else v
+             for k, v in state.agent.hyper.items()}
+    state = state._replace(agent=state.agent._replace(hyper=hyper))
+
+    env_steps = done * config.iters_per_chunk * config.num_envs
+    write_json(os.path.join(dst, CONFIG_FILE), config.to_dict())
+    saved_hyper = load_hyper(src)
+    if saved_hyper:  # a grid's per-seed values, with the changed ones replaced
+        write_json(os.path.join(dst, HYPER_FILE),
+                   {**saved_hyper, **_hyper_lists(tunables, config.seeds)})
+    write_json(os.path.join(dst, FORK_FILE), dict(source=os.path.abspath(src), chunk=done,
+                                                  env_steps=env_steps, tunables=tunables))
+    writer = Checkpointer(dst)
+    writer.save(done, state)
+    writer.close()
+    rows = read_metrics(src) if os.path.exists(os.path.join(src, METRICS_FILE)) else []
+    write_jsonl(os.path.join(dst, METRICS_FILE), [r for r in rows if r["env_step"] <= env_steps])
+    return config
 
 
 def stop_on_sigterm() -> None:
