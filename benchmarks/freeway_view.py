@@ -165,8 +165,8 @@ def _flat(policy: Policy) -> bool:
     return policy.config.env.endswith(FLAT_SUFFIX)
 
 
-def _share(x: np.ndarray) -> float | None:
-    """The share of True in `x`, or None when it is empty."""
+def _mean(x: np.ndarray) -> float | None:
+    """The mean of `x` (for booleans, the share of True), or None when it is empty."""
     return float(x.mean()) if x.size else None
 
 
@@ -197,10 +197,52 @@ def frame_view(policy: Policy, rec: dict, post, window: int) -> dict:
         posterior_trail_right=float(seen["trails"].mean()),
         prior_chicken_right=float(ahead["chicken"].mean()),
         prior_car_right=float(ahead["cars"].mean()),
-        prior_car_right_when_it_moves=_share(ahead["cars"][moves]),
-        prior_car_right_when_it_stays=_share(ahead["cars"][~moves]),
+        prior_car_right_when_it_moves=_mean(ahead["cars"][moves]),
+        prior_car_right_when_it_stays=_mean(ahead["cars"][~moves]),
         prior_trail_right=float(ahead["trails"].mean()),
         cars_moving_per_step=float(moves.mean()))
+
+
+def discounted_returns(reward: np.ndarray, ended: np.ndarray, gamma: float):
+    """(steps, envs) records -> each step's discounted return within its episode, sum over k of
+    gamma^k * reward[t + k] (reward[t] is the step's own reward, as the critic's target counts
+    it), and how many steps of the episode the record holds from t on (the sum is cut there)."""
+    ret = np.zeros(reward.shape, np.float64)
+    ahead = np.zeros(reward.shape, np.int64)
+    nxt, n = np.zeros(reward.shape[1:]), np.zeros(reward.shape[1:], np.int64)
+    for t in range(reward.shape[0] - 1, -1, -1):
+        live = ~ended[t]
+        nxt = reward[t] + gamma * live * nxt
+        n = 1 + live * n
+        ret[t], ahead[t] = nxt, n
+    return ret, ahead
+
+
+def value_view(policy: Policy, rec: dict, post, window: int) -> dict:
+    """Does the critic know that the chicken's row matters? Per true chicken row, the critic's
+    value of the posterior states there beside the discounted return the policy then got (over
+    states with at least three discount horizons of their episode recorded ahead, where the cut
+    sum is within 5% of the whole); and the reward head's prediction at the states a crossing
+    led to, against elsewhere (the truth: 1 and 0)."""
+    agent, params, c = policy.agent, policy.state.params, policy.agent.config
+    feat = rssm(policy, post, method=RSSM.feat)
+    val = np.asarray(agent.twohot.mean(agent.critic.apply({"params": params["critic"]}, feat)))
+    rew = np.asarray(agent.twohot.mean(agent.reward.apply({"params": params["reward"]}, feat)))
+    ret, ahead = discounted_returns(rec["reward"], rec["ended"], c.gamma)
+    counted = windows(ahead >= 3 * c.horizon, window)
+    ret, row = windows(ret, window), windows(rec["pos"], window)
+    got = np.zeros(rec["reward"].shape, bool)  # the state a crossing led to (same episode)
+    got[1:] = (rec["reward"][:-1] > 0) & ~rec["ended"][:-1]
+    got = windows(got, window)
+    by_row = [dict(row=r, states=int((row == r).sum()),
+                   critic=_mean(val[row == r]), true_return=_mean(ret[(row == r) & counted]))
+              for r in range(1, BOTTOM + 1)]
+    return dict(by_row=by_row, crossings=int(got.sum()), reward_at_crossings=_mean(rew[got]),
+                reward_elsewhere=_mean(rew[~got]))
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def replay_rec_loss(policy: Policy, run_dir: str, seed: int, windows: int = 4096,
@@ -315,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
                     **frame_view(policy, rec, post, window)),
         world_model=model_view(policy, rec, post,
                                {"dodgeable": pick(dodgeable), "safe": pick(safe)},
-                               args.samples, window, jax.random.fold_in(key, 7)))
+                               args.samples, window, jax.random.fold_in(key, 7)),
+        values=value_view(policy, rec, post, window))
     print(f"{args.run_dir} (checkpoint {policy.chunk}): {result['episodes']} episodes, mean return "
           f"{result['mean_return']}, crossings {result['crossings_per_episode']}, hits "
           f"{result['hits_per_episode']} per episode")
@@ -327,6 +370,12 @@ def main(argv: list[str] | None = None) -> dict:
     print("  frames:", {k: None if v is None else round(v, 3) for k, v in result["frames"].items()})
     for name, v in result["world_model"].items():
         print(f"  {name}:", {k: round(x, 3) if isinstance(x, float) else x for k, x in v.items()})
+    values = result["values"]
+    print("  critic value / true return by chicken row:", ", ".join(
+        f"{r['row']}: {_fmt(r['critic'])} / {_fmt(r['true_return'])}" for r in values["by_row"]))
+    print(f"  reward head at the {values['crossings']} states a crossing led to: "
+          f"{_fmt(values['reward_at_crossings'])} (truth 1), elsewhere "
+          f"{_fmt(values['reward_elsewhere'], 4)} (truth 0)")
     if args.out:
         write_json(args.out, result)
     return result

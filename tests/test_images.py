@@ -344,6 +344,18 @@ def test_freeway_view_scores_each_lane_of_a_drawn_frame():
     assert lanes_right(pred, true)["chicken"].item() is False
 
 
+def test_freeway_view_discounts_returns_within_each_episode():
+    """The true return beside the critic's value: rewards discounted from each step on, cut at
+    its episode's end, with the count of the episode's steps recorded from there."""
+    from benchmarks.freeway_view import discounted_returns
+
+    reward = np.array([[0.0], [1.0], [0.0], [1.0], [0.0]])
+    ended = np.array([[False], [False], [True], [False], [False]])
+    ret, ahead = discounted_returns(reward, ended, 0.5)
+    np.testing.assert_allclose(ret[:, 0], [0.5, 1.0, 0.0, 1.0, 0.0])
+    assert ahead[:, 0].tolist() == [3, 2, 1, 2, 1]
+
+
 @pytest.mark.parametrize("env", ["Freeway-MinAtar", "Freeway-MinAtar-Flat"])
 def test_freeway_view_on_a_trained_run(tmp_path, env):
     """The diagnosis end to end on a tiny Freeway run, on frames or on the flat vector: shares
@@ -377,6 +389,13 @@ def test_freeway_view_on_a_trained_run(tmp_path, env):
     for key in ("posterior_chicken_right", "posterior_car_right", "prior_car_right",
                 "prior_car_right_when_it_moves", "prior_trail_right"):
         assert 0.0 <= frames[key] <= 1.0, key
+    values = out["values"]
+    assert [r["row"] for r in values["by_row"]] == list(range(1, 10))
+    assert sum(r["states"] for r in values["by_row"]) > 0
+    for r in values["by_row"]:  # 96 steps hold no three discount horizons: no true return
+        assert r["true_return"] is None
+        assert (r["critic"] is None) == (r["states"] == 0)
+    assert np.isfinite(values["reward_elsewhere"])
     if env.endswith("-Flat"):
         return
     other = tmp_path / "cartpole"
