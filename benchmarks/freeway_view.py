@@ -22,7 +22,10 @@ the true dynamics from the current state). A step is *dodgeable* when "up" would
     rollout follows the actor for the imagination horizon and R^lambda is the actor-critic's
     lambda-return (averaged over `--samples` rollouts). If Q(noop) > Q(up) on dodgeable steps,
     the model and critic know waiting pays, and a policy that still presses "up" has stopped
-    exploring; if not, the world model or critic is the limit.
+    exploring; if not, the world model or critic is the limit;
+- whether the critic knows that the chicken's row matters (`values`): per true row, the
+  critic's value of the posterior states beside the discounted return the policy then got, and
+  the reward head's prediction at the states a crossing led to and elsewhere.
 
     python benchmarks/freeway_view.py runs/ladder_freeway_bce_ent3e4/freeway/dreamer
     python benchmarks/freeway_view.py RUN_DIR --chunk 73 --out benchmarks/results/freeway_view.json
