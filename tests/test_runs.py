@@ -418,6 +418,7 @@ def test_fork_refusals_name_the_problem_and_write_nothing(reference, tmp_path, c
         (["--env", "Acrobot-v1"], "env: 'CartPole-v1' != 'Acrobot-v1'"),
         (["--fork-chunk", "8"], "no checkpoint 8 in .*saved: [12, 16]"),
         (["--resume", ref_dir], "give one of them"),
+        (["--num-processes", "2"], "from one process"),
     ]
     for flags, message in cases:
         assert main(["train", "--fork", ref_dir, "--logdir", dst, "--quiet"] + flags) == 2

@@ -156,7 +156,11 @@ def _train(args: argparse.Namespace) -> int:
 
     stop_on_sigterm()  # SIGTERM saves the chunk in flight, like Ctrl-C
 
-    if args.coordinator or args.num_processes is not None or args.process_id is not None:
+    several = args.coordinator or args.num_processes is not None or args.process_id is not None
+    if several and args.fork:
+        raise ValueError("--fork writes the new folder from one process: fork there, then "
+                         "--resume it with several")
+    if several:
         from wmjax.distributed import initialize
 
         initialize(args.coordinator, args.num_processes, args.process_id)
@@ -194,6 +198,7 @@ def _fork(args: argparse.Namespace) -> str:
                          "continues one; give one of them")
     if not args.logdir:
         raise ValueError("--fork needs --logdir, the new run's folder")
+
     tunables = dict(parse_override(s) for s in args.set)
     requested = _resume_config(args, args.fork)
     ignore = ("steps",) + tuple(f"agent.{name}" for name in tunables)

@@ -249,9 +249,9 @@ def fork(src: str, dst: str, tunables: dict[str, float], chunk: int | None = Non
     config = load_config(src)
     config = config.replace(steps=config.steps if steps is None else steps,
                             agent=config.agent.replace(**tunables))
-    trainer = cached_trainer(config)
     if not os.path.isdir(checkpoint_dir(src)):
         raise CheckpointError(f"cannot fork {src}: it has no checkpoint")
+    trainer = cached_trainer(config)
     reader = Checkpointer(src, read_only=True)
     try:
         done, state = reader.restore(abstract_state(trainer, jax.random.key(config.seed), None),
