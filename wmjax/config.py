@@ -260,6 +260,11 @@ class TrainConfig:
         """Vector-env steps per chunk (each steps every env once)."""
         return max(1, self.chunk_steps // self.num_envs)
 
+    @property
+    def env_steps_per_chunk(self) -> int:
+        """Env steps per seed in one chunk: chunk_steps rounded down to whole vector steps."""
+        return self.iters_per_chunk * self.num_envs
+
 
 def _check_fields(cls: type, data: dict[str, Any], what: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}

@@ -271,8 +271,7 @@ def summarise_chunk(stats: dict, state: TrainState, env: EnvAdapter, ratios: dic
 
 
 def num_chunks(config: TrainConfig) -> int:
-    per_chunk = config.iters_per_chunk * config.num_envs
-    return -(-config.steps // per_chunk)
+    return -(-config.steps // config.env_steps_per_chunk)
 
 
 def host_metrics(metrics: dict) -> list[dict[str, Any]]:

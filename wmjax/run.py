@@ -162,7 +162,7 @@ def train(
             ckpt = Checkpointer(logdir)
 
     chunks = num_chunks(config)
-    per_chunk = config.iters_per_chunk * config.num_envs
+    per_chunk = config.env_steps_per_chunk
     total = chunks * per_chunk
     log(f"wmjax: {config.env}, {config.seeds} seed(s) x {config.num_envs} envs, "
         f"{total:,d} env steps per seed in {chunks} chunks, train ratio {config.train_ratio:g} "
@@ -262,7 +262,7 @@ def fork(src: str, dst: str, tunables: dict[str, float], chunk: int | None = Non
              for k, v in state.agent.hyper.items()}
     state = state._replace(agent=state.agent._replace(hyper=hyper))
 
-    env_steps = done * config.iters_per_chunk * config.num_envs
+    env_steps = done * config.env_steps_per_chunk
     write_json(os.path.join(dst, CONFIG_FILE), config.to_dict())
     saved_hyper = load_hyper(src)
     if saved_hyper:  # a grid's per-seed values, with the changed ones replaced
