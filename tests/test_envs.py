@@ -2,6 +2,7 @@ import jax
 import pytest
 
 from wmjax.envs import make_env
+from wmjax.envs.core import REGISTRY
 
 
 def _rollout(env, steps, seed=0):
@@ -58,3 +59,21 @@ def test_pendulum_time_limit_is_truncation_not_termination():
     assert bool(steps[199].is_last) and not bool(steps[199].is_terminal)
     assert not any(bool(ts.is_terminal) for ts in steps)
     assert bool(steps[200].is_first)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_a_step_keeps_the_types_of_the_reset_state(name):
+    """The training loop's state is the input of one compiled chunk and the output of the last,
+    so every leaf must keep its type through a step, weak types included: a weakly typed leaf
+    after reset (gymnax Freeway's `pos=9`) made every run compile its chunk program twice."""
+    if name.startswith("Craftax"):
+        pytest.importorskip("craftax")
+    env = make_env(name)
+    key = jax.random.key(0)
+    state, _ = jax.eval_shape(lambda k: env.reset_batch(k, 2), key)
+    action = (jax.ShapeDtypeStruct((2,), jax.numpy.int32) if env.spec.discrete
+              else jax.ShapeDtypeStruct((2, env.spec.num_actions), jax.numpy.float32))
+    stepped, _ = jax.eval_shape(env.step_batch, key, state, action)
+    types = lambda tree: [(jax.tree_util.keystr(p), x.shape, x.dtype, x.weak_type)
+                          for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+    assert types(stepped) == types(state)

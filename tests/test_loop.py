@@ -120,3 +120,18 @@ def test_continue_metrics_are_logged(run):
         assert row["cont/terminals"] + row["cont/nonterminals"] == pytest.approx(c.batch_size * c.batch_length)
         assert 0.0 <= row["cont/nonterminal"] <= 1.0
         assert row["cont/terminal"] is None or 0.0 <= row["cont/terminal"] <= 1.0
+
+
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])
+def test_a_chunk_returns_its_input_types(env):
+    """The state a chunk returns is the next chunk's input: any change of shape, dtype or weak
+    type anywhere in it (Pendulum's state had a weakly typed `last_u` after reset) compiles the
+    chunk program a second time. Traced only, nothing is compiled."""
+    from wmjax.loop import make_train
+
+    trainer = make_train(TINY.replace(env=env))
+    fresh = jax.eval_shape(trainer.init, jax.random.key(0))
+    after, _ = jax.eval_shape(trainer.train_chunk, fresh)
+    types = lambda tree: [(jax.tree_util.keystr(p), x.shape, x.dtype, x.weak_type)
+                          for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+    assert types(after) == types(fresh)

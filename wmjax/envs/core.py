@@ -125,7 +125,7 @@ class EnvAdapter:
     def reset(self, key: jax.Array) -> tuple[EnvState, Timestep]:
         obs, inner = self.env.reset_env(key, self.params)
         zero = jnp.zeros((), jnp.float32)
-        state = EnvState(inner, jnp.zeros((), bool), zero, jnp.zeros((), jnp.int32))
+        state = EnvState(strong_types(inner), jnp.zeros((), bool), zero, jnp.zeros((), jnp.int32))
         step = Timestep(self._obs(obs), zero, jnp.ones((), bool),
                         jnp.zeros((), bool), jnp.zeros((), bool))
         return state, step
@@ -163,7 +163,7 @@ class EnvAdapter:
         last = jnp.logical_and(~reset, jnp.logical_or(terminated, truncated.astype(bool)))
         ep_return = jnp.where(reset, 0.0, state.episode_return + reward)
         ep_length = jnp.where(reset, 0, state.episode_length + 1)
-        new_state = EnvState(inner, last, ep_return, ep_length)
+        new_state = EnvState(strong_types(inner), last, ep_return, ep_length)
         return new_state, Timestep(obs, reward, reset, last, terminated)
 
     # Batched entry points, used by the training loop and evaluation. An adapter whose reset is
@@ -182,6 +182,16 @@ class EnvAdapter:
     def chunk_metrics(self, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Metrics derived from a chunk's metrics (inside the compiled program). None by default."""
         return {}
+
+
+def strong_types(tree: Any) -> Any:
+    """`tree` with no weakly typed leaves. gymnax and craftax fill some state fields from Python
+    numbers (Freeway's `pos=9`), which JAX types weakly, while a step computes them strongly; a
+    state whose types change from one chunk to the next compiles the chunk program twice."""
+    def strong(x):
+        x = jnp.asarray(x)
+        return jax.lax.convert_element_type(x, x.dtype) if x.weak_type else x
+    return jax.tree.map(strong, tree)
 
 
 def _convert(obs: jax.Array, dtype) -> jax.Array:
