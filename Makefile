@@ -10,6 +10,10 @@ PRESET ?= size1m
 STEPS  ?= 50000
 SEEDS  ?= 1
 LOGDIR ?=
+# pytest processes for `make test` (pytest-xdist; each test file runs whole in one of them, so
+# module fixtures are built once). The suite is mostly XLA compiling, which keeps about 1.4 of
+# 2 cores busy in one process; two processes cut it by about a quarter on 2 cores.
+TEST_WORKERS ?= 2
 
 # XLA's CPU buffers on transparent huge pages: ~20% faster updates (wmjax/hugepages.py).
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
@@ -26,7 +30,7 @@ train: $(STAMP)
 	$(PY) -m wmjax train --env $(ENV) --preset $(PRESET) --steps $(STEPS) --seeds $(SEEDS) $(if $(LOGDIR),--logdir $(LOGDIR),)
 
 test: $(STAMP)
-	$(PY) -m pytest -v --durations=20 tests
+	$(PY) -m pytest -v --durations=20 -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py

@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("craftax")
 
+from programs import TINY  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
 from wmjax.envs.craftax import achievement_names, crafter_score, score_from_rates  # noqa: E402
@@ -186,7 +187,6 @@ def test_craftax_view_on_a_trained_run(tmp_path, name):
     assert view["zombie decoded on a true zombie cell"] is None or 0.0 <= view["zombie decoded on a true zombie cell"] <= 1.0
     if name == GRID:
         return
-    other = dataclasses.replace(config, env="CartPole-v1", replay_size=256)
-    train(other, str(tmp_path / "cartpole"), verbose=False)
+    train(TINY.replace(steps=128), str(tmp_path / "cartpole"), verbose=False)  # the shared program
     with pytest.raises(SystemExit):
         main([str(tmp_path / "cartpole")])

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from programs import TINY
 from wmjax.envs import make_env
 from wmjax.models.heads import ImageDecoder, ImageEncoder, cnn_plan, cnn_stages
 
@@ -399,7 +400,6 @@ def test_freeway_view_on_a_trained_run(tmp_path, env):
     if env.endswith("-Flat"):
         return
     other = tmp_path / "cartpole"
-    train(TrainConfig(env="CartPole-v1", num_envs=2, seeds=1, steps=64, chunk_steps=64,
-                      agent=DreamerConfig.preset("tiny")), str(other), verbose=False)
+    train(TINY.replace(steps=128), str(other), verbose=False)  # the suite's shared program
     with pytest.raises(SystemExit):
         main([str(other)])
