@@ -28,3 +28,12 @@ def run_chunks(trainer, chunks: int):
         state, metrics = trainer.train_chunk(state)
         rows.append(host_metrics(metrics))
     return state, rows
+
+
+def leaf_types(tree) -> list:
+    """(path, shape, dtype, weak type) of every leaf of `tree` (arrays or ShapeDtypeStructs): a
+    jitted program compiles again for a state whose list differs."""
+    import jax
+
+    return [(jax.tree_util.keystr(p), x.shape, x.dtype, x.weak_type)
+            for p, x in jax.tree_util.tree_leaves_with_path(jax.eval_shape(lambda: tree))]

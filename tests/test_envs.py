@@ -1,6 +1,7 @@
 import jax
 import pytest
 
+from programs import leaf_types
 from wmjax.envs import make_env
 from wmjax.envs.core import REGISTRY
 
@@ -74,6 +75,4 @@ def test_a_step_keeps_the_types_of_the_reset_state(name):
     action = (jax.ShapeDtypeStruct((2,), jax.numpy.int32) if env.spec.discrete
               else jax.ShapeDtypeStruct((2, env.spec.num_actions), jax.numpy.float32))
     stepped, _ = jax.eval_shape(env.step_batch, key, state, action)
-    types = lambda tree: [(jax.tree_util.keystr(p), x.shape, x.dtype, x.weak_type)
-                          for p, x in jax.tree_util.tree_leaves_with_path(tree)]
-    assert types(stepped) == types(state)
+    assert leaf_types(stepped) == leaf_types(state)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from programs import TINY, run_chunks
+from programs import TINY, leaf_types, run_chunks
 from wmjax.loop import host_metrics
 from wmjax.run import cached_trainer
 
@@ -132,6 +132,4 @@ def test_a_chunk_returns_its_input_types(env):
     trainer = make_train(TINY.replace(env=env))
     fresh = jax.eval_shape(trainer.init, jax.random.key(0))
     after, _ = jax.eval_shape(trainer.train_chunk, fresh)
-    types = lambda tree: [(jax.tree_util.keystr(p), x.shape, x.dtype, x.weak_type)
-                          for p, x in jax.tree_util.tree_leaves_with_path(tree)]
-    assert types(after) == types(fresh)
+    assert leaf_types(after) == leaf_types(fresh)
