@@ -102,7 +102,7 @@ def update_gflop(agent: Dreamer) -> tuple[float, float]:
     (loop bodies once), and with every scan step counted (the cost analysis of the lowered
     update with the RSSM's scans fully unrolled; compiling that takes minutes)."""
     k = jax.random.key(0)
-    args = (agent.init(k), _fixed_batch(agent), k)
+    args = (jax.jit(agent.init)(k), _fixed_batch(agent), k)
     rolled = _flops(jax.jit(agent.update).lower(*args).compile().cost_analysis())
     unrolled = Dreamer(agent.config, agent.spec)
     unrolled.rssm = unrolled.rssm.clone(unroll=True)
@@ -113,7 +113,7 @@ def update_gflop(agent: Dreamer) -> tuple[float, float]:
 def bare_update(agent: Dreamer, seeds: int, repeats: int) -> float:
     """Median seconds per jitted update vmapped over `seeds`, on a fixed batch."""
     k = jax.random.key(0)
-    states = jax.vmap(agent.init)(jax.random.split(k, seeds))
+    states = jax.jit(jax.vmap(agent.init))(jax.random.split(k, seeds))  # one program, not op by op
     batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), _fixed_batch(agent))
     keys = jax.random.split(k, seeds)
     step = jax.jit(jax.vmap(agent.update))
