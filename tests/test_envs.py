@@ -76,3 +76,5 @@ def test_a_step_keeps_the_types_of_the_reset_state(name):
               else jax.ShapeDtypeStruct((2, env.spec.num_actions), jax.numpy.float32))
     stepped, _ = jax.eval_shape(env.step_batch, key, state, action)
     assert leaf_types(stepped) == leaf_types(state)
+    # Unjitted too (an eager reset holds concrete arrays, Craftax's PRNG key among them).
+    assert leaf_types(env.reset(key)[0]) == leaf_types(jax.eval_shape(env.reset, key)[0])

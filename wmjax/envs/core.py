@@ -188,9 +188,9 @@ def strong_types(tree: Any) -> Any:
     """`tree` with no weakly typed leaves. gymnax and craftax fill some state fields from Python
     numbers (Freeway's `pos=9`), which JAX types weakly, while a step computes them strongly; a
     state whose types change from one chunk to the next compiles the chunk program twice."""
-    def strong(x):
+    def strong(x):  # jax.typeof: concrete PRNG key arrays (Craftax's) have no .weak_type
         x = jnp.asarray(x)
-        return jax.lax.convert_element_type(x, x.dtype) if x.weak_type else x
+        return jax.lax.convert_element_type(x, x.dtype) if jax.typeof(x).weak_type else x
     return jax.tree.map(strong, tree)
 
 
