@@ -9,13 +9,13 @@ the true dynamics from the current state). A step is *dodgeable* when "up" would
 - how the policy plays: return, crossings and hits per episode, action shares, and how often it
   presses "up" on dodgeable steps;
 - how well the world model draws the frames (`frames`): its reconstruction loss on these
-  fresh frames (`posterior_rec_loss`, the training loss's term) and on windows of the
-  checkpoint's own replay (`replay_rec_loss`, what the run logs as `loss/rec`), so the gap
-  shows how much of its fit to replay carries over to new episodes; over every recorded
-  window, the share of lanes whose car, and whose speed trail, its posterior's reconstruction
-  puts on the right cells, and the same for its prior one step ahead under the action taken;
-  the chicken likewise.
-  Cars that move on that step are counted apart, as the model must know when they move;
+  fresh frames (`posterior_rec_loss`, the training loss's term); over every recorded window,
+  the share of lanes whose car, and whose speed trail, its posterior's reconstruction puts on
+  the right cells, and the same for its prior one step ahead under the action taken; the
+  chicken likewise. Cars that move on that step are counted apart, as the model must know
+  when they move. `replay_frames` gives the same figures on 1,024 windows of the checkpoint's
+  own replay (its loss is what the run logs as `loss/rec`), so the gap shows how much of the
+  model's fit to its replay carries over to new episodes;
 - what the world model predicts there, from its posterior at that step:
   - whether the prior after "up" puts the chicken back on the bottom row (it foresees the hit);
   - the imagined value of each first action, Q(s, a) = r + c * R^lambda, where the rest of the
@@ -173,22 +173,23 @@ def _mean(x: np.ndarray) -> float | None:
     return float(x.mean()) if x.size else None
 
 
-def frame_view(policy: Policy, rec: dict, post, window: int) -> dict:
-    """How well the world model draws Freeway's frames over all recorded windows (`post`, from
-    `posterior`): its posterior reconstruction of each frame, and its prior's prediction of the
-    next frame under the action taken (pixels above half on)."""
+def frame_scores(policy: Policy, post, obs, action, is_first) -> dict:
+    """How well the world model draws Freeway's frames over windows (B, T) whose posterior
+    states are `post`: its posterior reconstruction of each frame, and its prior's prediction of
+    the next frame under the action taken (`action` as the agent's action vectors; pixels above
+    half on). Fresh episodes (`frame_view`) and replay (`replay_view`) are scored by this one
+    function, so the two sets of figures compare."""
     agent, flat = policy.agent, _flat(policy)
-    obs, action, is_first = (windows(rec[k], window) for k in ("obs", "action", "is_first"))
 
     def draw(post, action, obs):
-        prior = rssm(policy, post, agent.action_vector(action), None, method=RSSM.img_step)
+        prior = rssm(policy, post, action, None, method=RSSM.img_step)
         out = [decoder(policy, rssm(policy, state, method=RSSM.feat)) for state in (post, prior)]
         loss = agent.decoder.loss(out[0], obs).mean()  # the training loss's term, on these frames
         return tuple(cells(agent.decoder.to_obs(x), flat) for x in out) + (loss,)
 
     recon, pred, loss = (np.asarray(x) for x in jax.jit(draw)(post, jnp.asarray(action),
                                                                jnp.asarray(obs)))
-    obs = cells(obs, flat)
+    obs, is_first = cells(np.asarray(obs), flat), np.asarray(is_first)
     same_episode = ~is_first[:, 1:]  # a prediction across a reset has nothing to match
     seen = lanes_right(recon, obs)
     ahead = {k: v[same_episode] for k, v in lanes_right(pred[:, :-1], obs[:, 1:]).items()}
@@ -204,6 +205,13 @@ def frame_view(policy: Policy, rec: dict, post, window: int) -> dict:
         prior_car_right_when_it_stays=_mean(ahead["cars"][~moves]),
         prior_trail_right=float(ahead["trails"].mean()),
         cars_moving_per_step=float(moves.mean()))
+
+
+def frame_view(policy: Policy, rec: dict, post, window: int) -> dict:
+    """`frame_scores` over all recorded windows of fresh episodes (`post`, from `posterior`)."""
+    obs, action, is_first = (windows(rec[k], window) for k in ("obs", "action", "is_first"))
+    return frame_scores(policy, post, obs, policy.agent.action_vector(jnp.asarray(action)),
+                        is_first)
 
 
 def discounted_returns(reward: np.ndarray, ended: np.ndarray, gamma: float):
@@ -248,22 +256,22 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def replay_rec_loss(policy: Policy, run_dir: str, seed: int, windows: int = 4096,
-                    batch: int = 64) -> float:
-    """The reconstruction loss on `windows` windows sampled from the replay of seed `seed` in
-    the policy's checkpoint, computed as `frame_view` computes it on fresh episodes: what the run
-    logged as `loss/rec`, measured again at this checkpoint."""
+def replay_view(policy: Policy, run_dir: str, seed: int, windows: int = 1024) -> dict:
+    """`frame_scores` on `windows` windows sampled from the replay of seed `seed` in the policy's
+    checkpoint: the data the model was trained on. Its `posterior_rec_loss` is what the run
+    logged as `loss/rec`, measured again at this checkpoint; beside the same figures on fresh
+    episodes, the gap shows how much of the model's fit to its replay carries over to new
+    episodes (cars it has learnt to move, or only the car layouts it has seen)."""
     run_dir, member = resolve_member(run_dir, seed)
     _, _, state = load_train_state(run_dir, policy.chunk)
     replay = jax.tree.map(lambda x: x[member], state.replay)
     agent, params = policy.agent, policy.state.params
 
-    def loss(key):
-        b = Batch(**rb.sample(replay, key, batch, agent.config.batch_length))
-        feat = agent.observe(params, b.obs, b.action, b.is_first, jax.random.key(1))[3]
-        return agent.decoder.loss(decoder(policy, feat), b.obs).mean()
-    loss = jax.jit(loss)
-    return float(np.mean([loss(jax.random.key(i)) for i in range(max(windows // batch, 1))]))
+    def sample(key):
+        b = Batch(**rb.sample(replay, key, windows, agent.config.batch_length))
+        post = agent.observe(params, b.obs, b.action, b.is_first, jax.random.key(1))[1]
+        return post, b.obs, b.action, b.is_first
+    return frame_scores(policy, *jax.jit(sample)(jax.random.key(seed)))
 
 
 def model_view(policy: Policy, rec: dict, post, picks: dict[str, np.ndarray], samples: int,
@@ -356,8 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
         dodgeable_share_of_steps=float(dodgeable.mean()),
         up_when_dodgeable=float((rec["action"][dodgeable] == UP).mean()) if dodgeable.any() else None,
         up_when_safe=float((rec["action"][safe] == UP).mean()) if safe.any() else None,
-        frames=dict(replay_rec_loss=replay_rec_loss(policy, args.run_dir, args.seed),
-                    **frame_view(policy, rec, post, window)),
+        frames=frame_view(policy, rec, post, window),
+        replay_frames=replay_view(policy, args.run_dir, args.seed),
         world_model=model_view(policy, rec, post,
                                {"dodgeable": pick(dodgeable), "safe": pick(safe)},
                                args.samples, window, jax.random.fold_in(key, 7)),
@@ -370,7 +378,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("actions:", {k: round(float(v), 3) for k, v in result["action_share"].items()},
           f"| dodgeable steps {share(result['dodgeable_share_of_steps'])}, 'up' on them "
           f"{share(result['up_when_dodgeable'])}, 'up' on safe steps {share(result['up_when_safe'])}")
-    print("  frames:", {k: None if v is None else round(v, 3) for k, v in result["frames"].items()})
+    for name in ("frames", "replay_frames"):
+        print(f"  {name}:", {k: None if v is None else round(v, 3) for k, v in result[name].items()})
     for name, v in result["world_model"].items():
         print(f"  {name}:", {k: round(x, 3) if isinstance(x, float) else x for k, x in v.items()})
     values = result["values"]

@@ -386,10 +386,13 @@ def test_freeway_view_on_a_trained_run(tmp_path, env):
     from wmjax.run import read_metrics
 
     logged = [r["loss/rec"] for r in read_metrics(str(tmp_path)) if r.get("loss/rec") is not None]
-    assert abs(frames["replay_rec_loss"] - logged[-1]) < 0.5 * logged[-1]
-    for key in ("posterior_chicken_right", "posterior_car_right", "prior_car_right",
-                "prior_car_right_when_it_moves", "prior_trail_right"):
-        assert 0.0 <= frames[key] <= 1.0, key
+    replay = out["replay_frames"]
+    assert abs(replay["posterior_rec_loss"] - logged[-1]) < 0.5 * logged[-1]
+    assert set(replay) == set(frames)  # one scoring for fresh episodes and replay
+    for scores in (frames, replay):
+        for key in ("posterior_chicken_right", "posterior_car_right", "prior_car_right",
+                    "prior_car_right_when_it_moves", "prior_trail_right"):
+            assert 0.0 <= scores[key] <= 1.0, key
     values = out["values"]
     assert [r["row"] for r in values["by_row"]] == list(range(1, 10))
     assert sum(r["states"] for r in values["by_row"]) > 0
