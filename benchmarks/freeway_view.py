@@ -256,8 +256,8 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def replay_view(policy: Policy, run_dir: str, seed: int, windows: int = 1024) -> dict:
-    """`frame_scores` on `windows` windows sampled from the replay of seed `seed` in the policy's
+def replay_view(policy: Policy, run_dir: str, seed: int, count: int = 1024) -> dict:
+    """`frame_scores` on `count` windows sampled from the replay of seed `seed` in the policy's
     checkpoint: the data the model was trained on. Its `posterior_rec_loss` is what the run
     logged as `loss/rec`, measured again at this checkpoint; beside the same figures on fresh
     episodes, the gap shows how much of the model's fit to its replay carries over to new
@@ -268,7 +268,7 @@ def replay_view(policy: Policy, run_dir: str, seed: int, windows: int = 1024) ->
     agent, params = policy.agent, policy.state.params
 
     def sample(key):
-        b = Batch(**rb.sample(replay, key, windows, agent.config.batch_length))
+        b = Batch(**rb.sample(replay, key, count, agent.config.batch_length))
         post = agent.observe(params, b.obs, b.action, b.is_first, jax.random.key(1))[1]
         return post, b.obs, b.action, b.is_first
     return frame_scores(policy, *jax.jit(sample)(jax.random.key(seed)))
