@@ -141,14 +141,17 @@ def lanes_right(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
                 trails=(pred[..., LANES, :, 2:] == true[..., LANES, :, 2:]).all((-1, -2)))
 
 
-def posterior(policy: Policy, rec: dict, window: int):
-    """The world model's posterior states (B, window) over the record's windows, each started
-    fresh as in training; both views read this one pass."""
-    agent, params = policy.agent, policy.state.params
+def observed(policy: Policy, obs, action, is_first):
+    """The world model's posterior states over windows (B, T), each started fresh as in
+    training (`action` as the agent's action vectors); fresh episodes and replay both go
+    through this, with the same sampling key."""
+    return policy.agent.observe(policy.state.params, obs, action, is_first, jax.random.key(1))[1]
 
+
+def posterior(policy: Policy, rec: dict, window: int):
+    """`observed` over the record's windows; both views read this one pass."""
     def observe(obs, action, is_first):
-        return agent.observe(params, obs, agent.action_vector(action), is_first,
-                             jax.random.key(1))[1]
+        return observed(policy, obs, policy.agent.action_vector(action), is_first)
     return jax.jit(observe)(*(jnp.asarray(windows(rec[k], window))
                               for k in ("obs", "action", "is_first")))
 
@@ -265,12 +268,10 @@ def replay_view(policy: Policy, run_dir: str, seed: int, count: int = 1024) -> d
     run_dir, member = resolve_member(run_dir, seed)
     _, _, state = load_train_state(run_dir, policy.chunk)
     replay = jax.tree.map(lambda x: x[member], state.replay)
-    agent, params = policy.agent, policy.state.params
 
     def sample(key):
-        b = Batch(**rb.sample(replay, key, count, agent.config.batch_length))
-        post = agent.observe(params, b.obs, b.action, b.is_first, jax.random.key(1))[1]
-        return post, b.obs, b.action, b.is_first
+        b = Batch(**rb.sample(replay, key, count, policy.agent.config.batch_length))
+        return observed(policy, b.obs, b.action, b.is_first), b.obs, b.action, b.is_first
     return frame_scores(policy, *jax.jit(sample)(jax.random.key(seed)))
 
 
