@@ -234,3 +234,21 @@ def test_bce_vector_loss_is_cross_entropy_on_unit_range_features():
     # image keys keep their (mse) loss, 1 per missed pixel; the vector keys cost log 2 per dim
     np.testing.assert_allclose(grid.loss(pred, obs), 7 * 9 * 21 + 22 * np.log(2.0), rtol=1e-5)
     np.testing.assert_allclose(grid.to_obs(pred)["state"], np.full(22, 0.5))
+
+
+def test_actor_unimix_puts_a_floor_under_every_discrete_action():
+    """actor_unimix mixes a uniform share into the policy (the 2023 paper's 1%); 0 leaves it."""
+    spec = make_env("CartPole-v1").spec
+    feat = jax.random.normal(jax.random.key(1), (1024, DreamerConfig.preset("tiny").feat_size))
+    for mix in (0.0, 0.1):
+        agent = Dreamer(DreamerConfig.preset("tiny", actor_unimix=mix), spec)
+        actor = agent.init(jax.random.key(0)).params["actor"]
+        # Output bias +-1000: without a mix, one action takes all the probability.
+        actor = {**actor, "Linear_0": {**actor["Linear_0"], "bias": jnp.array([1e3, -1e3])}}
+        dist = agent._policy(actor, feat)
+        floor = mix / spec.num_actions
+        np.testing.assert_allclose(jnp.exp(dist.log_prob(jnp.ones(1024, jnp.int32))), floor, atol=1e-6)
+        share = float(jnp.mean(dist.sample(jax.random.key(2)) == 1))  # the acted share follows
+        assert abs(share - floor) < 0.03 and (share > 0) == (mix > 0)
+    with pytest.raises(ValueError, match="actor_unimix"):
+        DreamerConfig.preset("tiny", actor_unimix=1.0)

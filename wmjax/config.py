@@ -68,6 +68,9 @@ class DreamerConfig:
     critic_layers: int = 3
     num_bins: int = 255
     unimix: float = 0.01
+    # Uniform share mixed into a discrete policy: 0 as in the current DreamerV3 code (its config
+    # names 0.01 but the categorical head ignores it); 0.01 is the 2023 paper's one-hot actor.
+    actor_unimix: float = 0.0
     free_nats: float = 1.0
     minstd: float = 0.1
     maxstd: float = 1.0
@@ -134,6 +137,8 @@ class DreamerConfig:
         _check(self.compute_dtype in COMPUTE_DTYPES, "compute_dtype", self.compute_dtype,
                f"one of {COMPUTE_DTYPES}")
         _check(0.0 <= self.unimix < 1.0, "unimix", self.unimix, "0 <= unimix < 1")
+        _check(0.0 <= self.actor_unimix < 1.0, "actor_unimix", self.actor_unimix,
+               "0 <= actor_unimix < 1")
         _check(self.horizon > 1.0, "horizon", self.horizon, "> 1 (gamma = 1 - 1/horizon)")
         _check(0.0 <= self.lam <= 1.0, "lam", self.lam, "0 <= lam <= 1")
         _check(self.lr > 0.0, "lr", self.lr, "> 0")

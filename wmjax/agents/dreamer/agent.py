@@ -36,7 +36,7 @@ from wmjax.models.heads import (
     DictDecoder, DictEncoder, ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder, split_keys,
 )
 from wmjax.models.rssm import RSSM, RSSMState, kl_loss
-from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, twohot_bins
+from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, twohot_bins, unimix_logits
 from wmjax.nn.layers import MLP
 
 sg = jax.lax.stop_gradient
@@ -190,7 +190,8 @@ class Dreamer:
     def _policy(self, actor_params: Any, feat: jax.Array):
         raw = self.actor.apply({"params": actor_params}, feat)
         if self.spec.discrete:
-            return Categorical(raw)
+            mix = self.config.actor_unimix  # static: 0 leaves the logits (and runs) as they were
+            return Categorical(unimix_logits(raw, mix) if mix > 0 else raw)
         return BoundedNormal.from_raw(raw, self.config.minstd, self.config.maxstd)
 
     def action_vector(self, action: jax.Array) -> jax.Array:
