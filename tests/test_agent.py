@@ -239,7 +239,8 @@ def test_bce_vector_loss_is_cross_entropy_on_unit_range_features():
 def test_actor_unimix_puts_a_floor_under_every_discrete_action():
     """actor_unimix mixes a uniform share into the policy (the 2023 paper's 1%); 0 leaves it."""
     spec = make_env("CartPole-v1").spec
-    feat = jax.random.normal(jax.random.key(1), (1024, DreamerConfig.preset("tiny").feat_size))
+    n = 1024
+    feat = jax.random.normal(jax.random.key(1), (n, DreamerConfig.preset("tiny").feat_size))
     for mix in (0.0, 0.1):
         agent = Dreamer(DreamerConfig.preset("tiny", actor_unimix=mix), spec)
         actor = agent.init(jax.random.key(0)).params["actor"]
@@ -247,7 +248,7 @@ def test_actor_unimix_puts_a_floor_under_every_discrete_action():
         actor = {**actor, "Linear_0": {**actor["Linear_0"], "bias": jnp.array([1e3, -1e3])}}
         dist = agent._policy(actor, feat)
         floor = mix / spec.num_actions
-        np.testing.assert_allclose(jnp.exp(dist.log_prob(jnp.ones(1024, jnp.int32))), floor, atol=1e-6)
+        np.testing.assert_allclose(jnp.exp(dist.log_prob(jnp.ones(n, jnp.int32))), floor, atol=1e-6)
         share = float(jnp.mean(dist.sample(jax.random.key(2)) == 1))  # the acted share follows
         assert abs(share - floor) < 0.03 and (share > 0) == (mix > 0)
     with pytest.raises(ValueError, match="actor_unimix"):
