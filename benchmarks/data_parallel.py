@@ -1,0 +1,116 @@
+"""Does splitting one update's batch over two CPU devices make it faster on this machine?
+
+One DreamerV3 update on a fixed batch, compiled four ways in one process and timed round-robin
+(the machine's speed drifts, so the ways are compared within each round):
+
+- `one device`: the plain jitted update, the whole batch (what a run uses);
+- `half batch`: the same on half the batch, one device: the most a 2-way split could save;
+- `two devices, GSPMD`: the update jitted with the batch sharded over a 2-device `data` axis
+  and the state replicated, as `--devices 2` shards a single-seed run (wmjax.distributed);
+- `two half updates at once`: two independent half-batch updates, one per device, dispatched
+  together with no communication: whether the two devices run side by side at all.
+
+    python benchmarks/data_parallel.py                     # size1m on CartPole-v1
+    python benchmarks/data_parallel.py --env Craftax-Classic-Symbolic-v1 --set imag_starts=256
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=2").strip()
+
+import jax  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from throughput import _fixed_batch  # noqa: E402
+
+from wmjax.agents.dreamer import Dreamer  # noqa: E402
+from wmjax.cli import parse_override  # noqa: E402
+from wmjax.config import DreamerConfig  # noqa: E402
+from wmjax.envs import make_env  # noqa: E402
+
+
+def _variants(agent: Dreamer) -> dict:
+    """name -> (a function of no arguments that runs one update, or two at once)."""
+    d0, d1 = jax.devices()[:2]
+    key = jax.random.key(0)
+    state, batch = jax.jit(agent.init)(key), _fixed_batch(agent)
+    half_batch = agent.config.batch_size // 2
+    half_agent = Dreamer(agent.config.replace(batch_size=half_batch), agent.spec)
+    half_state = jax.jit(half_agent.init)(key)
+    halves = jax.tree.map(lambda x: x[:half_batch], batch)
+    update, half_update = jax.jit(agent.update), jax.jit(half_agent.update)
+
+    mesh = Mesh([d0, d1], ("data",))
+    rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    sharded = jax.jit(agent.update, in_shardings=(rep, data, rep), out_shardings=(rep, rep))
+    s_args = (jax.device_put(state, rep), jax.device_put(batch, data), jax.device_put(key, rep))
+    on = [jax.device_put((half_state, halves, key), d) for d in (d0, d1)]
+    return {
+        "one device": lambda: update(state, batch, key),
+        "half batch": lambda: half_update(half_state, halves, key),
+        "two devices, GSPMD": lambda: sharded(*s_args),
+        "two half updates at once": lambda: (half_update(*on[0]), half_update(*on[1])),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default="CartPole-v1")
+    ap.add_argument("--preset", default="size1m")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="agent config overrides, e.g. imag_starts=256")
+    ap.add_argument("--rounds", type=int, default=8, help="timed round-robin rounds")
+    ap.add_argument("--out", default="benchmarks/results/data_parallel.json")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}; allowed: >= 1")
+    try:
+        config = DreamerConfig.preset(args.preset, **dict(parse_override(s) for s in args.set))
+        spec = make_env(args.env).spec
+    except ValueError as e:
+        ap.error(str(e))
+    if config.batch_size % 2:
+        ap.error(f"batch_size={config.batch_size} cannot be split over 2 devices; allowed: even")
+    if config.imag_starts and config.imag_starts > config.batch_size // 2 * config.batch_length:
+        ap.error(f"imag_starts={config.imag_starts} exceeds half the batch's "
+                 f"{config.batch_size // 2 * config.batch_length} states")
+    if jax.device_count() < 2:
+        ap.error("needs 2 XLA devices; XLA_FLAGS already fixed the device count at 1")
+
+    variants = _variants(Dreamer(config, spec))
+    for run in variants.values():  # compile and warm up
+        jax.block_until_ready(run())
+    times = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, run in variants.items():
+            t = time.perf_counter()
+            jax.block_until_ready(run())
+            times[name].append(time.perf_counter() - t)
+    base = statistics.median(times["one device"])
+    rows = [dict(variant=name, median_s=statistics.median(ts), min_s=min(ts), times_s=ts,
+                 speedup=base / statistics.median(ts)) for name, ts in times.items()]
+    print(f"{args.preset} on {args.env}, {args.rounds} rounds, {os.cpu_count()} cores, "
+          f"jax {jax.__version__}")
+    for r in rows:
+        print(f"{r['variant']:26s} median {r['median_s']:.3f} s  min {r['min_s']:.3f} s  "
+              f"x{r['speedup']:.2f} against one device")
+    result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
+                  jax=jax.__version__, rows=rows)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
