@@ -29,13 +29,14 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import _fixed_batch  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks.throughput import _fixed_batch  # noqa: E402
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
 
 
 def _variants(agent: Dreamer) -> dict:
@@ -113,4 +114,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    start_command(cache=False)  # huge pages (restarts once), as throughput.py; no compile cache
     main()
