@@ -27,7 +27,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                                " --xla_force_host_platform_device_count=2").strip()
 
 import jax  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -35,23 +34,23 @@ from benchmarks.throughput import _fixed_batch  # noqa: E402
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig  # noqa: E402
+from wmjax.distributed import batch_sharding, make_mesh, replicated  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 
-def _variants(agent: Dreamer) -> dict:
+def _variants(agent: Dreamer, half_agent: Dreamer) -> dict:
     """name -> (a function of no arguments that runs one update, or two at once)."""
     d0, d1 = jax.devices()[:2]
     key = jax.random.key(0)
     state, batch = jax.jit(agent.init)(key), _fixed_batch(agent)
-    half_batch = agent.config.batch_size // 2
-    half_agent = Dreamer(agent.config.replace(batch_size=half_batch), agent.spec)
     half_state = jax.jit(half_agent.init)(key)
-    halves = jax.tree.map(lambda x: x[:half_batch], batch)
+    halves = jax.tree.map(lambda x: x[:half_agent.config.batch_size], batch)
     update, half_update = jax.jit(agent.update), jax.jit(half_agent.update)
 
-    mesh = Mesh([d0, d1], ("data",))
-    rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    # The mesh and shardings `--devices 2` gives one seed: 1 (seeds) x 2 (data). No envs here.
+    mesh = make_mesh(2, seeds=1, num_envs=2, batch_size=agent.config.batch_size)
+    rep, data = replicated(mesh), batch_sharding(mesh)
     sharded = jax.jit(agent.update, in_shardings=(rep, data, rep), out_shardings=(rep, rep))
     s_args = (jax.device_put(state, rep), jax.device_put(batch, data), jax.device_put(key, rep))
     on = [jax.device_put((half_state, halves, key), d) for d in (d0, d1)]
@@ -81,13 +80,14 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(str(e))
     if config.batch_size % 2:
         ap.error(f"batch_size={config.batch_size} cannot be split over 2 devices; allowed: even")
-    if config.imag_starts and config.imag_starts > config.batch_size // 2 * config.batch_length:
-        ap.error(f"imag_starts={config.imag_starts} exceeds half the batch's "
-                 f"{config.batch_size // 2 * config.batch_length} states")
+    try:  # the half-batch config is validated like any other (e.g. imag_starts must fit it)
+        half = config.replace(batch_size=config.batch_size // 2)
+    except ValueError as e:
+        ap.error(f"half the batch: {e}")
     if jax.device_count() < 2:
         ap.error("needs 2 XLA devices; XLA_FLAGS already fixed the device count at 1")
 
-    variants = _variants(Dreamer(config, spec))
+    variants = _variants(Dreamer(config, spec), Dreamer(half, spec))
     for run in variants.values():  # compile and warm up
         jax.block_until_ready(run())
     times = {name: [] for name in variants}
@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
             t = time.perf_counter()
             jax.block_until_ready(run())
             times[name].append(time.perf_counter() - t)
-    base = statistics.median(times["one device"])
-    rows = [dict(variant=name, median_s=statistics.median(ts), min_s=min(ts), times_s=ts,
-                 speedup=base / statistics.median(ts)) for name, ts in times.items()]
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    rows = [dict(variant=name, median_s=medians[name], min_s=min(ts), times_s=ts,
+                 speedup=medians["one device"] / medians[name]) for name, ts in times.items()]
     print(f"{args.preset} on {args.env}, {args.rounds} rounds, {os.cpu_count()} cores, "
           f"jax {jax.__version__}")
     for r in rows:
