@@ -36,6 +36,7 @@ from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig  # noqa: E402
 from wmjax.distributed import batch_sharding, make_mesh, replicated  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
+from wmjax.machine import describe as describe_machine  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['variant']:26s} median {r['median_s']:.3f} s  min {r['min_s']:.3f} s  "
               f"x{r['speedup']:.2f} against one device")
     result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
-                  jax=jax.__version__, rows=rows)
+                  jax=jax.__version__, machine=describe_machine(), rows=rows)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

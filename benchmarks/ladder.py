@@ -36,7 +36,8 @@ from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs.core import FLAT_SUFFIX, REGISTRY  # noqa: E402
 from wmjax.plots import binned, binned_table, curve  # noqa: E402
 from wmjax.policy import seed_returns  # noqa: E402
-from wmjax.run import holds_run, read_metrics, stop_on_sigterm, train, training_wall_time  # noqa: E402
+from wmjax.run import (holds_run, read_machines, read_metrics, stop_on_sigterm,  # noqa: E402
+                       train, training_wall_time)
 from wmjax.startup import start_command  # noqa: E402
 
 # name -> (env, env steps, train ratio). Budgets from the issue; see REFERENCE.md for sources.
@@ -161,10 +162,12 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
         overrides=overrides, reduced_budget=reduced,
         dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
-                     final_policy=frozen_record(frozen, eval_episodes)),
+                     final_policy=frozen_record(frozen, eval_episodes),
+                     machines=read_machines(run_dir)),
         ppo=dict(env=ppo_env, final=final_value(p_steps[keep], p_mean), wall_s=ppo["wall_s"],
                  config=asdict(ppo_config), final_policy=frozen_record(ppo["final_policy"], eval_episodes),
-                 curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)]),
+                 curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)],
+                 machine=ppo.get("machine")),  # None in files from before it was recorded
         references=REFERENCES.get(env, {}),
     )
     # Mean training return per tenth of the budget, over the episodes that ended in it.

@@ -22,6 +22,7 @@ import os
 import time
 
 from wmjax.config import DreamerConfig, TrainConfig
+from wmjax.machine import describe as describe_machine
 from wmjax.policy import seed_returns
 from wmjax.run import train
 from wmjax.startup import start_command
@@ -85,7 +86,7 @@ def main() -> None:
                             frozen_mean=frozen_mean, eval_episodes=args.eval_episodes,
                             wall_s=wall, target=target, passed=passed, seeds=args.seeds,
                             steps=args.steps, preset=args.preset, train_ratio=args.train_ratio,
-                            overrides=overrides)
+                            overrides=overrides, machine=describe_machine())
         print(f"{'env steps':>10s}  mean return")
         for s, v in mean_curve:
             print(f"{s:10,d}  {v:10.1f}")

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from wmjax.envs import make_env  # noqa: E402
 from wmjax.envs.core import EPISODE_PREFIX  # noqa: E402
+from wmjax.machine import describe as describe_machine  # noqa: E402
 from wmjax.policy import play_episodes  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
@@ -278,7 +279,8 @@ def train_ppo(env_name: str, steps: int, seeds: int, seed: int = 0,
               config: PPOConfig = PPOConfig(), eval_episodes: int = 0) -> dict:
     """Train `seeds` PPO seeds at once. Returns env steps, returns (seeds, updates), metrics
     rows like wmjax's metrics.jsonl (one per seed and update, with the env's episode
-    statistics) and wall time; with `eval_episodes`, also `final_policy`: each seed's final
+    statistics), wall time and the machine (wmjax.machine: the numbers repeat bit for bit on
+    one kind of CPU only); with `eval_episodes`, also `final_policy`: each seed's final
     parameters played frozen for that many episodes (seed i with key i), their mean return."""
     if eval_episodes < 0:
         raise ValueError(f"eval_episodes={eval_episodes}; allowed: >= 0")
@@ -301,7 +303,7 @@ def train_ppo(env_name: str, steps: int, seeds: int, seed: int = 0,
     return dict(env=env_name, steps=int(env_steps[-1]), seeds=seeds, config=asdict(config),
                 env_steps=env_steps.tolist(),
                 returns=[[clean(v) for v in row] for row in np.asarray(out["episode_return"])],
-                rows=rows, wall_s=wall, final_policy=final_policy)
+                rows=rows, wall_s=wall, final_policy=final_policy, machine=describe_machine())
 
 
 def main(argv=None) -> dict:

@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +48,7 @@ from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
 from wmjax.loop import make_train  # noqa: E402
+from wmjax.machine import describe as describe_machine  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 
@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--loops host steps gymnasium CartPole only; with --env {args.env} use fused loops")
 
     peak = matmul_peak()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"jax {jax.__version__} ({jax.default_backend()}); float32 matmul peak {peak:.1f} GFLOP/s")
+    machine = describe_machine()
+    print(f"machine: {machine['cpu']} (features {machine['cpu_features']}), {machine['cores']} "
+          f"cores, jax {machine['jax']} ({machine['backend']}); float32 matmul peak {peak:.1f} GFLOP/s")
     print("reference (official DreamerV3, size1m f32, CartPole, ratio 32, this machine): "
           "1.39 updates/s, 45 env steps/s, ~19 GFLOP/update (~14% of peak), loop bodies counted once")
     print(f"env: {args.env}")
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
 def _save(path: str, peak: float, rows: list) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
-        json.dump(dict(peak_gflops=peak, jax=jax.__version__, rows=rows), f, indent=2)
+        json.dump(dict(peak_gflops=peak, jax=jax.__version__, machine=describe_machine(), rows=rows),
+                  f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/data_parallel.py: the four ways of one update run and are timed; bad input is refused."""
 import json
+import os
 
 import pytest
 
@@ -9,7 +10,9 @@ from benchmarks.data_parallel import main
 def test_four_variants_are_timed(tmp_path):
     out = tmp_path / "dp.json"
     result = main(["--preset", "tiny", "--rounds", "1", "--out", str(out)])
-    names = [r["variant"] for r in json.load(open(out))["rows"]]
+    saved = json.load(open(out))
+    names = [r["variant"] for r in saved["rows"]]
+    assert saved["machine"]["cores"] == os.cpu_count()
     assert names == ["one device", "half batch", "two devices, GSPMD", "two half updates at once"]
     assert all(r["median_s"] > 0 and r["speedup"] > 0 for r in result["rows"])
 

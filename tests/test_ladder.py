@@ -12,6 +12,7 @@ from benchmarks.ladder import REFERENCES, RUNG_SETS, RUNGS, main
 from benchmarks.ppo import PPOConfig, train_ppo
 from wmjax.cli import parse_override
 from wmjax.config import DreamerConfig
+from wmjax.machine import cpu_fingerprint
 from wmjax.policy import evaluate, load_policy
 from wmjax.run import RunDirError, read_metrics
 
@@ -39,6 +40,9 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
     png = tmp_path / "out" / "cartpole.png"
     assert os.path.getsize(png) > 10_000 and open(png, "rb").read(4) == b"\x89PNG"
     assert result["ppo"]["final"] == saved["ppo"]["final"]
+    # Where each side ran: XLA's arithmetic follows the CPU (wmjax.machine).
+    assert [m["chunk"] for m in saved["dreamer"]["machines"]] == [0]
+    assert saved["ppo"]["machine"]["cpu_features"] == cpu_fingerprint()
     # benchmarks/ladder_seeds.py reads what the ladder writes (here, as if run twice).
     from benchmarks.ladder_seeds import combine
 
@@ -63,6 +67,7 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
     monkeypatch.setattr(ladder, "train_ppo", no_training)
     again = main(argv + ["--resume"])
     assert again["ppo"] == result["ppo"]
+    assert again["dreamer"]["machines"] == saved["dreamer"]["machines"]  # nothing left to run
     for other in (["--ppo-envs", "8"], ["--ppo-preset", "minatar"]):
         with pytest.raises(AssertionError, match="PPO trained again"):
             main(argv + ["--resume"] + other)

@@ -15,6 +15,7 @@ import pytest
 
 from programs import TINY, TINY_FLAGS
 from wmjax.checkpoint import CheckpointError, Checkpointer
+from wmjax.machine import cpu_fingerprint
 from wmjax.run import RunDirError, holds_run, read_metrics, train, training_wall_time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -197,12 +198,29 @@ def test_sigterm_raises_keyboard_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_resume_can_extend_steps_exactly(reference, tmp_path):
+def _machines(logdir):
+    return [json.loads(line) for line in open(os.path.join(logdir, "machines.jsonl"))]
+
+
+def test_resume_can_extend_steps_exactly(reference, tmp_path, capsys):
+    """Also: each start is noted in machines.jsonl, and a resume on another kind of CPU says
+    that its numbers will no longer match bit for bit (here the first note is edited to look
+    like one)."""
     _, ref_state = reference
     logdir = str(tmp_path / "short")
     train(CONFIG.replace(steps=CONFIG.steps // 2), logdir, checkpoint_every=0, verbose=False)
-    state, _ = train(CONFIG, logdir, resume=True, verbose=False)
+    first = _machines(logdir)
+    assert [m["chunk"] for m in first] == [0]
+    assert first[0]["cpu_features"] == cpu_fingerprint() and first[0]["jax"] == jax.__version__
+    with open(os.path.join(logdir, "machines.jsonl"), "w") as f:
+        f.write(json.dumps({**first[0], "cpu_features": "elsewhere"}) + "\n")
+    capsys.readouterr()
+    state, _ = train(CONFIG, logdir, resume=True)
     _leaves_equal(state.agent.params, ref_state.agent.params)
+    assert "resuming on another kind of CPU" in capsys.readouterr().out
+    notes = _machines(logdir)
+    assert [m["chunk"] for m in notes] == [0, CHUNKS // 2]
+    assert [m["cpu_features"] for m in notes] == ["elsewhere", cpu_fingerprint()]
 
 
 def test_resume_with_a_different_config_names_it_and_writes_nothing(reference):
@@ -225,9 +243,11 @@ def test_a_failed_start_can_be_started_again(reference, tmp_path):
     (logdir / "config.json").write_text(json.dumps(CONFIG.replace(seed=7).to_dict()))
     (logdir / "metrics.jsonl").write_text("")
     (logdir / "hyper.json").write_text(json.dumps({"lr": [1e-3]}))  # stale: must not survive
+    (logdir / "machines.jsonl").write_text('{"chunk": 5}\nnot json\n')  # stale as well
     assert not holds_run(str(logdir))
     state, _ = train(CONFIG, str(logdir), verbose=False)
     _leaves_equal(state.agent.params, ref_state.agent.params)
+    assert [m["chunk"] for m in _machines(str(logdir))] == [0]
     assert not (logdir / "hyper.json").exists() and holds_run(str(logdir))
     assert json.loads((logdir / "config.json").read_text())["seed"] == CONFIG.seed
     logged = tmp_path / "logged"

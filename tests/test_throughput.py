@@ -2,6 +2,7 @@
 import pytest
 
 from benchmarks.throughput import main
+from wmjax.machine import cpu_fingerprint
 
 
 def test_unknown_override_is_refused_by_name(capsys):
@@ -35,6 +36,8 @@ def test_throughput_on_an_image_env(tmp_path):
     out = tmp_path / "t.json"
     main(["--env", "Breakout-MinAtar", "--presets", "tiny", "--seeds", "1", "--ratios", "8",
           "--min-updates", "1", "--timed-chunks", "1", "--out", str(out)])
-    (row,) = json.load(open(out))["rows"]
+    saved = json.load(open(out))
+    (row,) = saved["rows"]
+    assert saved["machine"]["cpu_features"] == cpu_fingerprint()  # speed depends on the CPU
     assert row["env"] == "Breakout-MinAtar" and row["updates_per_seed"] >= 1
     assert row["env_steps_per_s"] > 0 and row["bare_update_s"] > 0 and row["gflop_per_update"] > 0

@@ -12,11 +12,11 @@ used programs are evicted first).
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
 
 import jax
+
+from wmjax.machine import cpu_fingerprint
 
 # The folder's size limit; JAX evicts the least recently used programs beyond it. A size1m
 # CartPole chunk takes about 2 MB, so this keeps hundreds of programs.
@@ -26,26 +26,12 @@ MAX_BYTES = 1 << 30
 _CACHE_SUFFIX, _ATIME_SUFFIX = "-cache", "-atime"
 
 
-def _cpu_fingerprint() -> str:
-    """A short hash of what the CPU can run (its /proc/cpuinfo flags where there are any)."""
-    flags = platform.machine() + platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags += line
-                    break
-    except OSError:
-        pass
-    return hashlib.sha256(flags.encode()).hexdigest()[:12]
-
-
 def default_dir() -> str:
     """~/.cache/wmjax/xla/jaxlib-VERSION-CPUHASH (XDG_CACHE_HOME is honoured)."""
     import jaxlib
 
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "wmjax", "xla", f"jaxlib-{jaxlib.__version__}-{_cpu_fingerprint()}")
+    return os.path.join(root, "wmjax", "xla", f"jaxlib-{jaxlib.__version__}-{cpu_fingerprint()}")
 
 
 def repair(path: str) -> list[str]:

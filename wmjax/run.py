@@ -5,6 +5,7 @@ A run folder holds:
     hyper.json       per-seed tunables, when a grid of them is trained as one program
     metrics.jsonl    one JSON object per seed per log point
     fork.json        for a run forked from another's checkpoint (`fork`): the source and change
+    machines.jsonl   the machine and software that ran each stretch of the run (wmjax.machine)
     checkpoints/     orbax checkpoints of the whole TrainState, numbered by chunks done
     wandb/           when wandb logging is on
 """
@@ -28,11 +29,13 @@ from wmjax.distributed import is_main_process
 from wmjax.envs.gymnasium import is_gymnasium_name
 from wmjax.logging import JsonlWriter, Progress, WandbLogger
 from wmjax.loop import host_metrics, make_train, num_chunks
+from wmjax.machine import describe as describe_machine
 
 CONFIG_FILE = "config.json"
 HYPER_FILE = "hyper.json"
 METRICS_FILE = "metrics.jsonl"
 FORK_FILE = "fork.json"
+MACHINES_FILE = "machines.jsonl"
 
 
 class RunDirError(ValueError):
@@ -74,6 +77,19 @@ def read_metrics(run_dir: str) -> list[dict]:
             except json.JSONDecodeError:
                 break
     return rows
+
+
+def read_machines(run_dir: str) -> list[dict]:
+    """The machines that ran the run, one per start or resume with the chunk it began at
+    (wmjax.machine.describe). Unreadable lines are skipped: it is a record, not worth a refusal."""
+    path = os.path.join(run_dir, MACHINES_FILE)
+    rows = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                with contextlib.suppress(json.JSONDecodeError):
+                    rows.append(json.loads(line))
+    return [row for row in rows if isinstance(row, dict)]
 
 
 def training_wall_time(rows: list[dict]) -> float:
@@ -120,7 +136,8 @@ def train(
     - `checkpoint_every`: save the whole state every this many chunks (0: only at the end).
     - `resume`: continue the run in `logdir` from its newest checkpoint. `config` may be None
       (use the saved one) or must equal the saved one except for `steps`; otherwise nothing is
-      written and a RunDirError names the differing fields. The continuation is bit-exact.
+      written and a RunDirError names the differing fields. The continuation is bit-exact on
+      the same kind of CPU (see wmjax.machine; each start is noted in machines.jsonl).
     - A new run refuses a `logdir` that already holds a run, so nothing saved is overwritten.
     - `devices`: shard the program over that many devices (seeds first, then envs and the
       replayed batch; see wmjax.distributed). Not part of the config: a run may resume on
@@ -162,6 +179,8 @@ def train(
             ckpt = Checkpointer(logdir)
 
     chunks = num_chunks(config)
+    if logdir and main and done < chunks:  # a finished run resumed has nothing to note
+        _note_machine(logdir, done, resume, log)
     per_chunk = config.env_steps_per_chunk
     total = chunks * per_chunk
     log(f"wmjax: {config.env}, {config.seeds} seed(s) x {config.num_envs} envs, "
@@ -376,6 +395,20 @@ def _check_resume(logdir: str, config: TrainConfig | None, hyper: dict | None):
     if saved.steps != saved_steps and is_main_process():
         write_json(os.path.join(logdir, CONFIG_FILE), saved.to_dict())
     return saved, saved_hyper
+
+
+def _note_machine(logdir: str, chunk: int, resume: bool, log) -> None:
+    """Add this machine to the run's MACHINES_FILE (a new run starts the file). A resumed run
+    that moved to another kind of CPU goes on correctly, but its numbers stop matching, bit for
+    bit, those of a run that stayed on one machine; say so."""
+    here = dict(chunk=chunk, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **describe_machine())
+    before = read_machines(logdir) if resume else []
+    if before and before[-1].get("cpu_features") != here["cpu_features"]:
+        log(f"wmjax: resuming on another kind of CPU (features {here['cpu_features']}, before "
+            f"{before[-1].get('cpu_features')}): XLA's arithmetic differs in the last bits, so "
+            f"from chunk {chunk} on this run will not match one that stayed on one machine")
+    write_jsonl(os.path.join(logdir, MACHINES_FILE), before + [here])
 
 
 def _hyper_lists(hyper: dict[str, Any], seeds: int) -> dict[str, list[float]]:

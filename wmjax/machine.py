@@ -1,0 +1,51 @@
+"""Which machine and software a result came from, for the records runs and benchmarks keep.
+
+XLA compiles for the CPU it runs on: its CPU programs use that CPU's vector instructions, and
+the float arithmetic follows them. So a seeded run repeats bit for bit on one kind of CPU
+(with or without the compilation cache, idle or busy) but not on another. For PPO on Craftax,
+limiting XLA to AVX2 (`XLA_FLAGS=--xla_cpu_max_isa=AVX2`) on an AVX-512 machine changes the
+parameters after 32 updates. `describe()` records what is needed to tell such cases apart: the
+CPU's model and a hash of its feature flags, the core count, the jax and jaxlib versions and
+XLA_FLAGS.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+
+import jax
+import jaxlib
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The first /proc/cpuinfo value for `name` ('' where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_fingerprint() -> str:
+    """A short hash of what the CPU can run: its architecture and /proc/cpuinfo feature flags
+    (the whole line, as the compilation cache's folder names have always hashed it)."""
+    flags = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+def describe() -> dict:
+    """This machine and software, as a JSON-ready dict."""
+    return dict(cpu=_cpuinfo_field("model name") or platform.processor() or platform.machine(),
+                cpu_features=cpu_fingerprint(), cores=os.cpu_count(),
+                backend=jax.default_backend(), jax=jax.__version__, jaxlib=jaxlib.__version__,
+                xla_flags=os.environ.get("XLA_FLAGS", ""))
