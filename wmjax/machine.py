@@ -18,34 +18,26 @@ import jax
 import jaxlib
 
 
-def _cpuinfo_field(name: str) -> str:
-    """The first /proc/cpuinfo value for `name` ('' where there is none)."""
+def _cpuinfo_line(*prefixes: str) -> str:
+    """The first /proc/cpuinfo line that starts with one of `prefixes` ('' where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == name:
-                    return value.strip()
+            return next((line for line in f if line.startswith(prefixes)), "")
     except OSError:
-        pass
-    return ""
+        return ""
 
 
 def cpu_fingerprint() -> str:
     """A short hash of what the CPU can run: its architecture and /proc/cpuinfo feature flags
     (the whole line, as the compilation cache's folder names have always hashed it)."""
-    flags = platform.machine() + platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
+    flags = platform.machine() + platform.processor() + _cpuinfo_line("flags", "Features")
     return hashlib.sha256(flags.encode()).hexdigest()[:12]
 
 
 def describe() -> dict:
     """This machine and software, as a JSON-ready dict."""
-    return dict(cpu=_cpuinfo_field("model name") or platform.processor() or platform.machine(),
+    model = _cpuinfo_line("model name").partition(":")[2].strip()
+    return dict(cpu=model or platform.processor() or platform.machine(),
                 cpu_features=cpu_fingerprint(), cores=os.cpu_count(),
                 backend=jax.default_backend(), jax=jax.__version__, jaxlib=jaxlib.__version__,
                 xla_flags=os.environ.get("XLA_FLAGS", ""))
