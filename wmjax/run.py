@@ -69,6 +69,20 @@ def read_metrics(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, METRICS_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{run_dir} has no {METRICS_FILE}")
+    return _read_jsonl(path)
+
+
+def read_machines(run_dir: str) -> list[dict]:
+    """The machines that ran the run, one per start or resume with the chunk it began at
+    (wmjax.machine.describe); [] where none were noted. A record, so a damaged file is read up
+    to the damage rather than refused."""
+    path = os.path.join(run_dir, MACHINES_FILE)
+    rows = _read_jsonl(path) if os.path.exists(path) else []
+    return [row for row in rows if isinstance(row, dict)]
+
+
+def _read_jsonl(path: str) -> list:
+    """A JSON-lines file's rows, stopping at a line cut short by a kill."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -77,19 +91,6 @@ def read_metrics(run_dir: str) -> list[dict]:
             except json.JSONDecodeError:
                 break
     return rows
-
-
-def read_machines(run_dir: str) -> list[dict]:
-    """The machines that ran the run, one per start or resume with the chunk it began at
-    (wmjax.machine.describe). Unreadable lines are skipped: it is a record, not worth a refusal."""
-    path = os.path.join(run_dir, MACHINES_FILE)
-    rows = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                with contextlib.suppress(json.JSONDecodeError):
-                    rows.append(json.loads(line))
-    return [row for row in rows if isinstance(row, dict)]
 
 
 def training_wall_time(rows: list[dict]) -> float:
