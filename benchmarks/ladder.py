@@ -174,11 +174,9 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     every, p_rows = max(steps // 10, 1), ppo.get("rows", [])
     result["per_bin"] = dict(every=every, dreamer=binned(d_rows, every, bins=10),
                              ppo=binned(p_rows, every, bins=10))
-    if env.startswith("Craftax"):  # the Crafter score over every training episode, per seed
-        from wmjax.envs.craftax import crafter_score
-
-        result["dreamer"]["crafter_score"] = [crafter_score(d_rows, s) for s in range(seeds)]
-        result["ppo"]["crafter_score"] = [crafter_score(ppo["rows"], s) for s in range(seeds)]
+    if env.startswith("Craftax"):
+        for learner, rows in (("dreamer", d_rows), ("ppo", p_rows)):
+            result[learner].update(crafter_fields(rows, seeds))
         result["score_references"] = SCORE_REFERENCES
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{rung}.json"), "w") as f:
@@ -200,7 +198,36 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     if "score_references" in result:
         print(f"Crafter score (%): DreamerV3 {result['dreamer']['crafter_score']}, PPO "
               f"{result['ppo']['crafter_score']}; references {result['score_references']}")
+        print("Success rate of each achievement over every training episode (%, mean over seeds):")
+        print(achievements_table({"DreamerV3": result["dreamer"]["achievements"],
+                                  "PPO": result["ppo"]["achievements"]}))
     return result
+
+
+def crafter_fields(rows: list[dict], seeds: int) -> dict:
+    """A Craftax learner's Crafter score and the success rate of each achievement, per seed, over
+    every episode of its training (metrics rows), as the Crafter paper reports them."""
+    from wmjax.envs.craftax import achievement_rates, crafter_score
+
+    return dict(crafter_score=[crafter_score(rows, s) for s in range(seeds)],
+                achievements=[achievement_rates(rows, s) for s in range(seeds)])
+
+
+def achievements_table(learners: dict[str, list[dict | None]]) -> str:
+    """A Markdown table of each achievement's success rate (%) per learner, the mean over its
+    seeds (seeds with no finished episode left out), in the achievements' own order."""
+    names = next((list(r) for per_seed in learners.values() for r in per_seed if r), None)
+    if names is None:
+        return "(no episode finished)"
+    lines = ["| achievement | " + " | ".join(learners) + " |",
+             "|---|" + "---:|" * len(learners)]
+    for name in names:
+        cells = []
+        for per_seed in learners.values():
+            have = [r[name] for r in per_seed if r is not None]
+            cells.append(f"{np.mean(have):.1f}" if have else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _ppo_baseline(env: str, steps: int, seeds: int, config: PPOConfig, eval_episodes: int,

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.ladder import frozen_record, plot_rung  # noqa: E402
+from benchmarks.ladder import achievements_table, frozen_record, plot_rung  # noqa: E402
 from wmjax.plots import bins_table  # noqa: E402
 
 # Fields that must agree for results to be seeds of one experiment.
@@ -80,8 +80,9 @@ def combine(results: list[dict], sources: list[str] | None = None) -> dict:
         if all(frozen):
             combined["final_policy"] = frozen_record([x for f in frozen for x in f["returns"]],
                                                      frozen[0]["episodes"])
-        if all("crafter_score" in p for p in parts):
-            combined["crafter_score"] = [x for p in parts for x in p["crafter_score"]]
+        for per_seed in ("crafter_score", "achievements"):  # Craftax rungs; older files lack the rates
+            if all(per_seed in p for p in parts):
+                combined[per_seed] = [x for p in parts for x in p[per_seed]]
         if learner == "ppo":
             combined.update(env=parts[0]["env"], config=parts[0]["config"])
         out[learner] = combined
@@ -137,6 +138,11 @@ def report(result: dict) -> str:
     if "crafter_score" in d and "crafter_score" in p:
         lines.append(f"Crafter score (%): DreamerV3 {per(d['crafter_score'])}, PPO "
                      f"{per(p['crafter_score'])}")
+    if "achievements" in d and "achievements" in p:
+        lines.append("Success rate of each achievement over every training episode (%, mean "
+                     "over seeds):")
+        lines.append(achievements_table({name: result[learner]["achievements"]
+                                         for learner, name in LEARNERS.items()}))
     return "\n".join(lines)
 
 

@@ -11,7 +11,8 @@ pytest.importorskip("craftax")
 from programs import TINY  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
-from wmjax.envs.craftax import achievement_names, crafter_score, score_from_rates  # noqa: E402
+from wmjax.envs.craftax import (achievement_names, achievement_rates, crafter_score,  # noqa: E402
+                                score_from_rates)
 from wmjax.loop import host_metrics, make_train  # noqa: E402
 
 SYMBOLIC = "Craftax-Classic-Symbolic-v1"
@@ -113,6 +114,10 @@ def test_crafter_score():
     rows[1]["episode/achievement/collect_wood"] = 100.0  # 1 of 1
     assert crafter_score(rows) == pytest.approx(score_from_rates(np.r_[75.0, np.zeros(21)]))
     assert crafter_score(rows, seed=1) is None
+    # The rates the score is the mean of: pooled over episodes, not averaged over rows (83.3).
+    rates = achievement_rates(rows)
+    assert list(rates) == names and rates["collect_wood"] == pytest.approx(75.0)
+    assert sum(rates.values()) == pytest.approx(75.0) and achievement_rates(rows, seed=1) is None
 
 
 def test_training_chunk_logs_achievements_and_score():

@@ -270,3 +270,43 @@ def test_ladder_seeds_combines_runs_of_one_rung(tmp_path, capsys):
     with pytest.raises(SystemExit):
         combine_main([paths[0], str(tmp_path / "list.json"), "--out", str(tmp_path / "x")])
     assert "is not a ladder result" in capsys.readouterr().err and not os.path.exists(tmp_path / "x")
+
+
+def test_craftax_rungs_record_each_achievement_and_seeds_combine_them(capsys):
+    """A Craftax rung keeps each learner's Crafter score and per-achievement success rates per
+    seed (pooled over its training episodes); ladder_seeds carries and prints them."""
+    pytest.importorskip("craftax")
+    from benchmarks.ladder import achievements_table, crafter_fields
+    from benchmarks.ladder_seeds import combine, report
+    from wmjax.envs.craftax import achievement_names, score_from_rates
+
+    names = achievement_names()
+    row = lambda seed, episodes, wood: {"seed": seed, "episodes": episodes, **{
+        f"episode/achievement/{n}": (wood if n == "collect_wood" else 0.0) for n in names}}
+    rows = [row(0, 3, 100.0), row(0, 1, 0.0), row(1, 2, 50.0)]
+    fields = crafter_fields(rows, seeds=3)
+    wood = [r and r["collect_wood"] for r in fields["achievements"]]
+    assert wood == [pytest.approx(75.0), pytest.approx(50.0), None]  # seed 2: no episode
+    assert fields["crafter_score"][:2] == [pytest.approx(score_from_rates(np.r_[w, np.zeros(21)]))
+                                           for w in (75.0, 50.0)]
+    assert fields["crafter_score"][2] is None
+    table = achievements_table({"A": fields["achievements"], "B": [None]})
+    assert table.splitlines()[0] == "| achievement | A | B |"
+    assert "| collect_wood | 62.5 | – |" in table and "| eat_cow | 0.0 | – |" in table
+    assert len(table.splitlines()) == 2 + 22
+    assert achievements_table({"A": [None]}) == "(no episode finished)"
+
+    one = _fake_result(0, 1, 4.0, [1.0, None], [5.0], [[50, 2.0]])
+    two = _fake_result(1, 1, 6.0, [2.0, None], [6.0], [[50, 3.0]])
+    for result, wood_rate in ((one, 100.0), (two, 50.0)):
+        for learner in ("dreamer", "ppo"):
+            # A run's rows number its seeds from 0 whatever its base seed.
+            result[learner].update(crafter_fields([row(0, 1, wood_rate if learner == "dreamer"
+                                                       else 0.0)], 1))
+    both = combine([one, two])
+    assert [r["collect_wood"] for r in both["dreamer"]["achievements"]] == [100.0, 50.0]
+    assert len(both["ppo"]["crafter_score"]) == 2
+    assert "| collect_wood | 75.0 | 0.0 |" in report(both)
+    del two["ppo"]["achievements"]  # a file from before the rates were kept: no table
+    assert "achievements" not in combine([one, two])["ppo"]
+    assert "collect_wood" not in report(combine([one, two]))

@@ -12,7 +12,7 @@ Three things differ from the gymnax adapter:
 - Per episode it records which of the 22 achievements were unlocked; per chunk the loop logs their
   success rates (`episode/achievement/<name>`, in %), the Crafter score (the geometric mean of the
   success rates, `crafter/score`, in %) and the return as a share of the 22 achievable reward
-  points (`crafter/reward_percent`). `crafter_score` recomputes the score over a whole run.
+  points (`crafter/reward_percent`). `achievement_rates` and `crafter_score` recompute the rates and the score over a whole run.
 """
 from __future__ import annotations
 
@@ -42,9 +42,10 @@ def score_from_rates(rates_percent) -> Any:
     return xp.exp(xp.mean(xp.log1p(rates_percent), axis=-1)) - 1.0
 
 
-def crafter_score(rows: Iterable[dict], seed: int | None = None) -> float | None:
-    """The Crafter score (%) over every episode in metrics rows (one seed, or all if None): each
-    achievement's success rate is the share of all finished episodes that unlocked it."""
+def achievement_rates(rows: Iterable[dict], seed: int | None = None) -> dict[str, float] | None:
+    """Each achievement's success rate (%) over every episode in metrics rows (one seed, or all
+    if None): the share of all finished episodes that unlocked it, as the Crafter paper reports
+    them. None if no episode finished."""
     names = achievement_names()
     unlocked, episodes = np.zeros(len(names)), 0.0
     for r in rows:
@@ -54,7 +55,14 @@ def crafter_score(rows: Iterable[dict], seed: int | None = None) -> float | None
         unlocked += [r[EPISODE_PREFIX + ACHIEVEMENT_PREFIX + n] / 100.0 * r["episodes"] for n in names]
     if episodes == 0:
         return None
-    return float(score_from_rates(100.0 * unlocked / episodes))
+    return {n: float(v) for n, v in zip(names, 100.0 * unlocked / episodes)}
+
+
+def crafter_score(rows: Iterable[dict], seed: int | None = None) -> float | None:
+    """The Crafter score (%) over every episode in metrics rows (one seed, or all if None): the
+    geometric mean of `achievement_rates`."""
+    rates = achievement_rates(rows, seed)
+    return None if rates is None else float(score_from_rates(np.array(list(rates.values()))))
 
 
 # The symbolic observation: the 7x9 local view with 21 channels per cell (17 block types one-hot,
