@@ -34,7 +34,7 @@ from benchmarks.ppo import PPO_PRESETS, PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs.core import FLAT_SUFFIX, REGISTRY  # noqa: E402
-from wmjax.plots import binned, binned_table, curve  # noqa: E402
+from wmjax.plots import achievements_table, binned, binned_table, curve  # noqa: E402
 from wmjax.policy import seed_returns  # noqa: E402
 from wmjax.run import (holds_run, read_machines, read_metrics, stop_on_sigterm,  # noqa: E402
                        train, training_wall_time)
@@ -211,23 +211,6 @@ def crafter_fields(rows: list[dict], seeds: int) -> dict:
 
     return dict(crafter_score=[crafter_score(rows, s) for s in range(seeds)],
                 achievements=[achievement_rates(rows, s) for s in range(seeds)])
-
-
-def achievements_table(learners: dict[str, list[dict | None]]) -> str:
-    """A Markdown table of each achievement's success rate (%) per learner, the mean over its
-    seeds (seeds with no finished episode left out), in the achievements' own order."""
-    names = next((list(r) for per_seed in learners.values() for r in per_seed if r), None)
-    if names is None:
-        return "(no episode finished)"
-    lines = ["| achievement | " + " | ".join(learners) + " |",
-             "|---|" + "---:|" * len(learners)]
-    for name in names:
-        cells = []
-        for per_seed in learners.values():
-            have = [r[name] for r in per_seed if r is not None]
-            cells.append(f"{np.mean(have):.1f}" if have else "–")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _ppo_baseline(env: str, steps: int, seeds: int, config: PPOConfig, eval_episodes: int,

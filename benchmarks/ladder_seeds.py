@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.ladder import achievements_table, frozen_record, plot_rung  # noqa: E402
-from wmjax.plots import bins_table  # noqa: E402
+from benchmarks.ladder import frozen_record, plot_rung  # noqa: E402
+from wmjax.plots import achievements_table, bins_table  # noqa: E402
 
 # Fields that must agree for results to be seeds of one experiment.
 SAME = ("rung", "env", "steps", "preset", "train_ratio", "overrides")

@@ -276,7 +276,8 @@ def test_craftax_rungs_record_each_achievement_and_seeds_combine_them(capsys):
     """A Craftax rung keeps each learner's Crafter score and per-achievement success rates per
     seed (pooled over its training episodes); ladder_seeds carries and prints them."""
     pytest.importorskip("craftax")
-    from benchmarks.ladder import achievements_table, crafter_fields
+    from benchmarks.ladder import crafter_fields
+    from wmjax.plots import achievements_table
     from benchmarks.ladder_seeds import combine, report
     from wmjax.envs.craftax import achievement_names, score_from_rates
 

@@ -147,3 +147,31 @@ def test_cli_table_prints_the_mean_return_per_bin(tmp_path, capsys):
     assert table[3].endswith("| 60.00 |  |")  # b stopped at 80 steps
     assert main(["table", str(tmp_path / "missing")]) == 2
     assert "holds no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_cli_achievements_prints_each_runs_success_rates(tmp_path, capsys):
+    pytest.importorskip("craftax")
+    from wmjax.envs.craftax import achievement_names
+    from wmjax.run import write_jsonl
+
+    names = achievement_names()
+    row = lambda step, episodes, wood: {"seed": 0, "env_step": step, "episodes": episodes, **{
+        f"episode/achievement/{n}": (wood if n == "collect_wood" else 0.0) for n in names}}
+    os.makedirs(tmp_path / "a")
+    write_jsonl(str(tmp_path / "a" / "metrics.jsonl"),
+                [row(100, 1, 100.0), row(200, 3, 0.0), {"seed": 0, "env_step": 300, "episodes": 0}])
+    assert main(["achievements", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "| collect_wood | 25.0 |" in out and "| eat_cow | 0.0 |" in out  # 1 of 4 episodes
+    assert "Crafter score (%): " in out and out.count("|\n") == 24
+    assert main(["achievements", str(tmp_path / "a"), "--to-step", "100"]) == 0
+    assert "| collect_wood | 100.0 |" in capsys.readouterr().out
+    assert main(["achievements", str(tmp_path / "a"), "--from-step", "250"]) == 0
+    assert "(no episode finished)" in capsys.readouterr().out
+    assert main(["achievements", str(tmp_path / "a"), "--from-step", "5", "--to-step", "5"]) == 2
+    assert "allowed: a window" in capsys.readouterr().err
+    os.makedirs(tmp_path / "cartpole")
+    write_jsonl(str(tmp_path / "cartpole" / "metrics.jsonl"),
+                [{"seed": 0, "env_step": 100, "episodes": 1, "episode_return": 9.0}])
+    assert main(["achievements", str(tmp_path / "cartpole")]) == 2
+    assert "logs no achievements" in capsys.readouterr().err

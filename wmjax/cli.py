@@ -136,13 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--metric", default="episode_return",
                    help="any metrics.jsonl field; episode_return and episode_length are weighted "
                         "by the episodes each row finished (default episode_return)")
+    a = sub.add_parser("achievements", help="each Craftax achievement's success rate over the "
+                                            "episodes of one or more runs, side by side")
+    a.add_argument("run_dirs", nargs="+")
+    a.add_argument("--from-step", type=int, default=0,
+                   help="only chunks logged after this many env steps (default 0)")
+    a.add_argument("--to-step", type=int, default=None,
+                   help="only chunks logged up to this many env steps (default: all)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "plot": _plot, "table": _table}[args.command](args)
+        return {"train": _train, "eval": _eval, "plot": _plot, "table": _table,
+                "achievements": _achievements}[args.command](args)
     except ValueError as e:  # includes config, run-folder and checkpoint errors
         print(f"wmjax: error: {e}", file=sys.stderr)
         return 2
@@ -263,6 +271,32 @@ def _table(args: argparse.Namespace) -> int:
             raise ValueError(f"{run_dir} holds no metrics.jsonl; pass run folders")
     print(binned_table({os.path.normpath(d): read_metrics(d) for d in args.run_dirs}, args.every,
                        args.metric))
+    return 0
+
+
+def _achievements(args: argparse.Namespace) -> int:
+    from wmjax.envs.core import EPISODE_PREFIX
+    from wmjax.envs.craftax import ACHIEVEMENT_PREFIX, achievement_rates, crafter_score
+    from wmjax.plots import achievements_table
+    from wmjax.run import read_metrics
+
+    if args.to_step is not None and args.to_step <= args.from_step:
+        raise ValueError(f"--to-step {args.to_step} <= --from-step {args.from_step}; allowed: "
+                         f"a window of env steps with to > from")
+    rates, scores = {}, {}
+    for run_dir in args.run_dirs:
+        if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
+            raise ValueError(f"{run_dir} holds no metrics.jsonl; pass run folders")
+        rows = read_metrics(run_dir)
+        if rows and not any(k.startswith(EPISODE_PREFIX + ACHIEVEMENT_PREFIX) for r in rows for k in r):
+            raise ValueError(f"{run_dir} logs no achievements; allowed: Craftax-Classic runs")
+        rows = [r for r in rows if args.from_step < r["env_step"] and
+                (args.to_step is None or r["env_step"] <= args.to_step)]
+        name = os.path.normpath(run_dir)  # every seed's episodes pooled
+        rates[name], scores[name] = [achievement_rates(rows)], crafter_score(rows)
+    print(achievements_table(rates))
+    print("Crafter score (%): " + ", ".join(
+        f"{name} {'–' if score is None else f'{score:.2f}'}" for name, score in scores.items()))
     return 0
 
 

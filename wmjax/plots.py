@@ -115,6 +115,23 @@ def bins_table(named_values: dict[str, list[float | None]], every: int,
     return "\n".join(out)
 
 
+def achievements_table(learners: dict[str, list[dict | None]]) -> str:
+    """A Markdown table of each achievement's success rate (%) per learner, the mean over its
+    seeds (seeds with no finished episode left out), in the achievements' own order."""
+    names = next((list(r) for per_seed in learners.values() for r in per_seed if r), None)
+    if names is None:
+        return "(no episode finished)"
+    lines = ["| achievement | " + " | ".join(learners) + " |",
+             "|---|" + "---:|" * len(learners)]
+    for name in names:
+        cells = []
+        for per_seed in learners.values():
+            have = [r[name] for r in per_seed if r is not None]
+            cells.append(f"{np.mean(have):.1f}" if have else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_curves(run_dirs: Sequence[str], path: str, metric: str = "episode_return") -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
