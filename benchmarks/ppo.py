@@ -154,8 +154,9 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig(),
     """(run, env_steps, play).
 
     run(keys) trains one seed per key and returns (metrics, params): per-update metrics, each
-    (seeds, U): episode_return (mean over the episodes that ended, NaN if none), episodes, and the
-    env's episode statistics (`episode/<name>`), and each seed's final parameters. env_steps (U,)
+    (seeds, U): episode_return and episode_length (means over the episodes that ended, NaN if
+    none), episodes, and the env's episode statistics (`episode/<name>`), and each seed's final
+    parameters. env_steps (U,)
     is the step count. play(params, keys, episodes) plays each seed's parameters frozen, sampling
     as in training: returns (seeds, episodes), and whether every episode finished."""
     env = make_env(env_name)
@@ -187,16 +188,18 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig(),
             env_state, nts = env.step_batch(k_step, env_state, action)
             done = nts.is_last | nts.is_first  # no bootstrapping across an episode end
             finished = jnp.where(nts.is_last, env_state.episode_return, 0.0)
+            lengths = jnp.where(nts.is_last, env_state.episode_length, 0).astype(jnp.float32)
             stats = {k: jnp.where(nts.is_last, v, 0.0)  # e.g. Craftax achievements
                      for k, v in jax.vmap(env.episode_stats)(env_state.inner).items()}
-            tr = (ts.obs, action, logp, value, nts.reward, done, finished, nts.is_last, stats)
+            tr = (ts.obs, action, logp, value, nts.reward, done, finished, lengths, nts.is_last,
+                  stats)
             return (params, env_state, nts, key), tr
 
         def update(carry, _):
             params, opt, env_state, ts, key = carry
             (params, env_state, ts, key), tr = jax.lax.scan(
                 rollout_step, (params, env_state, ts, key), None, c.num_steps)
-            obs, action, logp, value, reward, done, finished, is_last, stats = tr
+            obs, action, logp, value, reward, done, finished, lengths, is_last, stats = tr
             _, _, last_value = net.apply(params, _features(ts.obs))
 
             def gae(carry, x):
@@ -246,7 +249,8 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig(),
             (params, opt, key), _ = jax.lax.scan(epoch, (params, opt, key), None, c.epochs)
             episodes = is_last.sum()
             mean = lambda x: jnp.where(episodes > 0, x.sum() / jnp.maximum(episodes, 1), jnp.nan)
-            out = {"episode_return": mean(finished), "episodes": episodes,
+            out = {"episode_return": mean(finished), "episode_length": mean(lengths),
+                   "episodes": episodes,
                    **{EPISODE_PREFIX + k: mean(v) for k, v in stats.items()}}
             return (params, opt, env_state, ts, key), out
 

@@ -120,6 +120,9 @@ def test_ppo_baseline_learns_cartpole():
     rows = result["rows"]  # metrics rows, as wmjax writes them, for the ladder's extra metrics
     assert len(rows) == 2 * len(result["env_steps"])
     assert rows[-1]["seed"] == 1 and rows[-1]["episode_return"] == result["returns"][1][-1]
+    # CartPole pays 1 per step, so an episode's length is its return (the reset record adds none).
+    ended = [r for r in rows if r["episodes"]]
+    assert ended and all(r["episode_length"] == pytest.approx(r["episode_return"]) for r in ended)
 
 
 def test_every_rung_has_references():
