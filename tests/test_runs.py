@@ -217,7 +217,10 @@ def test_resume_can_extend_steps_exactly(reference, tmp_path, capsys):
     capsys.readouterr()
     state, _ = train(CONFIG, logdir, resume=True)
     _leaves_equal(state.agent.params, ref_state.agent.params)
-    assert "resuming on another kind of CPU" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming on another kind of CPU" in out
+    # The replay was sized for the run as started (1,024 steps); extending it does not grow it.
+    assert "the replay holds 1,024 steps per seed" in out and "from 1,024 to 2,048 steps" in out
     notes = _machines(logdir)
     assert [m["chunk"] for m in notes] == [0, CHUNKS // 2]
     assert [m["cpu_features"] for m in notes] == ["elsewhere", cpu_fingerprint()]

@@ -147,10 +147,11 @@ def train(
     """
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every={checkpoint_every}; allowed: >= 0 (0 = only at the end)")
+    extended_from = None  # a resumed run's steps before this call extended them
     if resume:
         if not logdir:
             raise RunDirError("resume needs the run folder (logdir)")
-        config, hyper = _check_resume(logdir, config, hyper)
+        config, hyper, extended_from = _check_resume(logdir, config, hyper)
     elif logdir and holds_run(logdir):
         raise RunDirError(f"{logdir} already holds a run; resume it (--resume {logdir}) or choose "
                           f"another --logdir")
@@ -187,6 +188,11 @@ def train(
     log(f"wmjax: {config.env}, {config.seeds} seed(s) x {config.num_envs} envs, "
         f"{total:,d} env steps per seed in {chunks} chunks, train ratio {config.train_ratio:g} "
         f"({trainer.updates_per_env_step:.4f} updates per env step)")
+    if resume and extended_from and config.replay_size < total:
+        # The CLI caps a new run's replay at its steps; extending the run does not grow it.
+        log(f"wmjax: note: the replay holds {config.replay_size:,d} steps per seed, fixed when "
+            f"the run started; extended from {extended_from:,d} to {total:,d} steps, the run "
+            f"now evicts its oldest steps (a new run with --replay-size keeps more)")
     writer = JsonlWriter(os.path.join(logdir, METRICS_FILE)) if logdir and main else None
     # A resumed run's clock goes on from its newest logged row, so it never runs backwards.
     logged_up_to, clock = _newest_logged(logdir) if resume and main else (-1, 0.0)
@@ -395,7 +401,7 @@ def _check_resume(logdir: str, config: TrainConfig | None, hyper: dict | None):
         raise CheckpointError(f"cannot resume {logdir}: it has no complete checkpoint")
     if saved.steps != saved_steps and is_main_process():
         write_json(os.path.join(logdir, CONFIG_FILE), saved.to_dict())
-    return saved, saved_hyper
+    return saved, saved_hyper, (saved_steps if saved.steps > saved_steps else None)
 
 
 def _note_machine(logdir: str, chunk: int, resume: bool, log) -> None:
