@@ -156,9 +156,9 @@ def make_ppo(env_name: str, steps: int, config: PPOConfig = PPOConfig(),
     run(keys) trains one seed per key and returns (metrics, params): per-update metrics, each
     (seeds, U): episode_return and episode_length (means over the episodes that ended, NaN if
     none), episodes, and the env's episode statistics (`episode/<name>`), and each seed's final
-    parameters. env_steps (U,)
-    is the step count. play(params, keys, episodes) plays each seed's parameters frozen, sampling
-    as in training: returns (seeds, episodes), and whether every episode finished."""
+    parameters. env_steps (U,) is the step count. play(params, keys, episodes) plays each seed's
+    parameters frozen, sampling as in training: returns (seeds, episodes), and whether every
+    episode finished."""
     env = make_env(env_name)
     spec, c = env.spec, config
     net = ActorCritic(spec.num_actions, spec.discrete, c.hidden, c.activation, c.weight_init)

@@ -288,7 +288,8 @@ def _achievements(args: argparse.Namespace) -> int:
         if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
             raise ValueError(f"{run_dir} holds no metrics.jsonl; pass run folders")
         rows = read_metrics(run_dir)
-        if rows and not any(k.startswith(EPISODE_PREFIX + ACHIEVEMENT_PREFIX) for r in rows for k in r):
+        logged = EPISODE_PREFIX + ACHIEVEMENT_PREFIX
+        if rows and not any(k.startswith(logged) for r in rows for k in r):
             raise ValueError(f"{run_dir} logs no achievements; allowed: Craftax-Classic runs")
         rows = [r for r in rows if args.from_step < r["env_step"] and
                 (args.to_step is None or r["env_step"] <= args.to_step)]

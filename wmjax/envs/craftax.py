@@ -12,7 +12,8 @@ Three things differ from the gymnax adapter:
 - Per episode it records which of the 22 achievements were unlocked; per chunk the loop logs their
   success rates (`episode/achievement/<name>`, in %), the Crafter score (the geometric mean of the
   success rates, `crafter/score`, in %) and the return as a share of the 22 achievable reward
-  points (`crafter/reward_percent`). `achievement_rates` and `crafter_score` recompute the rates and the score over a whole run.
+  points (`crafter/reward_percent`). `achievement_rates` and `crafter_score` recompute the rates
+  and the score over a whole run.
 """
 from __future__ import annotations
 
