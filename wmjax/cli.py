@@ -262,15 +262,21 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(args: argparse.Namespace) -> int:
-    from wmjax.plots import binned_table
+def _runs_rows(run_dirs: list[str]) -> dict[str, list[dict]]:
+    """Each run folder's metrics rows, by its normalised path; ValueError names a folder
+    without any (all are checked before any is read)."""
     from wmjax.run import read_metrics
 
-    for run_dir in args.run_dirs:
+    for run_dir in run_dirs:
         if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
             raise ValueError(f"{run_dir} holds no metrics.jsonl; pass run folders")
-    print(binned_table({os.path.normpath(d): read_metrics(d) for d in args.run_dirs}, args.every,
-                       args.metric))
+    return {os.path.normpath(d): read_metrics(d) for d in run_dirs}
+
+
+def _table(args: argparse.Namespace) -> int:
+    from wmjax.plots import binned_table
+
+    print(binned_table(_runs_rows(args.run_dirs), args.every, args.metric))
     return 0
 
 
@@ -278,22 +284,18 @@ def _achievements(args: argparse.Namespace) -> int:
     from wmjax.envs.core import EPISODE_PREFIX
     from wmjax.envs.craftax import ACHIEVEMENT_PREFIX, achievement_rates, crafter_score
     from wmjax.plots import achievements_table
-    from wmjax.run import read_metrics
 
     if args.to_step is not None and args.to_step <= args.from_step:
         raise ValueError(f"--to-step {args.to_step} <= --from-step {args.from_step}; allowed: "
                          f"a window of env steps with to > from")
     rates, scores = {}, {}
-    for run_dir in args.run_dirs:
-        if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
-            raise ValueError(f"{run_dir} holds no metrics.jsonl; pass run folders")
-        rows = read_metrics(run_dir)
-        logged = EPISODE_PREFIX + ACHIEVEMENT_PREFIX
+    logged = EPISODE_PREFIX + ACHIEVEMENT_PREFIX
+    for name, rows in _runs_rows(args.run_dirs).items():
         if rows and not any(k.startswith(logged) for r in rows for k in r):
-            raise ValueError(f"{run_dir} logs no achievements; allowed: Craftax-Classic runs")
+            raise ValueError(f"{name} logs no achievements; allowed: Craftax-Classic runs")
         rows = [r for r in rows if args.from_step < r["env_step"] and
                 (args.to_step is None or r["env_step"] <= args.to_step)]
-        name = os.path.normpath(run_dir)  # every seed's episodes pooled
+        # every seed's episodes pooled
         rates[name], scores[name] = [achievement_rates(rows)], crafter_score(rows)
     print(achievements_table(rates))
     print("Crafter score (%): " + ", ".join(
