@@ -9,7 +9,10 @@ steps, reading the game state before every step, and reports:
   often it strikes (DO) while a zombie is adjacent;
 - the world model on the same frames: its continue head's mean prediction on the records that
   ended an episode against the others (DreamerV3 trains it towards 0 at a death, gamma elsewhere),
-  and whether the posterior's decoded zombie channel puts its brightest cell on a true zombie.
+  and whether the posterior's decoded zombie channel puts its brightest cell on a true zombie;
+- the reward head on the same frames, per achievement: its mean prediction on the records where
+  that achievement was unlocked (true reward about +1), against its prediction elsewhere. An
+  achievement the head misses is one imagination cannot value.
 
     python benchmarks/craftax_view.py runs/ladder/craftax/dreamer
     python benchmarks/craftax_view.py runs/ladder/craftax/dreamer --out benchmarks/results/craftax_view.json
@@ -27,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from wmjax.envs.craftax import GRID, MOB_CHANNELS, split_symbolic  # noqa: E402
+from wmjax.envs.craftax import GRID, MOB_CHANNELS, achievement_names, split_symbolic  # noqa: E402
 from wmjax.policy import load_policy, record_rollout  # noqa: E402
 from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
@@ -42,7 +45,8 @@ def probe(inner) -> dict:
     dist = jnp.abs(inner.zombies.position - inner.player_position[..., None, :]).sum(-1)
     nearest = jnp.where(inner.zombies.mask, dist, 99).min(-1)
     return dict(health=inner.player_health, food=inner.player_food, drink=inner.player_drink,
-                energy=inner.player_energy, asleep=inner.is_sleeping, zombie=nearest)
+                energy=inner.player_energy, asleep=inner.is_sleeping, zombie=nearest,
+                achievements=inner.achievements)
 
 
 def cause_of_death(rec: dict, t: int, e: int) -> str:
@@ -87,9 +91,11 @@ def world_model_view(policy, rec: dict, envs: int = 16) -> dict:
         _, _, _, feat = agent.observe(params, obs, action, is_first, jax.random.key(0))
         decoded = agent.decode(params, feat)
         cont = jax.nn.sigmoid(agent.cont.apply({"params": params["cont"]}, feat)[..., 0])
-        return decoded, cont
+        reward = agent.twohot.mean(agent.reward.apply({"params": params["reward"]}, feat))
+        return decoded, cont, reward
 
-    decoded, cont = jax.device_get(jax.jit(view)(obs, action, is_first))
+    decoded, cont, reward = jax.device_get(jax.jit(view)(obs, action, is_first))
+    rewards = reward_view(rec, reward, envs)
     # A step from record t that ends the episode makes record t + 1 its last frame, where the
     # continue head is trained towards 0.
     ended = np.asarray(rec["terminal"][:, :envs].T)
@@ -103,7 +109,27 @@ def world_model_view(policy, rec: dict, envs: int = 16) -> dict:
             "deaths seen": int(ended.sum()),
             "cont elsewhere": float(cont[~ended].mean()),
             "frames with a zombie in view": int(shown.sum()),
-            "zombie decoded on a true zombie cell": float(hit[shown].mean()) if shown.any() else None}
+            "zombie decoded on a true zombie cell": float(hit[shown].mean()) if shown.any() else None,
+            "reward head": rewards}
+
+
+def reward_view(rec: dict, predicted: np.ndarray, envs: int) -> dict:
+    """The reward head's mean prediction (on record t + 1, which the step from t reaches) where
+    each achievement was unlocked, with the number of unlocks seen, and on the other records."""
+    names = achievement_names()
+    ach = np.asarray(rec["achievements"][:, :envs]).swapaxes(0, 1).astype(bool)  # (envs, T, 22)
+    fresh = ~np.asarray(rec["is_first"][:, :envs].T)[:, 1:]  # the next record is the same episode
+    unlocked = ach[:, 1:] & ~ach[:, :-1] & fresh[..., None]  # (envs, T - 1, 22)
+    pred, true = np.asarray(predicted)[:, 1:], np.asarray(rec["reward"][:, :envs].T)[:, :-1]
+    per = {n: {"unlocks": int(unlocked[..., i].sum()),
+               "predicted": round(float(pred[unlocked[..., i]].mean()), 3),
+               "true": round(float(true[unlocked[..., i]].mean()), 3)}
+           for i, n in enumerate(names) if unlocked[..., i].any()}
+    quiet = ~unlocked.any(-1) & fresh
+    return {"per achievement": per,
+            "elsewhere predicted": round(float(pred[quiet].mean()), 4),
+            "elsewhere true": round(float(true[quiet].mean()), 4),
+            "elsewhere predicted above 0.5": round(float((pred[quiet] > 0.5).mean()), 4)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -141,7 +167,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"steps asleep {100 * result['asleep']:.1f}%, with a zombie adjacent "
           f"{100 * result['zombie_adjacent']:.1f}%, striking when one is adjacent "
           f"{100 * (result['strikes_when_adjacent'] or 0):.1f}%")
-    print("world model:", result["world_model"])
+    wm = dict(result["world_model"])
+    rewards = wm.pop("reward head")
+    print("world model:", wm)
+    print("reward head where an achievement was unlocked (predicted / true, unlocks):")
+    for name, r in rewards["per achievement"].items():
+        print(f"  {name:24s} {r['predicted']:6.3f} / {r['true']:6.3f}  ({r['unlocks']})")
+    print(f"  elsewhere: predicted {rewards['elsewhere predicted']:.4f}, true "
+          f"{rewards['elsewhere true']:.4f}, predicted above 0.5 on "
+          f"{100 * rewards['elsewhere predicted above 0.5']:.2f}% of records")
     if args.out:
         write_json(args.out, result)
     return result

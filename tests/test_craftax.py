@@ -172,6 +172,31 @@ def test_craftax_view_names_the_cause_of_each_death():
     assert sum(episodes(rec)[0].values()) == 1
 
 
+def test_craftax_view_reads_the_reward_head_at_each_unlock():
+    """The reward head is read on the record a step reaches: an achievement unlocked by the step
+    from record t is scored by the prediction at t + 1, and a reset in between is no unlock."""
+    from benchmarks.craftax_view import reward_view
+    from wmjax.envs.craftax import achievement_names
+
+    names = achievement_names()
+    wood, table = names.index("collect_wood"), names.index("place_table")
+    rec = _craftax_records(5, 2)
+    rec["achievements"] = np.zeros((5, 2, len(names)), bool)
+    rec["achievements"][2:, 0, wood] = True  # env 0: the step from record 1 collects wood
+    rec["achievements"][4:, 0, table] = True  # and the step from record 3 places a table
+    rec["reward"][1, 0] = rec["reward"][3, 0] = 1.0
+    rec["achievements"][:3, 1, table] = True  # env 1 resets at record 3: nothing unlocked there
+    rec["is_first"][3, 1] = True
+    predicted = np.zeros((2, 5), np.float32)
+    predicted[0, 2], predicted[0, 4], predicted[0, 1] = 0.8, 0.3, 0.6
+    view = reward_view(rec, predicted, envs=2)
+    assert view["per achievement"] == {"collect_wood": {"unlocks": 1, "predicted": 0.8, "true": 1.0},
+                                       "place_table": {"unlocks": 1, "predicted": 0.3, "true": 1.0}}
+    # the other records: env 0's t + 1 = 1, 3 and env 1's t + 1 = 1, 2, 4 (not its reset at 3)
+    assert view["elsewhere predicted"] == pytest.approx(0.6 / 5)
+    assert view["elsewhere predicted above 0.5"] == pytest.approx(1 / 5)
+
+
 @pytest.mark.parametrize("name", [SYMBOLIC, GRID])
 def test_craftax_view_on_a_trained_run(tmp_path, name):
     """The diagnosis end to end on a tiny Craftax run (flat or grid observations): every finished
@@ -190,6 +215,9 @@ def test_craftax_view_on_a_trained_run(tmp_path, name):
     view = out["world_model"]
     assert 0.0 < view["cont elsewhere"] < 1.0
     assert view["zombie decoded on a true zombie cell"] is None or 0.0 <= view["zombie decoded on a true zombie cell"] <= 1.0
+    rewards = view["reward head"]
+    assert all(r["unlocks"] > 0 and r["true"] > 0.5 for r in rewards["per achievement"].values())
+    assert 0.0 <= rewards["elsewhere predicted above 0.5"] <= 1.0
     if name == GRID:
         return
     train(TINY.replace(steps=128), str(tmp_path / "cartpole"), verbose=False)  # the shared program
