@@ -39,8 +39,8 @@ def _heads(policy):
     @jax.jit
     def heads(latent):
         feat = agent.rssm.apply({"params": p["rssm"]}, latent, method=RSSM.feat)
-        value = agent.twohot.mean(agent.critic.apply({"params": p["critic"]}, feat))
-        return value, jax.nn.sigmoid(agent.cont.apply({"params": p["cont"]}, feat)[..., 0])
+        out = agent.heads(p, feat)
+        return out["value"], out["cont"]
 
     return heads
 

@@ -90,9 +90,8 @@ def world_model_view(policy, rec: dict, envs: int = 16) -> dict:
     def view(obs, action, is_first):
         _, _, _, feat = agent.observe(params, obs, action, is_first, jax.random.key(0))
         decoded = agent.decode(params, feat)
-        cont = jax.nn.sigmoid(agent.cont.apply({"params": params["cont"]}, feat)[..., 0])
-        reward = agent.twohot.mean(agent.reward.apply({"params": params["reward"]}, feat))
-        return decoded, cont, reward
+        heads = agent.heads(params, feat)
+        return decoded, heads["cont"], heads["reward"]
 
     decoded, cont, reward = jax.device_get(jax.jit(view)(obs, action, is_first))
     rewards = reward_view(rec, reward, envs)

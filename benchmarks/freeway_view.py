@@ -240,8 +240,8 @@ def value_view(policy: Policy, rec: dict, post, window: int) -> dict:
     led to, against elsewhere (the truth: 1 and 0)."""
     agent, params, c = policy.agent, policy.state.params, policy.agent.config
     feat = rssm(policy, post, method=RSSM.feat)
-    val = np.asarray(agent.twohot.mean(agent.critic.apply({"params": params["critic"]}, feat)))
-    rew = np.asarray(agent.twohot.mean(agent.reward.apply({"params": params["reward"]}, feat)))
+    heads = agent.heads(params, feat)
+    val, rew = np.asarray(heads["value"]), np.asarray(heads["reward"])
     ret, ahead = discounted_returns(rec["reward"], rec["ended"], c.gamma)
     counted = windows(ahead >= 3 * c.horizon, window)
     ret, row = windows(ret, window), windows(rec["pos"], window)
@@ -289,9 +289,8 @@ def model_view(policy: Policy, rec: dict, post, picks: dict[str, np.ndarray], sa
         first = rssm(policy, start, agent.action_vector(jnp.full(start.deter.shape[:1], action)),
                      key, method=RSSM.img_step)
         feat, _ = agent.imagine(params, first, jax.random.fold_in(key, 1), time_major=True)
-        rew = agent.twohot.mean(agent.reward.apply({"params": params["reward"]}, feat))
-        con = jax.nn.sigmoid(agent.cont.apply({"params": params["cont"]}, feat)[..., 0])
-        val = agent.twohot.mean(agent.critic.apply({"params": params["critic"]}, feat))
+        heads = agent.heads(params, feat)
+        rew, con, val = heads["reward"], heads["cont"], heads["value"]
         ret = lambda_return(jnp.zeros_like(con), 1.0 - con, rew, val, 1.0, c.lam, axis=0)
         return rew[0] + con[0] * ret[0]
 

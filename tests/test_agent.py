@@ -82,6 +82,19 @@ def test_continue_metrics_sum_the_head_at_terminal_records(setup):
                                rtol=1e-4)
 
 
+def test_heads_read_reward_continue_and_value_in_their_units(setup):
+    """`heads` gives one prediction per feature: zero reward and value at init (zero-initialised
+    outputs), a continue probability in (0, 1); after updates towards non-zero rewards the
+    reward head no longer says zero."""
+    agent, state, batch, (_, two, _) = setup
+    feat = jax.random.normal(jax.random.key(4), (3, 5, agent.config.feat_size))
+    heads = agent.heads(state.params, feat)
+    assert {k: v.shape for k, v in heads.items()} == {k: (3, 5) for k in ("reward", "cont", "value")}
+    assert float(jnp.abs(heads["reward"]).max()) == 0.0 and float(jnp.abs(heads["value"]).max()) == 0.0
+    assert 0.0 < float(heads["cont"].min()) and float(heads["cont"].max()) < 1.0
+    assert float(jnp.abs(agent.heads(two.params, feat)["reward"]).max()) > 0.0
+
+
 def test_update_changes_every_parameter(setup):
     agent, state, batch, (one, new, metrics) = setup
     # Zero-initialised output layers (reward, critic) pass no gradient to their hidden layers on

@@ -290,6 +290,14 @@ class Dreamer:
         vectors un-symlogged; a dict of them for dict observations)."""
         return self.decoder.to_obs(self._apply(params, "decoder", feat))
 
+    def heads(self, params: dict, feat: jax.Array) -> dict[str, jax.Array]:
+        """What the heads say about RSSM features, in their own units: the expected `reward`,
+        the `cont` probability (the discount folded in) and the critic's `value`. For
+        diagnostics; under jit only the outputs used are computed."""
+        return {"reward": self.twohot.mean(self._apply(params, "reward", feat)),
+                "cont": jax.nn.sigmoid(self._apply(params, "cont", feat)[..., 0]),
+                "value": self.twohot.mean(self._apply(params, "critic", feat))}
+
     def open_loop(self, params: dict, batch: Batch, context: int, key: jax.Array) -> jax.Array:
         """DreamerV3's open-loop report: observe the first `context` steps of each sequence, then
         predict the rest from the prior alone under the recorded actions (the mode of each
