@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.ppo import PPO_PRESETS, PPOConfig, train_ppo  # noqa: E402
-from wmjax.cli import parse_override  # noqa: E402
+from wmjax.cli import parse_override, parse_schedule_entry  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs.core import FLAT_SUFFIX, REGISTRY  # noqa: E402
 from wmjax.plots import achievements_table, binned, binned_table, curve  # noqa: E402
@@ -127,11 +127,13 @@ def final_value(steps: np.ndarray, mean: np.ndarray, last: int = 3) -> float | N
 def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float | None,
              overrides: dict, logdir: str, out: str, resume: bool,
              ppo_config: PPOConfig | None = None, envs: int = 16, chunk_steps: int | None = None,
-             replay_size: int | None = None, eval_episodes: int = 32, seed: int = 0) -> dict:
+             replay_size: int | None = None, eval_episodes: int = 32, seed: int = 0,
+             schedule: tuple = ()) -> dict:
     """Train DreamerV3 and the PPO baseline (`ppo_config`, default the rung's preset) on one
     rung; write RUNG.json and RUNG.png to `out`; return the JSON's contents. `seed` is both
     learners' base seed (TrainConfig.seed, train_ppo's seed), so a rung can add seeds one run
-    at a time: `seeds=1, seed=1` is a second seed, not a repeat of the first."""
+    at a time: `seeds=1, seed=1` is a second seed, not a repeat of the first. `schedule`:
+    DreamerV3's TrainConfig.tunable_schedule, (env_step, name, value) entries."""
     env, budget, default_ratio = RUNGS[rung]
     steps = steps or budget
     ratio = ratio or default_ratio
@@ -140,7 +142,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                          train_ratio=ratio,
                          replay_size=replay_size or max(steps, envs * (agent.batch_length + 1)),
                          chunk_steps=chunk_steps or min(2048 if steps <= 100_000 else 16_384, steps),
-                         agent=agent)
+                         agent=agent, tunable_schedule=tuple(schedule))
     run_dir = os.path.join(logdir, rung, "dreamer")
     train(config, run_dir, resume=resume and holds_run(run_dir), checkpoint_every=5)
     d_rows = read_metrics(run_dir)
@@ -170,6 +172,8 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                  machine=ppo.get("machine")),  # None in files from before it was recorded
         references=REFERENCES.get(env, {}),
     )
+    if config.tunable_schedule:  # absent otherwise, as in the files written before it existed
+        result["tunable_schedule"] = [list(e) for e in config.tunable_schedule]
     # Mean training return per tenth of the budget, over the episodes that ended in it.
     every, p_rows = max(steps // 10, 1), ppo.get("rows", [])
     result["per_bin"] = dict(every=every, dreamer=binned(d_rows, every, bins=10),
@@ -287,6 +291,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--set", action="append", default=None, metavar="NAME=VALUE",
                     help="agent overrides, replacing the rung's defaults: " + "; ".join(
                         f"{rung} {' '.join(sets)}" for rung, sets in RUNG_SETS.items()))
+    ap.add_argument("--set-from", action="append", default=[], metavar="STEP:NAME=VALUE",
+                    help="change a tunable from env step STEP on, e.g. 500000:reward_scale=10 "
+                         "(as `python -m wmjax train --set-from`)")
     ap.add_argument("--envs", type=int, default=16, help="DreamerV3's vmapped envs per seed")
     ap.add_argument("--chunk-steps", type=int, default=None,
                     help="env steps per compiled chunk (default: 2048, 16384 above 100k steps)")
@@ -316,6 +323,7 @@ def main(argv=None) -> dict:
     sets = RUNG_SETS[args.rung] if args.set is None else args.set
     try:
         overrides = dict(parse_override(s) for s in sets)
+        schedule = tuple(parse_schedule_entry(s) for s in args.set_from)
     except ValueError as e:
         ap.error(str(e))
     try:
@@ -325,7 +333,7 @@ def main(argv=None) -> dict:
         ap.error(str(e))
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
                     logdir, out, args.resume, ppo, args.envs, args.chunk_steps,
-                    args.replay_size, args.eval_episodes, args.seed)
+                    args.replay_size, args.eval_episodes, args.seed, schedule)
 
 
 if __name__ == "__main__":

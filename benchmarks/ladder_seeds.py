@@ -25,7 +25,7 @@ from benchmarks.ladder import frozen_record, plot_rung  # noqa: E402
 from wmjax.plots import achievements_table, bins_table  # noqa: E402
 
 # Fields that must agree for results to be seeds of one experiment.
-SAME = ("rung", "env", "steps", "preset", "train_ratio", "overrides")
+SAME = ("rung", "env", "steps", "preset", "train_ratio", "overrides", "tunable_schedule")
 LEARNERS = {"dreamer": "DreamerV3", "ppo": "PPO"}
 
 
@@ -61,7 +61,7 @@ def combine(results: list[dict], sources: list[str] | None = None) -> dict:
                                  f"seed once (ladder.py --seed sets a run's first seed)")
             seen[s] = source
     weights = np.array([r["seeds"] for r in results], float)
-    out = {field: first[field] for field in SAME}
+    out = {field: first[field] for field in SAME if field in first}
     out.update(seeds=int(weights.sum()), seed_ids=[s for r in results for s in seed_ids(r)],
                reduced_budget=any(r["reduced_budget"] for r in results),
                references=first.get("references", {}), sources=list(sources))

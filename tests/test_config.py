@@ -89,3 +89,46 @@ def test_cli_flags_reach_the_train_config():
     assert build_config(build_parser().parse_args(["train"])).replay_obs_dtype == "float32"
     with pytest.raises(SystemExit):  # argparse names the allowed choices
         build_parser().parse_args(["train", "--replay-obs-dtype", "int8"])
+
+
+@pytest.mark.parametrize("schedule,match", [
+    (((100, "units", 32.0),), "tunable_schedule entry.*name one of lr"),
+    (((-1, "lr", 1e-3),), "tunable_schedule entry"),
+    (((100, "lr"),), "tunable_schedule entry"),
+    (((1.5, "lr", 1e-3),), "tunable_schedule entry"),
+    (((100, "reward_scale", -1.0),), "reward_scale"),  # DreamerConfig's own check of the value
+    ("lr", "tunable_schedule"),
+])
+def test_bad_tunable_schedule_names_the_entry(schedule, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(tunable_schedule=schedule)
+
+
+def test_tunable_schedule_sorts_round_trips_and_reads_by_step():
+    config = TrainConfig(tunable_schedule=[[500, "reward_scale", 10], (100, "actent", 1e-3),
+                                           (800, "reward_scale", 1)])
+    assert config.tunable_schedule == ((100, "actent", 1e-3), (500, "reward_scale", 10.0),
+                                       (800, "reward_scale", 1.0))
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert config.tunables_at(99) == {}
+    assert config.tunables_at(100) == {"actent": 1e-3}
+    assert config.tunables_at(500) == {"actent": 1e-3, "reward_scale": 10.0}
+    assert config.tunables_at(10**6) == {"actent": 1e-3, "reward_scale": 1.0}
+    # A config.json from before the field existed reads as an empty schedule.
+    data = TrainConfig().to_dict()
+    del data["tunable_schedule"]
+    assert TrainConfig.from_dict(data).tunable_schedule == ()
+
+
+def test_cli_set_from_reaches_the_schedule_and_names_bad_entries():
+    from wmjax.cli import build_config, build_parser
+
+    parse = lambda *flags: build_config(build_parser().parse_args(["train", *flags]))
+    config = parse("--set-from", "500_000:reward_scale=10", "--set-from", "0:actent=3e-3")
+    assert config.tunable_schedule == ((0, "actent", 3e-3), (500_000, "reward_scale", 10.0))
+    for text, match in [("500000reward_scale=10", "expects STEP:NAME=VALUE"),
+                        ("5:units=3", "'units' is not a tunable"),
+                        ("x:lr=1", "STEP must be an integer"),
+                        ("5:lr=fast", "VALUE a number")]:
+        with pytest.raises(ValueError, match=match):
+            parse("--set-from", text)

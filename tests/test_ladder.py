@@ -22,9 +22,12 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
     argv = ["--rung", "cartpole", "--steps", "512", "--preset", "tiny", "--seeds", "2",
             "--train-ratio", "24", "--envs", "4", "--chunk-steps", "128",
             "--replay-size", "1024", "--set", "warmup=10", "--eval-episodes", "3",
+            "--set-from", "384:actent=1e-3",
             "--logdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
     result = main(argv)
     saved = json.load(open(tmp_path / "out" / "cartpole.json"))
+    config = json.load(open(tmp_path / "runs" / "cartpole" / "dreamer" / "config.json"))
+    assert saved["tunable_schedule"] == config["tunable_schedule"] == [[384, "actent", 0.001]]
     assert saved["reduced_budget"] and saved["steps"] == 512 and saved["seeds"] == 2
     assert saved["references"] == REFERENCES["CartPole-v1"]
     for learner in ("dreamer", "ppo"):
@@ -250,7 +253,8 @@ def test_ladder_seeds_combines_runs_of_one_rung(tmp_path, capsys):
     assert both["dreamer"]["curve"] == [[50, 4.0], [100, 8.0], [150, 9.0]]
     assert both["dreamer"]["spread"][0] == [50, 2.0, 5.0] and both["dreamer"]["wall_s"] == 120.0
     for bad, match in ((dict(seed=0), "seed 0 is in both"), (dict(steps=200), "steps=200"),
-                       (dict(overrides={}), "overrides=")):
+                       (dict(overrides={}), "overrides="),
+                       (dict(tunable_schedule=[[500, "reward_scale", 10.0]]), "tunable_schedule=")):
         with pytest.raises(ValueError, match=match):
             combine([one, {**two, **bad}])
     with pytest.raises(ValueError, match="allowed: 2 or more"):

@@ -453,3 +453,24 @@ def test_fork_refusals_name_the_problem_and_write_nothing(reference, tmp_path, c
     assert main(["train", "--fork-chunk", "12", "--logdir", dst]) == 2
     assert "give --fork too" in capsys.readouterr().err
     assert _snapshot(ref_dir) == before
+
+
+def test_a_tunable_schedule_is_a_fork_in_one_run(reference, tmp_path):
+    """`--set-from 1536:lr=1e-3` trains as the reference until chunk 12 and then exactly as a
+    fork of the reference's checkpoint 12 with lr=1e-3, also when the run is stopped before the
+    change and resumed (the resumed process makes the change)."""
+    from wmjax.cli import main
+    from wmjax.run import fork
+
+    ref_dir, _ = reference
+    forked = str(tmp_path / "fork")
+    train(fork(ref_dir, forked, {"lr": 1e-3}, chunk=12), forked, resume=True, verbose=False)
+    scheduled = str(tmp_path / "scheduled")
+    flags = TINY_FLAGS + ["--set-from", "1536:lr=1e-3", "--logdir", scheduled, "--quiet",
+                          "--checkpoint-every", "1"]
+    assert main(["train", *flags, "--steps", "1408"]) == 0  # 11 chunks: before the change
+    assert main(["train", "--resume", scheduled, "--steps", "2048", "--quiet"]) == 0
+    assert _rows(scheduled)[:24] == _rows(ref_dir)[:24]  # 12 chunks x 2 seeds
+    assert _rows(scheduled) == _rows(forked) != _rows(ref_dir)
+    saved = json.load(open(os.path.join(scheduled, "config.json")))
+    assert saved["tunable_schedule"] == [[1536, "lr", 0.001]] and saved["agent"]["lr"] == 4e-5

@@ -17,7 +17,7 @@ import sys
 import time
 import typing
 
-from wmjax.config import PRESETS, REPLAY_OBS_DTYPES, DreamerConfig, TrainConfig
+from wmjax.config import PRESETS, REPLAY_OBS_DTYPES, TUNABLES, DreamerConfig, TrainConfig
 from wmjax.envs import REGISTRY, check_env_name
 
 # TrainConfig flags and their defaults. They parse to None so that with --resume we can tell
@@ -52,6 +52,21 @@ def parse_override(text: str) -> tuple[str, typing.Any]:
         raise ValueError(f"--set {name}: {value!r} is not a valid {kind.__name__}") from None
 
 
+def parse_schedule_entry(text: str) -> tuple[int, str, float]:
+    """`STEP:NAME=VALUE` (--set-from) as a TrainConfig.tunable_schedule entry."""
+    step, sep, change = text.partition(":")
+    if not sep or "=" not in change:
+        raise ValueError(f"--set-from expects STEP:NAME=VALUE (e.g. 500000:reward_scale=10), "
+                         f"got {text!r}")
+    name, value = change.split("=", 1)
+    if name not in TUNABLES:
+        raise ValueError(f"--set-from: {name!r} is not a tunable; tunables: {', '.join(TUNABLES)}")
+    try:
+        return int(step.replace("_", "")), name, float(value)
+    except ValueError:
+        raise ValueError(f"--set-from {text!r}: STEP must be an integer and VALUE a number") from None
+
+
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed `train` flags (defaults filled in); raises ValueError."""
     get = lambda name: TRAIN_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
@@ -64,7 +79,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(env=get("env"), num_envs=envs, seeds=get("seeds"), seed=get("seed"),
                        steps=steps, train_ratio=get("train_ratio"), replay_size=replay_size,
                        chunk_steps=get("chunk_steps"), replay_obs_dtype=get("replay_obs_dtype"),
-                       agent=agent)
+                       agent=agent, tunable_schedule=_schedule(args) or ())
+
+
+def _schedule(args: argparse.Namespace) -> tuple[tuple[int, str, float], ...] | None:
+    """--set-from's entries, or None when the flag was not given."""
+    return None if args.set_from is None else tuple(parse_schedule_entry(s) for s in args.set_from)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="env steps per seed between log points (default 2048)")
     t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override an agent config field, e.g. --set lr=1e-4 (repeatable)")
+    t.add_argument("--set-from", action="append", default=None, metavar="STEP:NAME=VALUE",
+                   help="change a tunable for every seed from env step STEP on (at the first chunk "
+                        "boundary at or after it), e.g. --set-from 500000:reward_scale=10 "
+                        f"(repeatable; tunables: {', '.join(TUNABLES)})")
     t.add_argument("--logdir", help="run folder (default: runs/ENV-DATE-TIME); must not hold a run")
     t.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its newest checkpoint; flags given must "
@@ -238,6 +262,7 @@ def _resume_config(args: argparse.Namespace, run_dir: str | None = None) -> Trai
         chunk_steps=flag("chunk_steps", saved.chunk_steps),
         replay_obs_dtype=flag("replay_obs_dtype", saved.replay_obs_dtype),
         agent=saved.agent.replace(**agent),
+        tunable_schedule=saved.tunable_schedule if args.set_from is None else _schedule(args),
     )
 
 

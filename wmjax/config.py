@@ -29,6 +29,13 @@ IMAGE_LOSSES = ("mse", "bce")  # the image decoder's pixel loss (see models.head
 VECTOR_LOSSES = ("mse", "bce")  # the vector decoder's loss (see models.heads.VectorDecoder)
 
 
+# DreamerConfig fields read from `AgentState.hyper` rather than from the static config, so that
+# a grid over them is a vmap over states of one compiled program (see experiments/lr_entropy.py)
+# and a run may change them between chunks (TrainConfig.tunable_schedule) without recompiling.
+TUNABLES = ("lr", "actent", "rec_scale", "reward_scale", "cont_scale", "dyn_scale", "rep_scale",
+            "policy_scale", "value_scale", "repval_scale", "slowreg")
+
+
 def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
     if not cond:
         raise ValueError(f"invalid config: {name}={value!r}; allowed: {allowed}")
@@ -218,6 +225,11 @@ class TrainConfig:
     # 1M-step Craftax-Classic-Symbolic replay is 5.4 GB per seed in float32). Images stay uint8.
     replay_obs_dtype: str = "float32"
     agent: DreamerConfig = field(default_factory=DreamerConfig)
+    # Tunables changed during the run: (env_step, name, value) entries, each applied for every
+    # seed from the first chunk that starts at or after env_step (chunk boundaries are
+    # multiples of env_steps_per_chunk). E.g. ((500_000, "reward_scale", 10.0),) trains with
+    # agent.reward_scale until 500k steps and with 10 after. No recompile: tunables are traced.
+    tunable_schedule: tuple[tuple[int, str, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("num_envs", "seeds", "steps", "replay_size", "chunk_steps"):
@@ -235,12 +247,36 @@ class TrainConfig:
                self.replay_obs_dtype, f"one of {', '.join(REPLAY_OBS_DTYPES)}")
         _check(isinstance(self.agent, DreamerConfig), "agent", type(self.agent).__name__,
                "a DreamerConfig")
+        object.__setattr__(self, "tunable_schedule", self._checked_schedule())
         per_env = self.replay_size // self.num_envs
         _check(per_env >= self.agent.batch_length + 1, "replay_size", self.replay_size,
                f">= num_envs * (batch_length + 1) = {self.num_envs * (self.agent.batch_length + 1)}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def _checked_schedule(self) -> tuple[tuple[int, str, float], ...]:
+        """tunable_schedule as sorted (int, str, float) tuples (a JSON list of lists becomes
+        one); raises ValueError naming a malformed entry, an unknown name or a bad value."""
+        allowed = (f"(env_step, name, value) entries with env_step an integer >= 0 and name one "
+                   f"of {', '.join(TUNABLES)}")
+        _check(isinstance(self.tunable_schedule, (list, tuple)), "tunable_schedule",
+               self.tunable_schedule, allowed)
+        entries = []
+        for entry in self.tunable_schedule:
+            ok = isinstance(entry, (list, tuple)) and len(entry) == 3
+            step, name, value = entry if ok else (None, None, None)
+            ok = ok and isinstance(step, int) and not isinstance(step, bool) and step >= 0
+            ok = ok and name in TUNABLES and isinstance(value, (int, float))
+            _check(ok and not isinstance(value, bool), "tunable_schedule entry", entry, allowed)
+            self.agent.replace(**{name: float(value)})  # the agent's own check of the value
+            entries.append((step, name, float(value)))
+        return tuple(sorted(entries, key=lambda e: e[0]))  # stable: same steps keep their order
+
+    def tunables_at(self, env_step: int) -> dict[str, float]:
+        """The scheduled tunable values in force from env_step on (the latest entry per name
+        at or before it); tunables not yet scheduled are absent."""
+        return {name: value for step, name, value in self.tunable_schedule if step <= env_step}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

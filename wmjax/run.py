@@ -220,8 +220,15 @@ def train(
 
     dispatched = logged = saved = done  # chunks started, logged and checkpointed
     metrics = None
+    scheduled = None  # the scheduled tunables in force (config.tunable_schedule)
     try:
         for i in range(done, chunks):
+            due = config.tunables_at(i * per_chunk)
+            if due != scheduled:  # also on the first chunk of a resume (setting is idempotent)
+                if due and scheduled is not None:
+                    log(f"\nwmjax: from env step {i * per_chunk:,d}: "
+                        + ", ".join(f"{k}={v:g}" for k, v in due.items()))
+                state, scheduled = set_tunables(state, due), due
             with _interrupts_after_the_chunk(log):
                 state, metrics = trainer.train_chunk(state)
                 dispatched = i + 1
@@ -255,6 +262,18 @@ def train(
     return state, rows
 
 
+def set_tunables(state: Any, values: dict[str, float]) -> Any:
+    """`state` (a batched TrainState) with the given tunables set to one value for every seed;
+    each new leaf keeps its array's sharding, so the compiled chunk runs on unchanged."""
+    if not values:
+        return state
+    def fill(x: jax.Array, value: float) -> jax.Array:
+        return jax.jit(lambda a, v: jax.numpy.full_like(a, v), out_shardings=x.sharding)(x, value)
+
+    hyper = {k: fill(v, values[k]) if k in values else v for k, v in state.agent.hyper.items()}
+    return state._replace(agent=state.agent._replace(hyper=hyper))
+
+
 def fork(src: str, dst: str, tunables: dict[str, float], chunk: int | None = None,
          steps: int | None = None) -> TrainConfig:
     """Start run folder `dst` from checkpoint `chunk` (default: the newest) of run `src`, with
@@ -284,9 +303,7 @@ def fork(src: str, dst: str, tunables: dict[str, float], chunk: int | None = Non
                                      chunk)
     finally:
         reader.close()
-    hyper = {k: jax.numpy.full_like(v, tunables[k]) if k in tunables else v
-             for k, v in state.agent.hyper.items()}
-    state = state._replace(agent=state.agent._replace(hyper=hyper))
+    state = set_tunables(state, tunables)
 
     env_steps = done * config.env_steps_per_chunk
     write_json(os.path.join(dst, CONFIG_FILE), config.to_dict())

@@ -30,7 +30,7 @@ from wmjax.agents.dreamer.losses import (
     retnorm_update,
 )
 from wmjax.agents.dreamer.optim import dreamer_optimizer
-from wmjax.config import DreamerConfig
+from wmjax.config import TUNABLES, DreamerConfig
 from wmjax.envs.core import EnvSpec
 from wmjax.models.heads import (
     DictDecoder, DictEncoder, ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder, split_keys,
@@ -53,11 +53,6 @@ class AgentState(NamedTuple):
     step: jax.Array  # number of updates done
     hyper: dict  # the tunable hyperparameters (TUNABLES) as traced scalars
 
-
-# Config fields read from `AgentState.hyper` rather than from the static config, so that a grid
-# over them is a vmap over states of one compiled program (see experiments/lr_entropy.py).
-TUNABLES = ("lr", "actent", "rec_scale", "reward_scale", "cont_scale", "dyn_scale", "rep_scale",
-            "policy_scale", "value_scale", "repval_scale", "slowreg")
 
 # The scalar metrics `update` returns, known without tracing it (the fused loop sums them).
 METRICS = ("loss/total", "loss/world_model", "loss/rec", "loss/reward", "loss/cont", "loss/dyn",
