@@ -460,7 +460,7 @@ def test_a_tunable_schedule_is_a_fork_in_one_run(reference, tmp_path):
     fork of the reference's checkpoint 12 with lr=1e-3, also when the run is stopped before the
     change and resumed (the resumed process makes the change)."""
     from wmjax.cli import main
-    from wmjax.run import fork
+    from wmjax.run import fork, set_tunables
 
     ref_dir, _ = reference
     forked = str(tmp_path / "fork")
@@ -474,3 +474,13 @@ def test_a_tunable_schedule_is_a_fork_in_one_run(reference, tmp_path):
     assert _rows(scheduled) == _rows(forked) != _rows(ref_dir)
     saved = json.load(open(os.path.join(scheduled, "config.json")))
     assert saved["tunable_schedule"] == [[1536, "lr", 0.001]] and saved["agent"]["lr"] == 4e-5
+    # A fork after the change that sets lr back keeps its value: the schedule's lr entry, which
+    # its resume would make again, is dropped from the fork's config.
+    back = str(tmp_path / "back")
+    config = fork(scheduled, back, {"lr": 4e-5}, steps=2304)  # from its end, 2 chunks more
+    assert config.tunable_schedule == () and config.agent.lr == 4e-5
+    state, rows = train(config, back, resume=True, verbose=False)
+    assert [r["env_step"] for r in rows if r["seed"] == 0] == [2176, 2304]
+    np.testing.assert_allclose(np.asarray(state.agent.hyper["lr"]), [4e-5, 4e-5])
+    with pytest.raises(ValueError, match=r"unknown tunable\(s\) \['units'\]"):
+        set_tunables(state, {"units": 32.0})

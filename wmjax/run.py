@@ -265,8 +265,10 @@ def train(
 def set_tunables(state: Any, values: dict[str, float]) -> Any:
     """`state` (a batched TrainState) with the given tunables set to one value for every seed;
     each new leaf keeps its array's sharding, so the compiled chunk runs on unchanged."""
-    if not values:
-        return state
+    unknown = sorted(set(values) - set(state.agent.hyper))
+    if unknown:
+        raise ValueError(f"unknown tunable(s) {unknown}; tunables: {', '.join(state.agent.hyper)}")
+
     def fill(x: jax.Array, value: float) -> jax.Array:
         return jax.jit(lambda a, v: jax.numpy.full_like(a, v), out_shardings=x.sharding)(x, value)
 
@@ -292,8 +294,12 @@ def fork(src: str, dst: str, tunables: dict[str, float], chunk: int | None = Non
     if holds_run(dst):
         raise RunDirError(f"{dst} already holds a run; fork into a new folder")
     config = load_config(src)
+    # The fork's values replace src's scheduled changes of the same tunables (which a resume
+    # would otherwise make again); its other scheduled changes stay.
     config = config.replace(steps=config.steps if steps is None else steps,
-                            agent=config.agent.replace(**tunables))
+                            agent=config.agent.replace(**tunables),
+                            tunable_schedule=tuple(e for e in config.tunable_schedule
+                                                   if e[1] not in tunables))
     if not os.path.isdir(checkpoint_dir(src)):
         raise CheckpointError(f"cannot fork {src}: it has no checkpoint")
     trainer = cached_trainer(config)
