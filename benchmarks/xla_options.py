@@ -1,0 +1,98 @@
+"""Which XLA CPU compiler options make one DreamerV3 update faster on this machine?
+
+One update on a fixed batch, compiled once per option set in one process (`compiler_options`
+of `jax.jit(...).lower(...).compile`, so no option leaks into another) and timed round-robin,
+since the machine's speed drifts between rounds. Each row also gives the update's total loss,
+so a set that changes the arithmetic shows as a different loss.
+
+The sets are XLA's library-fusion choices on CPU: its default, YNNPACK fusions off, YNNPACK for
+single dots only, YNNPACK for dots and elementwise ops, and XNNPACK off.
+
+    python benchmarks/xla_options.py                       # size1m on CartPole-v1
+    python benchmarks/xla_options.py --only default ynn_dot --rounds 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from benchmarks.throughput import _fixed_batch  # noqa: E402
+from wmjax.agents.dreamer import Dreamer  # noqa: E402
+from wmjax.cli import parse_override  # noqa: E402
+from wmjax.config import DreamerConfig  # noqa: E402
+from wmjax.envs import make_env  # noqa: E402
+from wmjax.machine import describe as describe_machine  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
+
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+OPTION_SETS = {
+    "default": {},
+    "no_ynn": {_YNN: ""},
+    "ynn_dot": {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "ynn_dot_eltwise": {_YNN: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
+    "no_xnnpack": {"xla_cpu_use_xnnpack": False},
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default="CartPole-v1")
+    ap.add_argument("--preset", default="size1m")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="agent config overrides, e.g. imag_starts=256")
+    ap.add_argument("--only", nargs="+", default=list(OPTION_SETS), metavar="SET",
+                    help=f"option sets to time (default all): {', '.join(OPTION_SETS)}")
+    ap.add_argument("--rounds", type=int, default=12, help="timed round-robin rounds")
+    ap.add_argument("--out", default="benchmarks/results/xla_options.json")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}; allowed: >= 1")
+    unknown = [s for s in args.only if s not in OPTION_SETS]
+    if unknown:
+        ap.error(f"unknown option set(s) {', '.join(unknown)}; allowed: {', '.join(OPTION_SETS)}")
+    try:
+        config = DreamerConfig.preset(args.preset, **dict(parse_override(s) for s in args.set))
+        spec = make_env(args.env).spec
+    except ValueError as e:
+        ap.error(str(e))
+
+    agent, key = Dreamer(config, spec), jax.random.key(0)
+    state, batch = jax.jit(agent.init)(key), _fixed_batch(agent)
+    lowered = jax.jit(agent.update).lower(state, batch, key)
+    compiled = {name: lowered.compile(compiler_options=OPTION_SETS[name] or None) for name in args.only}
+    losses = {name: float(fn(state, batch, key)[1]["loss/total"]) for name, fn in compiled.items()}
+    times = {name: [] for name in compiled}
+    for _ in range(args.rounds):
+        for name, fn in compiled.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn(state, batch, key))
+            times[name].append(time.perf_counter() - t)
+    base = statistics.median(times[args.only[0]])
+    rows = [dict(options=name, compiler_options=OPTION_SETS[name], loss=losses[name],
+                 median_s=statistics.median(ts), min_s=min(ts), times_s=ts,
+                 ratio=statistics.median(ts) / base) for name, ts in times.items()]
+    print(f"{args.preset} on {args.env}, {args.rounds} rounds, {os.cpu_count()} cores, "
+          f"jax {jax.__version__}; ratio against {args.only[0]}")
+    for r in rows:
+        print(f"{r['options']:16s} median {1e3 * r['median_s']:6.0f} ms  min {1e3 * r['min_s']:6.0f} ms  "
+              f"x{r['ratio']:.2f}  loss {r['loss']:.6f}")
+    result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
+                  jax=jax.__version__, machine=describe_machine(), rows=rows)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    start_command(cache=False)  # huge pages (restarts once), as throughput.py; no compile cache
+    main()
