@@ -16,11 +16,9 @@ One DreamerV3 update on a fixed batch, compiled four ways in one process and tim
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -30,7 +28,7 @@ import jax  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.throughput import _fixed_batch  # noqa: E402
+from benchmarks.throughput import _fixed_batch, round_robin, write_json  # noqa: E402
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig  # noqa: E402
@@ -88,15 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     if jax.device_count() < 2:
         ap.error("needs 2 XLA devices; XLA_FLAGS already fixed the device count at 1")
 
-    variants = _variants(Dreamer(config, spec), Dreamer(half, spec))
-    for run in variants.values():  # compile and warm up
-        jax.block_until_ready(run())
-    times = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, run in variants.items():
-            t = time.perf_counter()
-            jax.block_until_ready(run())
-            times[name].append(time.perf_counter() - t)
+    times = round_robin(_variants(Dreamer(config, spec), Dreamer(half, spec)), args.rounds)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     rows = [dict(variant=name, median_s=medians[name], min_s=min(ts), times_s=ts,
                  speedup=medians["one device"] / medians[name]) for name, ts in times.items()]
@@ -107,10 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"x{r['speedup']:.2f} against one device")
     result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
                   jax=jax.__version__, machine=describe_machine(), rows=rows)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 

@@ -65,6 +65,28 @@ def _timed(fn, *args, repeats=3, stat=min):
     return stat(times), out
 
 
+def round_robin(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each of `runs` (name -> a function of no arguments) over `rounds` rounds,
+    one call of each per round after a warm-up call: this machine's speed drifts between
+    rounds, so variants are compared within them."""
+    for run in runs.values():
+        jax.block_until_ready(run())
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            jax.block_until_ready(run())
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def write_json(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+
+
 def matmul_peak(n: int = 2048) -> float:
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)

@@ -14,17 +14,15 @@ single dots only, YNNPACK for dots and elementwise ops, and XNNPACK off.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 
 import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.throughput import _fixed_batch  # noqa: E402
+from benchmarks.throughput import _fixed_batch, round_robin, write_json  # noqa: E402
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig  # noqa: E402
@@ -69,12 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     lowered = jax.jit(agent.update).lower(state, batch, key)
     compiled = {name: lowered.compile(compiler_options=OPTION_SETS[name] or None) for name in args.only}
     losses = {name: float(fn(state, batch, key)[1]["loss/total"]) for name, fn in compiled.items()}
-    times = {name: [] for name in compiled}
-    for _ in range(args.rounds):
-        for name, fn in compiled.items():
-            t = time.perf_counter()
-            jax.block_until_ready(fn(state, batch, key))
-            times[name].append(time.perf_counter() - t)
+    times = round_robin({name: (lambda fn=fn: fn(state, batch, key)) for name, fn in compiled.items()},
+                        args.rounds)
     base = statistics.median(times[args.only[0]])
     rows = [dict(options=name, compiler_options=OPTION_SETS[name], loss=losses[name],
                  median_s=statistics.median(ts), min_s=min(ts), times_s=ts,
@@ -86,10 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"x{r['ratio']:.2f}  loss {r['loss']:.6f}")
     result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
                   jax=jax.__version__, machine=describe_machine(), rows=rows)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
     return result
 
 
