@@ -28,7 +28,8 @@ import jax  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.throughput import _fixed_batch, round_robin, write_json  # noqa: E402
+from benchmarks.throughput import _fixed_batch, round_robin  # noqa: E402
+from wmjax.run import write_json  # noqa: E402
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig  # noqa: E402
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
                   jax=jax.__version__, machine=describe_machine(), rows=rows)
     write_json(args.out, result)
+    print(f"wrote {args.out}")
     return result
 
 

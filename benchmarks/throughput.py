@@ -28,7 +28,6 @@ it into N XLA devices (they share its cores, so this shows sharding overhead, no
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -49,6 +48,7 @@ from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
 from wmjax.loop import make_train  # noqa: E402
 from wmjax.machine import describe as describe_machine  # noqa: E402
+from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 
@@ -78,13 +78,6 @@ def round_robin(runs: dict, rounds: int) -> dict[str, list[float]]:
             jax.block_until_ready(run())
             times[name].append(time.perf_counter() - t)
     return times
-
-
-def write_json(path: str, result: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {path}")
 
 
 def matmul_peak(n: int = 2048) -> float:
@@ -271,10 +264,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _save(path: str, peak: float, rows: list) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(dict(peak_gflops=peak, jax=jax.__version__, machine=describe_machine(), rows=rows),
-                  f, indent=2)
+    write_json(path, dict(peak_gflops=peak, jax=jax.__version__, machine=describe_machine(), rows=rows))
 
 
 if __name__ == "__main__":
