@@ -28,14 +28,13 @@ import jax  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.throughput import _fixed_batch, round_robin  # noqa: E402
-from wmjax.run import write_json  # noqa: E402
+from benchmarks.throughput import (  # noqa: E402
+    _fixed_batch, print_comparison_header, round_robin, write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig  # noqa: E402
 from wmjax.distributed import batch_sharding, make_mesh, replicated  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
-from wmjax.machine import describe as describe_machine  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 
@@ -91,16 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     rows = [dict(variant=name, median_s=medians[name], min_s=min(ts), times_s=ts,
                  speedup=medians["one device"] / medians[name]) for name, ts in times.items()]
-    print(f"{args.preset} on {args.env}, {args.rounds} rounds, {os.cpu_count()} cores, "
-          f"jax {jax.__version__}")
+    print_comparison_header(args)
     for r in rows:
         print(f"{r['variant']:26s} median {r['median_s']:.3f} s  min {r['min_s']:.3f} s  "
               f"x{r['speedup']:.2f} against one device")
-    result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
-                  jax=jax.__version__, machine=describe_machine(), rows=rows)
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
-    return result
+    return write_comparison(args, rows)
 
 
 if __name__ == "__main__":

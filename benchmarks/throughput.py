@@ -80,6 +80,22 @@ def round_robin(runs: dict, rounds: int) -> dict[str, list[float]]:
     return times
 
 
+def print_comparison_header(args, note: str = "") -> None:
+    """The first line of a round-robin comparison's report (data_parallel.py, xla_options.py)."""
+    print(f"{args.preset} on {args.env}, {args.rounds} rounds, {os.cpu_count()} cores, "
+          f"jax {jax.__version__}{note}")
+
+
+def write_comparison(args, rows: list[dict]) -> dict:
+    """A round-robin comparison's result: its settings, this machine and one row per variant,
+    written to args.out as JSON."""
+    result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
+                  jax=jax.__version__, machine=describe_machine(), rows=rows)
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return result
+
+
 def matmul_peak(n: int = 2048) -> float:
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)

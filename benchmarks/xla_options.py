@@ -22,13 +22,12 @@ import jax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.throughput import _fixed_batch, round_robin  # noqa: E402
-from wmjax.run import write_json  # noqa: E402
+from benchmarks.throughput import (  # noqa: E402
+    _fixed_batch, print_comparison_header, round_robin, write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
-from wmjax.machine import describe as describe_machine  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
@@ -74,16 +73,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [dict(options=name, compiler_options=OPTION_SETS[name], loss=losses[name],
                  median_s=statistics.median(ts), min_s=min(ts), times_s=ts,
                  ratio=statistics.median(ts) / base) for name, ts in times.items()]
-    print(f"{args.preset} on {args.env}, {args.rounds} rounds, {os.cpu_count()} cores, "
-          f"jax {jax.__version__}; ratio against {args.only[0]}")
+    print_comparison_header(args, f"; ratio against {args.only[0]}")
     for r in rows:
         print(f"{r['options']:16s} median {1e3 * r['median_s']:6.0f} ms  min {1e3 * r['min_s']:6.0f} ms  "
               f"x{r['ratio']:.2f}  loss {r['loss']:.6f}")
-    result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
-                  jax=jax.__version__, machine=describe_machine(), rows=rows)
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
-    return result
+    return write_comparison(args, rows)
 
 
 if __name__ == "__main__":
