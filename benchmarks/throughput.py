@@ -275,12 +275,10 @@ def main(argv: list[str] | None = None) -> None:
                           f"{r['updates_per_s']:7.2f} | {bare_t:10.3f} {100 * overhead:7.1f}% | "
                           f"{gflop:9.2f} {achieved:8.1f} {100 * achieved / peak:5.1f}% | {gflop_all:7.2f} "
                           f"{pct_all:6.1f}%{vs}", flush=True)
-                    _save(args.out, peak, rows)  # after every row, so a stopped run keeps its rows
+                    # after every row, so a stopped run keeps its rows
+                    write_json(args.out, dict(peak_gflops=peak, jax=jax.__version__,
+                                              machine=machine, rows=rows))
     print(f"wrote {args.out}")
-
-
-def _save(path: str, peak: float, rows: list) -> None:
-    write_json(path, dict(peak_gflops=peak, jax=jax.__version__, machine=describe_machine(), rows=rows))
 
 
 if __name__ == "__main__":
