@@ -82,12 +82,11 @@ PPO_RUNG_PRESETS = {rung: "minatar" if "-MinAtar" in env else "classic"
 # from the start (seed 0, session 39). Breakout takes the bonus and lr 3e-4: at DreamerV3's lr
 # and bonus it plateaued at PPO's 5.5, with them it went past gymnax's published PPO. Asterix
 # takes Breakout's settings and the binary cross-entropy image loss: with DreamerV3's loss it
-# stayed at random for 471k steps, with bce it reached 9.0.
-# SpaceInvaders takes the same with a bonus of 1e-3: with DreamerV3's loss it flattened at 24,
-# with bce it reached 41.6 at Breakout's bonus and 70.8 at 1e-3 (2 seeds). Freeway
-# takes bce with DreamerV3's bonus: under Breakout's its policy stayed uniform for 199k steps (the
-# reward head had seen 34 rewards). Every rung imagines from 256 of the 1024 replayed states,
-# which halves the update's time.
+# stayed at random for 471k steps, with bce it reached 9.0. SpaceInvaders takes the same with a
+# bonus of 1e-3: with DreamerV3's loss it flattened at 24, with bce it reached 41.6 at Breakout's
+# bonus and 70.8 at 1e-3 (2 seeds). Freeway takes bce with DreamerV3's bonus: under Breakout's
+# its policy stayed uniform for 199k steps (the reward head had seen 34 rewards). Every rung
+# imagines from 256 of the 1024 replayed states, which halves the update's time.
 _EVERY = ("imag_starts=256",)
 _CLASSIC = _EVERY + ("lr=3e-4", "warmup=200")
 _EXPLORE = _CLASSIC + ("actent=3e-3",)
