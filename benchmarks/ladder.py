@@ -79,14 +79,15 @@ PPO_RUNG_PRESETS = {rung: "minatar" if "-MinAtar" in env else "classic"
 # where the reward is 1, and with reward_scale=10 from the start seeds 0 and 1 ran ahead of the
 # lr 6e-4 rung from 400k steps on (900k-1M: 4.20 and 4.49 against 3.41 and 3.31); switched on
 # at 131k instead it trailed the rung from 400k on (seed 0, session 38), and so did a weight of 3
-# from the start (seed 0, session 39). Breakout takes the bonus and lr 3e-4: at DreamerV3's lr
-# and bonus it plateaued at PPO's 5.5, with them it went past gymnax's published PPO. Asterix
-# takes Breakout's settings and the binary cross-entropy image loss: with DreamerV3's loss it
-# stayed at random for 471k steps, with bce it reached 9.0. SpaceInvaders takes the same with a
-# bonus of 1e-3: with DreamerV3's loss it flattened at 24, with bce it reached 41.6 at Breakout's
-# bonus and 70.8 at 1e-3 (2 seeds). Freeway takes bce with DreamerV3's bonus: under Breakout's
-# its policy stayed uniform for 199k steps (the reward head had seen 34 rewards). Every rung
-# imagines from 256 of the 1024 replayed states, which halves the update's time.
+# from the start (seed 0, session 39) and 3 switched to 10 at 307k (seed 0, session 40).
+# Breakout takes the bonus and lr 3e-4: at DreamerV3's lr and bonus it plateaued at PPO's 5.5,
+# with them it went past gymnax's published PPO. Asterix takes Breakout's settings and the binary
+# cross-entropy image loss: with DreamerV3's loss it stayed at random for 471k steps, with bce it
+# reached 9.0. SpaceInvaders takes the same with a bonus of 1e-3: with DreamerV3's loss it
+# flattened at 24, with bce it reached 41.6 at Breakout's bonus and 70.8 at 1e-3 (2 seeds).
+# Freeway takes bce with DreamerV3's bonus: under Breakout's its policy stayed uniform for 199k
+# steps (the reward head had seen 34 rewards). Every rung imagines from 256 of the 1024 replayed
+# states, which halves the update's time.
 _EVERY = ("imag_starts=256",)
 _CLASSIC = _EVERY + ("lr=3e-4", "warmup=200")
 _EXPLORE = _CLASSIC + ("actent=3e-3",)
