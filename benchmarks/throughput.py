@@ -4,6 +4,9 @@ For each (preset, train ratio, seeds): env steps/s and updates/s of the fused lo
 already holding enough data, so every timed chunk trains), the time of one bare jitted update of
 the same model vmapped over the same seeds (so the loop's overhead shows as a ratio), and the
 update's achieved GFLOP/s beside this machine's float32 matmul peak measured in the same run.
+Each timed chunk is followed at once by as many bare updates, timed, and the overhead is the
+median of those pairs' ratios: this machine's speed drifts by 10% or more within minutes, and
+a loop and an update timed apart would show that drift as overhead.
 
 FLOPs are counted two ways. `GFLOP/upd` is XLA's cost analysis of the compiled single-seed update,
 as asked for and as the official DreamerV3 reference was measured; XLA counts the body of a
@@ -143,13 +146,24 @@ def update_gflop(agent: Dreamer) -> tuple[float, float]:
 
 def bare_update(agent: Dreamer, seeds: int, repeats: int) -> float:
     """Median seconds per jitted update vmapped over `seeds`, on a fixed batch."""
+    t, _ = _timed(bare_updates(agent, seeds), 1, repeats=repeats, stat=statistics.median)
+    return t
+
+
+def bare_updates(agent: Dreamer, seeds: int):
+    """A function of n that runs n jitted updates vmapped over `seeds` on a fixed batch (each
+    from the same state, as a loop's updates cost the same whatever the state) and waits."""
     k = jax.random.key(0)
     states = jax.jit(jax.vmap(agent.init))(jax.random.split(k, seeds))  # one program, not op by op
     batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), _fixed_batch(agent))
     keys = jax.random.split(k, seeds)
     step = jax.jit(jax.vmap(agent.update))
-    t, _ = _timed(lambda s: step(s, batches, keys), states, repeats=repeats, stat=statistics.median)
-    return t
+
+    def run(n: int):
+        for _ in range(n):
+            out = step(states, batches, keys)
+        return jax.block_until_ready(out)
+    return run
 
 
 def make_loop(kind: str, cfg: TrainConfig):
@@ -167,9 +181,13 @@ def make_loop(kind: str, cfg: TrainConfig):
 
 def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: int,
                     min_updates: int, kind: str = "fused", timed_chunks: int = 3,
-                    env: str = "CartPole-v1") -> dict:
+                    env: str = "CartPole-v1", bare=None) -> dict:
     """Env steps/s and updates/s of `timed_chunks` chunks of at least `min_updates` updates per
-    seed, from the median chunk (this machine's speed drifts by 5-10% between runs)."""
+    seed, from the median chunk (this machine's speed drifts by 5-10% between runs).
+
+    With `bare` (`bare_updates`'s function), each timed chunk is followed by as many bare
+    updates, timed: the loop's overhead is the median of the chunk / bare ratios, each pair
+    seconds apart, so a drift of the machine's speed does not pass for overhead."""
     B, T = agent_cfg.batch_size, agent_cfg.batch_length
     upd_per_vec_step = envs * ratio / (B * T)
     iters = max(1, math.ceil(min_updates / upd_per_vec_step))
@@ -185,7 +203,9 @@ def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: in
     while int(m["updates"][0]) == 0 or int(m["chunk_updates"][0]) < int(
             math.floor(upd_per_vec_step * iters)):  # fill replay until every chunk trains fully
         state, m = trainer.train_chunk(state)
-    times = []
+    if bare is not None:
+        bare(1)  # compiled and warm before the first pair
+    times, bare_times = [], []
     for _ in range(timed_chunks):
         updates_before = int(m["updates"][0])
         t0 = time.perf_counter()
@@ -193,11 +213,21 @@ def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: in
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
         updates = int(m["updates"][0]) - updates_before  # the same in every full chunk
+        if bare is not None:
+            t0 = time.perf_counter()
+            bare(updates)
+            bare_times.append(time.perf_counter() - t0)
     dt = statistics.median(times)
     steps = iters * envs
-    return dict(first_chunk_s=round(first_chunk, 2), chunk_s=dt, chunk_s_each=times,
-                env_steps_per_seed=steps, updates_per_seed=updates,
-                env_steps_per_s=steps * seeds / dt, updates_per_s=updates * seeds / dt)
+    out = dict(first_chunk_s=round(first_chunk, 2), chunk_s=dt, chunk_s_each=times,
+               env_steps_per_seed=steps, updates_per_seed=updates,
+               env_steps_per_s=steps * seeds / dt, updates_per_s=updates * seeds / dt)
+    if bare is not None:
+        overheads = [c / b - 1.0 for c, b in zip(times, bare_times)]
+        out.update(bare_update_s=statistics.median(bare_times) / updates,
+                   bare_s_each=bare_times, loop_overhead=statistics.median(overheads),
+                   loop_overhead_each=overheads)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,8 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--envs", type=int, default=16)
     ap.add_argument("--min-updates", type=int, default=4, help="updates per seed in a timed chunk")
-    ap.add_argument("--timed-chunks", type=int, default=3,
-                    help="chunks timed per row; rates are from the median chunk")
+    ap.add_argument("--timed-chunks", type=int, default=5,
+                    help="chunks timed per row, each followed by as many bare updates; rates are "
+                         "from the median chunk, the overhead from the median chunk/bare ratio")
     ap.add_argument("--loops", nargs="+", default=["fused"],
                     help="fused, host (gymnasium from Python) and/or fusedN (sharded over N devices)")
     ap.add_argument("--cpu-devices", type=int, default=None,
@@ -247,22 +278,22 @@ def main(argv: list[str] | None = None) -> None:
         agent_cfg = DreamerConfig.preset(preset, **overrides)
         agent = Dreamer(agent_cfg, spec)
         gflop, gflop_all = update_gflop(agent)
-        single_t = bare_update(agent, 1, repeats=5)
+        # Rows with more seeds give the GFLOP/s of a single-seed update, timed here.
+        single_t = bare_update(agent, 1, repeats=5) if max(args.seeds) > 1 else None
         for seeds in args.seeds:
-            bare_t = single_t if seeds == 1 else bare_update(agent, seeds, repeats=3)
+            bare = bare_updates(agent, seeds)
             for ratio in args.ratios:
                 fused_rate = None
                 for kind in args.loops:
                     r = loop_throughput(agent_cfg, ratio, seeds, args.envs, args.min_updates, kind,
-                                        args.timed_chunks, args.env)
-                    per_update = r["chunk_s"] / max(1, r["updates_per_seed"])
-                    overhead = per_update / bare_t - 1.0
-                    achieved = gflop / single_t
-                    pct_all = 100 * gflop_all / single_t / peak
+                                        args.timed_chunks, args.env, bare=bare)
+                    bare_t, overhead = r["bare_update_s"], r["loop_overhead"]
+                    update_t = bare_t if seeds == 1 else single_t
+                    achieved = gflop / update_t
+                    pct_all = 100 * gflop_all / update_t / peak
                     fused_rate = r["env_steps_per_s"] if kind == "fused" else fused_rate
                     row = dict(env=args.env, preset=preset, overrides=overrides, train_ratio=ratio, seeds=seeds,
-                               envs=args.envs, loop=kind, **r, bare_update_s=bare_t,
-                               loop_overhead=overhead,
+                               envs=args.envs, loop=kind, **r,
                                gflop_per_update=gflop, update_gflops=achieved, peak_gflops=peak,
                                pct_of_peak=100 * achieved / peak,
                                gflop_per_update_all_steps=gflop_all, pct_of_peak_all_steps=pct_all,
