@@ -203,26 +203,21 @@ def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: in
     while int(m["updates"][0]) == 0 or int(m["chunk_updates"][0]) < int(
             math.floor(upd_per_vec_step * iters)):  # fill replay until every chunk trains fully
         state, m = trainer.train_chunk(state)
-    if bare is not None:
-        bare(1)  # compiled and warm before the first pair
-    times, bare_times = [], []
-    for _ in range(timed_chunks):
-        updates_before = int(m["updates"][0])
-        t0 = time.perf_counter()
-        state, m = trainer.train_chunk(state)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-        updates = int(m["updates"][0]) - updates_before  # the same in every full chunk
-        if bare is not None:
-            t0 = time.perf_counter()
-            bare(updates)
-            bare_times.append(time.perf_counter() - t0)
+    updates = int(m["chunk_updates"][0])  # per seed, the same in every full chunk
+
+    def chunk():
+        nonlocal state
+        state, metrics = trainer.train_chunk(state)
+        return metrics
+    runs = {"chunk": chunk} | ({"bare": lambda: bare(updates)} if bare is not None else {})
+    timed = round_robin(runs, timed_chunks)  # each chunk followed at once by the bare updates
+    times, bare_times = timed["chunk"], timed.get("bare")
     dt = statistics.median(times)
     steps = iters * envs
     out = dict(first_chunk_s=round(first_chunk, 2), chunk_s=dt, chunk_s_each=times,
                env_steps_per_seed=steps, updates_per_seed=updates,
                env_steps_per_s=steps * seeds / dt, updates_per_s=updates * seeds / dt)
-    if bare is not None:
+    if bare_times:
         overheads = [c / b - 1.0 for c, b in zip(times, bare_times)]
         out.update(bare_update_s=statistics.median(bare_times) / updates,
                    bare_s_each=bare_times, loop_overhead=statistics.median(overheads),
