@@ -144,12 +144,6 @@ def update_gflop(agent: Dreamer) -> tuple[float, float]:
     return rolled / 1e9, every_step / 1e9
 
 
-def bare_update(agent: Dreamer, seeds: int, repeats: int) -> float:
-    """Median seconds per jitted update vmapped over `seeds`, on a fixed batch."""
-    t, _ = _timed(bare_updates(agent, seeds), 1, repeats=repeats, stat=statistics.median)
-    return t
-
-
 def bare_updates(agent: Dreamer, seeds: int):
     """A function of n that runs n jitted updates vmapped over `seeds` on a fixed batch (each
     from the same state, as a loop's updates cost the same whatever the state) and waits."""
@@ -181,13 +175,13 @@ def make_loop(kind: str, cfg: TrainConfig):
 
 def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: int,
                     min_updates: int, kind: str = "fused", timed_chunks: int = 3,
-                    env: str = "CartPole-v1", bare=None) -> dict:
+                    env: str = "CartPole-v1", *, bare) -> dict:
     """Env steps/s and updates/s of `timed_chunks` chunks of at least `min_updates` updates per
     seed, from the median chunk (this machine's speed drifts by 5-10% between runs).
 
-    With `bare` (`bare_updates`'s function), each timed chunk is followed by as many bare
-    updates, timed: the loop's overhead is the median of the chunk / bare ratios, each pair
-    seconds apart, so a drift of the machine's speed does not pass for overhead."""
+    Each timed chunk is followed by as many bare updates (`bare`, from `bare_updates`), timed:
+    the loop's overhead is the median of the chunk / bare ratios, each pair seconds apart, so
+    a drift of the machine's speed does not pass for overhead."""
     B, T = agent_cfg.batch_size, agent_cfg.batch_length
     upd_per_vec_step = envs * ratio / (B * T)
     iters = max(1, math.ceil(min_updates / upd_per_vec_step))
@@ -209,20 +203,17 @@ def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: in
         nonlocal state
         state, metrics = trainer.train_chunk(state)
         return metrics
-    runs = {"chunk": chunk} | ({"bare": lambda: bare(updates)} if bare is not None else {})
-    timed = round_robin(runs, timed_chunks)  # each chunk followed at once by the bare updates
-    times, bare_times = timed["chunk"], timed.get("bare")
+    # Each chunk followed at once by as many bare updates.
+    timed = round_robin({"chunk": chunk, "bare": lambda: bare(updates)}, timed_chunks)
+    times, bare_times = timed["chunk"], timed["bare"]
+    overheads = [c / b - 1.0 for c, b in zip(times, bare_times)]
     dt = statistics.median(times)
     steps = iters * envs
-    out = dict(first_chunk_s=round(first_chunk, 2), chunk_s=dt, chunk_s_each=times,
-               env_steps_per_seed=steps, updates_per_seed=updates,
-               env_steps_per_s=steps * seeds / dt, updates_per_s=updates * seeds / dt)
-    if bare_times:
-        overheads = [c / b - 1.0 for c, b in zip(times, bare_times)]
-        out.update(bare_update_s=statistics.median(bare_times) / updates,
-                   bare_s_each=bare_times, loop_overhead=statistics.median(overheads),
-                   loop_overhead_each=overheads)
-    return out
+    return dict(first_chunk_s=round(first_chunk, 2), chunk_s=dt, chunk_s_each=times,
+                env_steps_per_seed=steps, updates_per_seed=updates,
+                env_steps_per_s=steps * seeds / dt, updates_per_s=updates * seeds / dt,
+                bare_update_s=statistics.median(bare_times) / updates, bare_s_each=bare_times,
+                loop_overhead=statistics.median(overheads), loop_overhead_each=overheads)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,10 +264,13 @@ def main(argv: list[str] | None = None) -> None:
         agent_cfg = DreamerConfig.preset(preset, **overrides)
         agent = Dreamer(agent_cfg, spec)
         gflop, gflop_all = update_gflop(agent)
-        # Rows with more seeds give the GFLOP/s of a single-seed update, timed here.
-        single_t = bare_update(agent, 1, repeats=5) if max(args.seeds) > 1 else None
+        # One bare update per seed count, compiled once and shared by its rows; rows with more
+        # seeds give the GFLOP/s of a single-seed update, timed here.
+        bares = {s: bare_updates(agent, s) for s in sorted(set(args.seeds) | {1})}
+        single_t = (_timed(bares[1], 1, repeats=5, stat=statistics.median)[0]
+                    if max(args.seeds) > 1 else None)
         for seeds in args.seeds:
-            bare = bare_updates(agent, seeds)
+            bare = bares[seeds]
             for ratio in args.ratios:
                 fused_rate = None
                 for kind in args.loops:
