@@ -5,8 +5,8 @@ import pytest
 
 from wmjax.agents.dreamer.losses import lambda_return
 from wmjax.models.rssm import kl_loss
-from wmjax.nn import (BoundedNormal, Categorical, MLP, TwoHot, symexp, symlog, twohot_bins,
-                      unimix_logits)
+from wmjax.nn import (BoundedNormal, Categorical, MLP, TwoHot, softmax_xent, symexp, symlog,
+                      twohot_bins, unimix_logits)
 from wmjax.nn.dists import inverse_cdf_index, straight_through_probs, unimix_probs
 
 
@@ -45,6 +45,29 @@ def test_twohot_mean_is_exactly_zero_at_init():
     params = head.init(jax.random.key(0), jnp.ones((4, 8)))
     out = head.apply(params, jax.random.normal(jax.random.key(1), (4, 8)))
     np.testing.assert_array_equal(th.mean(out), jnp.zeros(4))
+
+
+def test_softmax_xent_matches_autodiff_of_the_plain_formula():
+    """The critic's loss uses a closed-form gradient; it must equal autodiff of
+    -(target * log_softmax(logits)).sum(-1), also for a weighted sum of two-hot targets (the
+    critic's return plus slowreg times the slow critic's value), and pass no gradient to the
+    target."""
+    th = TwoHot(twohot_bins(255))
+    logits = 3.0 * jax.random.normal(jax.random.key(0), (4, 6, 255))
+    target = th.target(jnp.linspace(-50.0, 80.0, 24).reshape(4, 6)) \
+        + 0.7 * th.target(jnp.linspace(3.0, -9.0, 24).reshape(4, 6))
+    weight = jax.random.uniform(jax.random.key(1), (4, 6))
+    plain = lambda z, t: (weight * -(t * jax.nn.log_softmax(z, -1)).sum(-1)).sum()
+    fused = lambda z, t: (weight * softmax_xent(z, t)).sum()
+    np.testing.assert_allclose(fused(logits, target), plain(logits, target), rtol=1e-5)
+    g_plain = jax.grad(plain)(logits, jax.lax.stop_gradient(target))
+    g_fused, g_target = jax.grad(fused, argnums=(0, 1))(logits, target)
+    np.testing.assert_allclose(g_fused, g_plain, rtol=1e-4, atol=1e-7)
+    assert not bool(jnp.any(g_target))
+    # TwoHot.loss is this cross-entropy against the two-hot encoding.
+    x = jnp.array([0.0, 2.5, -700.0])
+    np.testing.assert_allclose(th.loss(logits[0, :3], x),
+                               -(th.target(x) * jax.nn.log_softmax(logits[0, :3])).sum(-1), rtol=1e-5)
 
 
 def test_unimix_keeps_one_percent_floor():

@@ -6,6 +6,7 @@ from wmjax.nn.dists import (
     categorical_kl,
     mode_onehot,
     sample_onehot,
+    softmax_xent,
     symexp,
     symlog,
     twohot_bins,
@@ -15,6 +16,6 @@ from wmjax.nn.layers import MLP, Linear, NormAct, RMSNorm, dreamer_init
 
 __all__ = [
     "BoundedNormal", "Categorical", "Linear", "MLP", "NormAct", "RMSNorm", "TwoHot",
-    "categorical_kl", "dreamer_init", "mode_onehot", "sample_onehot", "symexp", "symlog",
+    "categorical_kl", "dreamer_init", "mode_onehot", "sample_onehot", "softmax_xent", "symexp", "symlog",
     "twohot_bins", "unimix_logits",
 ]

@@ -36,7 +36,8 @@ from wmjax.models.heads import (
     DictDecoder, DictEncoder, ImageDecoder, ImageEncoder, VectorDecoder, VectorEncoder, split_keys,
 )
 from wmjax.models.rssm import RSSM, RSSMState, kl_loss
-from wmjax.nn.dists import BoundedNormal, Categorical, TwoHot, twohot_bins, unimix_logits
+from wmjax.nn.dists import (BoundedNormal, Categorical, TwoHot, softmax_xent, twohot_bins,
+                            unimix_logits)
 from wmjax.nn.layers import MLP
 
 sg = jax.lax.stop_gradient
@@ -194,6 +195,13 @@ class Dreamer:
         if self.spec.discrete:
             return jax.nn.one_hot(action, self.spec.num_actions, dtype=jnp.float32)
         return jnp.clip(action, -1.0, 1.0)
+
+    def _value_xent(self, logits: jax.Array, ret: jax.Array, slow: jax.Array, hyper: dict):
+        """The critic's loss: cross-entropy against the return's two-hot encoding, plus `slowreg`
+        times that against the slow critic's value. Both targets are fixed, so it is one
+        cross-entropy against their weighted sum (the same loss and gradient, half the work)."""
+        target = self.twohot.target(ret) + hyper["slowreg"] * self.twohot.target(slow)
+        return softmax_xent(logits, target)
 
     def _apply(self, params: dict, name: str, *args, **kwargs):
         return getattr(self, name).apply({"params": params[name]}, *args, **kwargs)
@@ -376,10 +384,7 @@ class Dreamer:
         logpi = dist.log_prob(sg(taken))
         entropy = dist.entropy()
         policy_loss = (weight * -(logpi * adv + h["actent"] * entropy)).mean()
-        value_loss = (weight * (
-            self.twohot.loss(critic_logits[:-1], ret)
-            + h["slowreg"] * self.twohot.loss(critic_logits[:-1], sg(slow_value))
-        )).mean()
+        value_loss = (weight * self._value_xent(critic_logits[:-1], ret, slow_value, h)).mean()
 
         # ---- replay value loss: lambda-returns on the real sequence, bootstrapped from imagination
         rep_logits = self._apply(params, "critic", feat)  # gradient reaches the world model
@@ -390,10 +395,8 @@ class Dreamer:
             boot = ret[0].reshape(B, T)
         rep_ret = sg(lambda_return(batch.is_last, batch.is_terminal, batch.reward, boot, c.gamma, c.lam))
         rep_weight = 1.0 - batch.is_last[:, :-1].astype(jnp.float32)
-        repval_loss = (rep_weight * (
-            self.twohot.loss(rep_logits[:, :-1], rep_ret)
-            + h["slowreg"] * self.twohot.loss(rep_logits[:, :-1], sg(rep_slow[:, :-1]))
-        )).mean()
+        repval_loss = (rep_weight * self._value_xent(rep_logits[:, :-1], rep_ret,
+                                                     rep_slow[:, :-1], h)).mean()
 
         total = wm_loss + h["policy_scale"] * policy_loss + h["value_scale"] * value_loss \
             + h["repval_scale"] * repval_loss
