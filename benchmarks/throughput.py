@@ -89,11 +89,11 @@ def print_comparison_header(args, note: str = "") -> None:
           f"jax {jax.__version__}{note}")
 
 
-def write_comparison(args, rows: list[dict]) -> dict:
-    """A round-robin comparison's result: its settings, this machine and one row per variant,
-    written to args.out as JSON."""
+def write_comparison(args, rows: list[dict], **extra) -> dict:
+    """A round-robin comparison's result: its settings, this machine, one row per variant and
+    `extra` fields, written to args.out as JSON."""
     result = dict(env=args.env, preset=args.preset, overrides=args.set, rounds=args.rounds,
-                  jax=jax.__version__, machine=describe_machine(), rows=rows)
+                  jax=jax.__version__, machine=describe_machine(), rows=rows, **extra)
     write_json(args.out, result)
     print(f"wrote {args.out}")
     return result

@@ -1,0 +1,148 @@
+"""Is one DreamerV3 update faster than at another revision of wmjax?
+
+The working tree's update and the base's (a git revision, exported with `git archive`, or the
+`wmjax` package under a folder) are compiled in one process and timed round-robin on the same
+fixed batch. This machine's speed drifts by 10% or more within minutes, so versions timed in
+separate runs cannot be compared; within a round they can. The answer is the median over rounds
+of each round's time ratio (this tree / base). The two updates' metrics are compared as well,
+so a change meant to leave the arithmetic alone shows whether it did.
+
+    python benchmarks/update_ab.py --base HEAD~1
+    python benchmarks/update_ab.py --base 5c0c42e --rounds 30 --set imag_starts=256
+    python benchmarks/update_ab.py --base-dir ../other_checkout
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import jax
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from benchmarks.throughput import (  # noqa: E402
+    _fixed_batch, print_comparison_header, round_robin, write_comparison)
+from wmjax.agents.dreamer import Dreamer  # noqa: E402
+from wmjax.cli import parse_override  # noqa: E402
+from wmjax.config import DreamerConfig  # noqa: E402
+from wmjax.envs import make_env  # noqa: E402
+from wmjax.startup import start_command  # noqa: E402
+
+BASE_NAME = "wmjax_base"
+_IMPORTS = re.compile(r"\bwmjax(?=[.\s])")
+
+
+def export_base(rev: str | None, folder: str | None, into: str) -> str:
+    """Copy the base's `wmjax` package into `into` as `wmjax_base`, its own imports renamed, so
+    it imports beside the working tree's. Returns the package's path."""
+    dst = os.path.join(into, BASE_NAME)
+    if rev is not None:
+        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+        if root.returncode:
+            raise ValueError(f"--base {rev}: not in a git checkout ({root.stderr.strip()}); "
+                             "use --base-dir")
+        archive = subprocess.run(["git", "archive", "--format=tar", rev, "wmjax"],
+                                 capture_output=True, cwd=root.stdout.strip())
+        if archive.returncode:
+            raise ValueError(f"--base {rev}: {archive.stderr.decode().strip()}")
+        tar_path = os.path.join(into, "base.tar")
+        with open(tar_path, "wb") as f:
+            f.write(archive.stdout)
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(into, filter="data")
+        os.rename(os.path.join(into, "wmjax"), dst)
+    else:
+        src = os.path.join(folder, "wmjax")
+        if not os.path.isfile(os.path.join(src, "__init__.py")):
+            raise ValueError(f"--base-dir {folder}: no wmjax package there (no {src}/__init__.py)")
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    for walk_root, _, files in os.walk(dst):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(walk_root, name)
+                with open(path) as f:
+                    text = f.read()
+                with open(path, "w") as f:
+                    f.write(_IMPORTS.sub(BASE_NAME, text))
+    return dst
+
+
+def metric_gap(a: dict, b: dict) -> tuple[float, str]:
+    """The largest |a - b| / (1 + |a|) over the metrics both updates report, and its name."""
+    gaps = {k: abs(float(a[k]) - float(b[k])) / (1.0 + abs(float(a[k]))) for k in a if k in b}
+    name = max(gaps, key=gaps.get)
+    return gaps[name], name
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    base = ap.add_mutually_exclusive_group(required=True)
+    base.add_argument("--base", metavar="REV", help="a git revision, e.g. HEAD~1")
+    base.add_argument("--base-dir", metavar="DIR", help="a folder holding a wmjax package")
+    ap.add_argument("--env", default="CartPole-v1")
+    ap.add_argument("--preset", default="size1m")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="agent config overrides for both, e.g. imag_starts=256")
+    ap.add_argument("--rounds", type=int, default=20, help="timed round-robin rounds")
+    ap.add_argument("--out", default="benchmarks/results/update_ab.json")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}; allowed: >= 1")
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+        config = DreamerConfig.preset(args.preset, **overrides)
+        spec = make_env(args.env).spec
+    except ValueError as e:
+        ap.error(str(e))
+    label = args.base or args.base_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            export_base(args.base, args.base_dir, tmp)
+        except ValueError as e:
+            ap.error(str(e))
+        sys.path.insert(0, tmp)
+        try:
+            old = importlib.import_module(BASE_NAME)
+            old_agent = old.Dreamer(old.DreamerConfig.preset(args.preset, **overrides),
+                                    old.make_env(args.env).spec)
+        except (TypeError, ValueError) as e:
+            ap.error(f"the base ({label}) cannot build this agent: {e}")
+        finally:
+            sys.path.remove(tmp)
+        key = jax.random.key(0)
+        agents = {"base": old_agent, "tree": Dreamer(config, spec)}
+        updates, metrics = {}, {}
+        for name, agent in agents.items():
+            state, batch = jax.jit(agent.init)(key), _fixed_batch(agents["tree"])
+            fn = jax.jit(agent.update).lower(state, batch, key).compile()
+            updates[name] = lambda fn=fn, state=state, batch=batch: fn(state, batch, key)
+            metrics[name] = jax.device_get(updates[name]()[1])
+        times = round_robin(updates, args.rounds)
+
+    ratios = [t / b for t, b in zip(times["tree"], times["base"])]
+    gap, gap_name = metric_gap(metrics["base"], metrics["tree"])
+    rows = [dict(version=name, median_s=statistics.median(ts), min_s=min(ts), times_s=ts)
+            for name, ts in times.items()]
+    print_comparison_header(args, f"; base {label}")
+    for r in rows:
+        print(f"{r['version']:5s} median {1e3 * r['median_s']:6.0f} ms  min {1e3 * r['min_s']:6.0f} ms")
+    print(f"tree / base, median of the rounds' ratios: x{statistics.median(ratios):.3f} "
+          f"(rounds: {min(ratios):.2f}-{max(ratios):.2f})")
+    print(f"metrics: largest relative difference {gap:.2e} ({gap_name})")
+    return write_comparison(args, rows, base=label, ratio=statistics.median(ratios), ratios=ratios,
+                            metric_gap=gap, metric_gap_name=gap_name)
+
+
+if __name__ == "__main__":
+    start_command(cache=False)  # huge pages (restarts once), as throughput.py; no compile cache
+    main()

@@ -1,0 +1,44 @@
+"""benchmarks/update_ab.py: the base package imports beside the tree's, both updates are timed
+and compared, and bad input is refused."""
+import json
+import os
+
+import pytest
+
+from benchmarks.update_ab import export_base, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_base_folder_is_timed_against_the_tree(tmp_path):
+    out = tmp_path / "ab.json"
+    result = main(["--base-dir", ROOT, "--preset", "tiny", "--rounds", "2", "--out", str(out)])
+    saved = json.load(open(out))
+    assert [r["version"] for r in saved["rows"]] == ["base", "tree"]
+    assert len(saved["ratios"]) == 2 and saved["ratio"] > 0
+    # The same code on both sides: the same arithmetic.
+    assert result["metric_gap"] == 0.0
+
+
+def test_exported_base_imports_only_itself(tmp_path):
+    pkg = export_base(None, ROOT, str(tmp_path))
+    for root, _, files in os.walk(pkg):
+        for name in files:
+            if name.endswith(".py"):
+                text = open(os.path.join(root, name)).read()
+                assert "from wmjax." not in text and "import wmjax\n" not in text, name
+
+
+def test_bad_base_and_rounds_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--base-dir", str(tmp_path), "--preset", "tiny"])
+    assert "no wmjax package there" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--base-dir", ROOT, "--preset", "tiny", "--rounds", "0"])
+    assert "--rounds 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--preset", "tiny"])
+    assert "one of the arguments --base --base-dir is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--base", "no-such-revision", "--preset", "tiny"])
+    assert "--base no-such-revision" in capsys.readouterr().err
