@@ -29,12 +29,10 @@ import jax  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.throughput import (  # noqa: E402
-    _fixed_batch, print_comparison_header, round_robin, write_comparison)
+    _fixed_batch, add_comparison_args, comparison_setup, print_comparison_header, round_robin,
+    write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
-from wmjax.cli import parse_override  # noqa: E402
-from wmjax.config import DreamerConfig  # noqa: E402
 from wmjax.distributed import batch_sharding, make_mesh, replicated  # noqa: E402
-from wmjax.envs import make_env  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 
@@ -63,20 +61,9 @@ def _variants(agent: Dreamer, half_agent: Dreamer) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--env", default="CartPole-v1")
-    ap.add_argument("--preset", default="size1m")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="agent config overrides, e.g. imag_starts=256")
-    ap.add_argument("--rounds", type=int, default=8, help="timed round-robin rounds")
-    ap.add_argument("--out", default="benchmarks/results/data_parallel.json")
+    add_comparison_args(ap, rounds=8, out="benchmarks/results/data_parallel.json")
     args = ap.parse_args(argv)
-    if args.rounds < 1:
-        ap.error(f"--rounds {args.rounds}; allowed: >= 1")
-    try:
-        config = DreamerConfig.preset(args.preset, **dict(parse_override(s) for s in args.set))
-        spec = make_env(args.env).spec
-    except ValueError as e:
-        ap.error(str(e))
+    _, config, spec = comparison_setup(ap, args)
     if config.batch_size % 2:
         ap.error(f"batch_size={config.batch_size} cannot be split over 2 devices; allowed: even")
     try:  # the half-batch config is validated like any other (e.g. imag_starts must fit it)

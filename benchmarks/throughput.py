@@ -83,6 +83,29 @@ def round_robin(runs: dict, rounds: int) -> dict[str, list[float]]:
     return times
 
 
+def add_comparison_args(ap: argparse.ArgumentParser, rounds: int, out: str) -> None:
+    """The flags every round-robin comparison of one update takes (data_parallel.py,
+    xla_options.py, update_ab.py): the env, preset, config overrides, rounds and output."""
+    ap.add_argument("--env", default="CartPole-v1")
+    ap.add_argument("--preset", default="size1m")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="agent config overrides, e.g. imag_starts=256")
+    ap.add_argument("--rounds", type=int, default=rounds, help="timed round-robin rounds")
+    ap.add_argument("--out", default=out)
+
+
+def comparison_setup(ap: argparse.ArgumentParser, args) -> tuple[dict, DreamerConfig, object]:
+    """The overrides, the agent config and the env spec from those flags; bad input exits with
+    the parser's error."""
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}; allowed: >= 1")
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+        return overrides, DreamerConfig.preset(args.preset, **overrides), make_env(args.env).spec
+    except ValueError as e:
+        ap.error(str(e))
+
+
 def print_comparison_header(args, note: str = "") -> None:
     """The first line of a round-robin comparison's report (data_parallel.py, xla_options.py)."""
     print(f"{args.preset} on {args.env}, {args.rounds} rounds, {os.cpu_count()} cores, "

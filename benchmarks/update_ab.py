@@ -29,11 +29,9 @@ import jax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.throughput import (  # noqa: E402
-    _fixed_batch, print_comparison_header, round_robin, write_comparison)
+    _fixed_batch, add_comparison_args, comparison_setup, print_comparison_header, round_robin,
+    write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
-from wmjax.cli import parse_override  # noqa: E402
-from wmjax.config import DreamerConfig  # noqa: E402
-from wmjax.envs import make_env  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 BASE_NAME = "wmjax_base"
@@ -88,21 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     base = ap.add_mutually_exclusive_group(required=True)
     base.add_argument("--base", metavar="REV", help="a git revision, e.g. HEAD~1")
     base.add_argument("--base-dir", metavar="DIR", help="a folder holding a wmjax package")
-    ap.add_argument("--env", default="CartPole-v1")
-    ap.add_argument("--preset", default="size1m")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="agent config overrides for both, e.g. imag_starts=256")
-    ap.add_argument("--rounds", type=int, default=20, help="timed round-robin rounds")
-    ap.add_argument("--out", default="benchmarks/results/update_ab.json")
+    add_comparison_args(ap, rounds=20, out="benchmarks/results/update_ab.json")
     args = ap.parse_args(argv)
-    if args.rounds < 1:
-        ap.error(f"--rounds {args.rounds}; allowed: >= 1")
-    try:
-        overrides = dict(parse_override(s) for s in args.set)
-        config = DreamerConfig.preset(args.preset, **overrides)
-        spec = make_env(args.env).spec
-    except ValueError as e:
-        ap.error(str(e))
+    overrides, config, spec = comparison_setup(ap, args)
     label = args.base or args.base_dir
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,11 +23,9 @@ import jax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.throughput import (  # noqa: E402
-    _fixed_batch, print_comparison_header, round_robin, write_comparison)
+    _fixed_batch, add_comparison_args, comparison_setup, print_comparison_header, round_robin,
+    write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
-from wmjax.cli import parse_override  # noqa: E402
-from wmjax.config import DreamerConfig  # noqa: E402
-from wmjax.envs import make_env  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
@@ -42,25 +40,14 @@ OPTION_SETS = {
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--env", default="CartPole-v1")
-    ap.add_argument("--preset", default="size1m")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="agent config overrides, e.g. imag_starts=256")
+    add_comparison_args(ap, rounds=12, out="benchmarks/results/xla_options.json")
     ap.add_argument("--only", nargs="+", default=list(OPTION_SETS), metavar="SET",
                     help=f"option sets to time (default all): {', '.join(OPTION_SETS)}")
-    ap.add_argument("--rounds", type=int, default=12, help="timed round-robin rounds")
-    ap.add_argument("--out", default="benchmarks/results/xla_options.json")
     args = ap.parse_args(argv)
-    if args.rounds < 1:
-        ap.error(f"--rounds {args.rounds}; allowed: >= 1")
+    _, config, spec = comparison_setup(ap, args)
     unknown = [s for s in args.only if s not in OPTION_SETS]
     if unknown:
         ap.error(f"unknown option set(s) {', '.join(unknown)}; allowed: {', '.join(OPTION_SETS)}")
-    try:
-        config = DreamerConfig.preset(args.preset, **dict(parse_override(s) for s in args.set))
-        spec = make_env(args.env).spec
-    except ValueError as e:
-        ap.error(str(e))
 
     agent, key = Dreamer(config, spec), jax.random.key(0)
     state, batch = jax.jit(agent.init)(key), _fixed_batch(agent)
