@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         except ValueError as e:
             ap.error(str(e))
         sys.path.insert(0, tmp)
+        for name in [m for m in sys.modules if m == BASE_NAME or m.startswith(BASE_NAME + ".")]:
+            del sys.modules[name]  # an earlier call's base, from another folder
         try:
             old = importlib.import_module(BASE_NAME)
             old_agent = old.Dreamer(old.DreamerConfig.preset(args.preset, **overrides),

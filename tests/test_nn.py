@@ -64,6 +64,10 @@ def test_softmax_xent_matches_autodiff_of_the_plain_formula():
     g_fused, g_target = jax.grad(fused, argnums=(0, 1))(logits, target)
     np.testing.assert_allclose(g_fused, g_plain, rtol=1e-4, atol=1e-7)
     assert not bool(jnp.any(g_target))
+    # Computed in float32 whatever the logits' dtype; gradients come back in that dtype.
+    g_half = jax.grad(fused)(logits.astype(jnp.bfloat16), target)
+    assert g_half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(g_half.astype(jnp.float32), g_plain, rtol=0.05, atol=1e-3)
     # TwoHot.loss is this cross-entropy against the two-hot encoding.
     x = jnp.array([0.0, 2.5, -700.0])
     np.testing.assert_allclose(th.loss(logits[0, :3], x),

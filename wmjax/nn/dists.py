@@ -68,20 +68,23 @@ class TwoHot(NamedTuple):
         return softmax_xent(logits, self.target(x))
 
 
-@jax.custom_vjp
 def softmax_xent(logits: jax.Array, target: jax.Array) -> jax.Array:
-    """-(target * log_softmax(logits)).sum(-1) for a fixed `target` (no gradient reaches it):
-    any non-negative weights over the last axis, e.g. a sum of weighted two-hot encodings,
-    which trains the logits as the sum of the separate cross-entropies would.
+    """-(target * log_softmax(logits)).sum(-1) in float32 for a fixed `target` (no gradient
+    reaches it): any non-negative weights over the last axis, e.g. a sum of weighted two-hot
+    encodings, which trains the logits as the sum of the separate cross-entropies would.
 
     Its gradient is the closed form softmax(logits) * target.sum(-1) - target. Autodiff of
     log_softmax instead sums the incoming gradient over all 255 bins a second time, and that
     reduction was the update's slowest single elementwise op on CPU."""
+    return _softmax_xent(logits.astype(jnp.float32), sg(target).astype(jnp.float32))
+
+
+@jax.custom_vjp
+def _softmax_xent(logits: jax.Array, target: jax.Array) -> jax.Array:
     return _softmax_xent_fwd(logits, target)[0]
 
 
 def _softmax_xent_fwd(logits, target):
-    logits, target = logits.astype(jnp.float32), sg(target).astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, -1)
     mass = target.sum(-1)
     return mass * lse - (target * logits).sum(-1), (logits, lse, target, mass)
@@ -93,7 +96,7 @@ def _softmax_xent_bwd(res, g):
     return g[..., None] * (probs * mass[..., None] - target), jnp.zeros_like(target)
 
 
-softmax_xent.defvjp(_softmax_xent_fwd, _softmax_xent_bwd)
+_softmax_xent.defvjp(_softmax_xent_fwd, _softmax_xent_bwd)
 
 
 # ---------------------------------------------------------------- categorical latents
