@@ -107,7 +107,8 @@ def comparison_setup(ap: argparse.ArgumentParser, args) -> tuple[dict, DreamerCo
 
 
 def print_comparison_header(args, note: str = "") -> None:
-    """The first line of a round-robin comparison's report (data_parallel.py, xla_options.py)."""
+    """The first line of a round-robin comparison's report (data_parallel.py, xla_options.py,
+    update_ab.py)."""
     print(f"{args.preset} on {args.env}, {args.rounds} rounds, {os.cpu_count()} cores, "
           f"jax {jax.__version__}{note}")
 

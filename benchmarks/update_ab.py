@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import re
 import shutil
@@ -52,10 +53,7 @@ def export_base(rev: str | None, folder: str | None, into: str) -> str:
                                  capture_output=True, cwd=root.stdout.strip())
         if archive.returncode:
             raise ValueError(f"--base {rev}: {archive.stderr.decode().strip()}")
-        tar_path = os.path.join(into, "base.tar")
-        with open(tar_path, "wb") as f:
-            f.write(archive.stdout)
-        with tarfile.open(tar_path) as tar:
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(into, filter="data")
         os.rename(os.path.join(into, "wmjax"), dst)
     else:
@@ -108,12 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             sys.path.remove(tmp)
         key = jax.random.key(0)
-        agents = {"base": old_agent, "tree": Dreamer(config, spec)}
+        tree_agent = Dreamer(config, spec)
+        batch = _fixed_batch(tree_agent)  # one batch for both
         updates, metrics = {}, {}
-        for name, agent in agents.items():
-            state, batch = jax.jit(agent.init)(key), _fixed_batch(agents["tree"])
+        for name, agent in {"base": old_agent, "tree": tree_agent}.items():
+            state = jax.jit(agent.init)(key)
             fn = jax.jit(agent.update).lower(state, batch, key).compile()
-            updates[name] = lambda fn=fn, state=state, batch=batch: fn(state, batch, key)
+            updates[name] = lambda fn=fn, state=state: fn(state, batch, key)
             metrics[name] = jax.device_get(updates[name]()[1])
         times = round_robin(updates, args.rounds)
 
