@@ -366,18 +366,20 @@ class Dreamer:
 
         # ---- actor-critic on the imagined trajectories
         def imagined_heads(feat_t):
-            """Every head's output at one imagined step (N states). Mapped over the steps, each
-            layer's activations are (N, units), small enough to stay in cache between the
+            """Every head's output at one imagined step (N states), the critic's as logits and
+            as its value (stopped: it only feeds the returns and advantages). Mapped over the
+            steps, each layer's activations are (N, units) and stay in cache between the
             matmul and its norm and SiLU; over all (H + 1) * N states at once, the update
-            measured 3-6% slower (paired timing, size1m)."""
+            measured about 4% slower (paired timing, size1m)."""
+            critic_logits = self._apply(params, "critic", feat_t)
             return (self.twohot.mean(self._apply(frozen, "reward", feat_t)),
                     jax.nn.sigmoid(self._apply(frozen, "cont", feat_t)[..., 0]),
-                    self._apply(params, "critic", feat_t),
+                    critic_logits, sg(self.twohot.mean(critic_logits)),
                     self.twohot.mean(self.critic.apply({"params": slow_critic}, feat_t)),
                     self.actor.apply({"params": params["actor"]}, feat_t))
 
-        img_rew, img_con, critic_logits, slow_value, actor_raw = jax.lax.map(imagined_heads, img_feat)
-        value = self.twohot.mean(critic_logits)
+        img_rew, img_con, critic_logits, value, slow_value, actor_raw = jax.lax.map(
+            imagined_heads, img_feat)
         slow_value = slow_value[:-1]
         weight = sg(jnp.cumprod(img_con, 0))[:-1]
         ret = sg(lambda_return(jnp.zeros_like(img_con), 1.0 - img_con, img_rew, sg(value), 1.0,
