@@ -53,6 +53,9 @@ def test_twohot_mean_is_exactly_zero_at_init():
     feats = jax.random.normal(jax.random.key(1), (16, 32, 96))
     looped = jax.jit(lambda p, f: jax.lax.map(lambda x: small.mean(head.apply(p, x)), f))
     np.testing.assert_array_equal(looped(params, feats), jnp.zeros((16, 32)))
+    # The readout pairs mirrored bins, so other bins are refused by name.
+    with pytest.raises(ValueError, match="mirrored around a middle 0.*9 bins from -3 to 5"):
+        TwoHot(jnp.linspace(-3.0, 5.0, 9)).mean(jnp.zeros(9))
 
 
 def test_softmax_xent_matches_autodiff_of_the_plain_formula():

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sg = jax.lax.stop_gradient
 
@@ -49,8 +50,14 @@ class TwoHot(NamedTuple):
         multiply-adds the compiler picks. As a sum of separate products, one compiled program
         fused a product into a multiply-add, kept its rounding error (~0.1 against bins up to
         4.85e8) and read a zero-initialised head as 0.11."""
-        probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
         m = (self.bins.shape[0] - 1) // 2
+        if not isinstance(self.bins, jax.core.Tracer):  # checked when tracing, not per call
+            bins = np.asarray(self.bins)
+            if bins.size % 2 == 0 or bins[m] != 0 or not np.array_equal(bins[:m], -bins[:m:-1]):
+                raise ValueError("TwoHot.mean needs an odd number of bins mirrored around a middle "
+                                 f"0, as twohot_bins builds them; got {bins.size} bins from "
+                                 f"{bins[0]:.4g} to {bins[-1]:.4g} with {bins[m]:.4g} in the middle")
+        probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
         return ((probs[..., m + 1:] - probs[..., :m][..., ::-1]) * self.bins[m + 1:]).sum(-1)
 
     def target(self, x: jax.Array) -> jax.Array:
