@@ -45,15 +45,7 @@ def test_twohot_mean_is_exactly_zero_at_init():
     params = head.init(jax.random.key(0), jnp.ones((4, 8)))
     out = head.apply(params, jax.random.normal(jax.random.key(1), (4, 8)))
     np.testing.assert_array_equal(th.mean(out), jnp.zeros(4))
-    # Also compiled inside a loop, where XLA's CPU backend fuses multiply-adds: the 63-bin head
-    # of the tiny preset read 0.11 there when the mean was a sum of separate products.
-    small = TwoHot(twohot_bins(63))
-    head = MLP(1, 32, 63, outscale=0.0)
-    params = head.init(jax.random.key(0), jnp.ones((4, 96)))
-    feats = jax.random.normal(jax.random.key(1), (16, 32, 96))
-    looped = jax.jit(lambda p, f: jax.lax.map(lambda x: small.mean(head.apply(p, x)), f))
-    np.testing.assert_array_equal(looped(params, feats), jnp.zeros((16, 32)))
-    # The readout pairs mirrored bins, so other bins are refused by name.
+    # The readout cancels mirrored bins, so other bins are refused by name.
     with pytest.raises(ValueError, match="mirrored around a middle 0.*9 bins from -3 to 5"):
         TwoHot(jnp.linspace(-3.0, 5.0, 9)).mean(jnp.zeros(9))
 

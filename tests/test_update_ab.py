@@ -16,8 +16,12 @@ def test_base_folder_is_timed_against_the_tree(tmp_path):
     saved = json.load(open(out))
     assert [r["version"] for r in saved["rows"]] == ["base", "tree"]
     assert len(saved["ratios"]) == 2 and saved["ratio"] > 0
-    # The same code on both sides: the same arithmetic.
-    assert result["metric_gap"] == 0.0
+    # The same code on both sides: the same arithmetic, vmapped over seeds (as the loop runs
+    # the update) by default, or plain.
+    assert result["metric_gap"] == 0.0 and saved["seeds"] == 1
+    plain = main(["--base-dir", ROOT, "--preset", "tiny", "--rounds", "1", "--seeds", "0",
+                  "--out", str(out)])
+    assert plain["metric_gap"] == 0.0 and json.load(open(out))["seeds"] == 0
 
 
 def test_exported_base_imports_only_itself(tmp_path):
@@ -36,6 +40,9 @@ def test_bad_base_and_rounds_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--base-dir", ROOT, "--preset", "tiny", "--rounds", "0"])
     assert "--rounds 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--base-dir", ROOT, "--preset", "tiny", "--seeds", "-1"])
+    assert "--seeds -1; allowed: >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--preset", "tiny"])
     assert "one of the arguments --base --base-dir is required" in capsys.readouterr().err

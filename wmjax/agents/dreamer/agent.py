@@ -184,9 +184,7 @@ class Dreamer:
     # ------------------------------------------------------------------ helpers
 
     def _policy(self, actor_params: Any, feat: jax.Array):
-        return self._policy_from_raw(self.actor.apply({"params": actor_params}, feat))
-
-    def _policy_from_raw(self, raw: jax.Array):
+        raw = self.actor.apply({"params": actor_params}, feat)
         if self.spec.discrete:
             mix = self.config.actor_unimix  # static: 0 leaves the logits (and runs) as they were
             return Categorical(unimix_logits(raw, mix) if mix > 0 else raw)
@@ -363,31 +361,22 @@ class Dreamer:
         img_feat, img_action = self.imagine(frozen, starts, jax.random.fold_in(key_img, 1),
                                             time_major=True)
         img_feat = sg(img_feat)
+        img_rew = self.twohot.mean(self._apply(frozen, "reward", img_feat))
+        img_con = jax.nn.sigmoid(self._apply(frozen, "cont", img_feat)[..., 0])
 
         # ---- actor-critic on the imagined trajectories
-        def imagined_heads(feat_t):
-            """Every head's output at one imagined step (N states), the critic's as logits and
-            as its value (stopped: it only feeds the returns and advantages). Mapped over the
-            steps, each layer's activations are (N, units) and stay in cache between the
-            matmul and its norm and SiLU; over all (H + 1) * N states at once, the update
-            measured about 4% slower (paired timing, size1m)."""
-            critic_logits = self._apply(params, "critic", feat_t)
-            return (self.twohot.mean(self._apply(frozen, "reward", feat_t)),
-                    jax.nn.sigmoid(self._apply(frozen, "cont", feat_t)[..., 0]),
-                    critic_logits, sg(self.twohot.mean(critic_logits)),
-                    self.twohot.mean(self.critic.apply({"params": slow_critic}, feat_t)),
-                    self.actor.apply({"params": params["actor"]}, feat_t))
-
-        img_rew, img_con, critic_logits, value, slow_value, actor_raw = jax.lax.map(
-            imagined_heads, img_feat)
-        slow_value = slow_value[:-1]
+        critic_logits = self._apply(params, "critic", img_feat)
+        value = self.twohot.mean(critic_logits)
+        # The slow critic and the actor read every state and their outputs are sliced: slicing
+        # the (H + 1, N, feat) input instead copies it (the update measured 2% slower).
+        slow_value = self.twohot.mean(self.critic.apply({"params": slow_critic}, img_feat))[:-1]
         weight = sg(jnp.cumprod(img_con, 0))[:-1]
         ret = sg(lambda_return(jnp.zeros_like(img_con), 1.0 - img_con, img_rew, sg(value), 1.0,
                                c.lam, axis=0))
         retnorm = retnorm_update(retnorm, ret, c.retnorm_rate, c.retnorm_low, c.retnorm_high)
         scale = retnorm_scale(retnorm, c.retnorm_limit)
         adv = sg((ret - value[:-1]) / scale)
-        dist = self._policy_from_raw(actor_raw[:-1])
+        dist = jax.tree.map(lambda x: x[:-1], self._policy(params["actor"], img_feat))
         if self.spec.discrete:
             taken = jnp.argmax(img_action[:-1], -1)
         else:
