@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
                 state, update = jax.jit(agent.init)(key), agent.update
             fn = jax.jit(update).lower(state, batch, key).compile()
             updates[name] = lambda fn=fn, state=state: fn(state, batch, key)
-            first_seed = jax.device_get(updates[name]()[1])
-            metrics[name] = jax.tree.map(lambda x: x[0], first_seed) if args.seeds else first_seed
+            reported = jax.device_get(updates[name]()[1])
+            metrics[name] = jax.tree.map(lambda x: x[0], reported) if args.seeds else reported
         times = round_robin(updates, args.rounds)
 
     ratios = [t / b for t, b in zip(times["tree"], times["base"])]
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"tree / base, median of the rounds' ratios: x{statistics.median(ratios):.3f} "
           f"(rounds: {min(ratios):.2f}-{max(ratios):.2f})")
     print(f"metrics: largest relative difference {gap:.2e} ({gap_name})")
-    return write_comparison(args, rows, base=label, seeds=args.seeds, ratio=statistics.median(ratios), ratios=ratios,
-                            metric_gap=gap, metric_gap_name=gap_name)
+    return write_comparison(args, rows, base=label, seeds=args.seeds, ratio=statistics.median(ratios),
+                            ratios=ratios, metric_gap=gap, metric_gap_name=gap_name)
 
 
 if __name__ == "__main__":
