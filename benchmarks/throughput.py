@@ -168,18 +168,24 @@ def update_gflop(agent: Dreamer) -> tuple[float, float]:
     return rolled / 1e9, every_step / 1e9
 
 
+def seeded_update(agent: Dreamer, seeds: int, batch: Batch | None = None):
+    """The update as the fused loop runs it, jitted and vmapped over `seeds` (each seed its own
+    state, batch and key), and its arguments on a fixed batch: (step, (states, batches, keys))."""
+    k = jax.random.key(0)
+    states = jax.jit(jax.vmap(agent.init))(jax.random.split(k, seeds))  # one program, not op by op
+    batch = _fixed_batch(agent) if batch is None else batch
+    batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), batch)
+    return jax.jit(jax.vmap(agent.update)), (states, batches, jax.random.split(k, seeds))
+
+
 def bare_updates(agent: Dreamer, seeds: int):
     """A function of n that runs n jitted updates vmapped over `seeds` on a fixed batch (each
     from the same state, as a loop's updates cost the same whatever the state) and waits."""
-    k = jax.random.key(0)
-    states = jax.jit(jax.vmap(agent.init))(jax.random.split(k, seeds))  # one program, not op by op
-    batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), _fixed_batch(agent))
-    keys = jax.random.split(k, seeds)
-    step = jax.jit(jax.vmap(agent.update))
+    step, args = seeded_update(agent, seeds)
 
     def run(n: int):
         for _ in range(n):
-            out = step(states, batches, keys)
+            out = step(*args)
         return jax.block_until_ready(out)
     return run
 

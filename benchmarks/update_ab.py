@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from benchmarks.throughput import (  # noqa: E402
     _fixed_batch, add_comparison_args, comparison_setup, print_comparison_header, round_robin,
-    write_comparison)
+    seeded_update, write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
@@ -120,13 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
         batch = _fixed_batch(tree_agent)  # one batch for both
         updates, metrics = {}, {}
         for name, agent in {"base": old_agent, "tree": tree_agent}.items():
-            if args.seeds:  # vmapped over seeds, as the fused loop runs it
-                state = jax.jit(jax.vmap(agent.init))(jax.random.split(key, args.seeds))
-                update = jax.vmap(agent.update, in_axes=(0, None, None))
+            if args.seeds:  # as the fused loop runs it
+                step, step_args = seeded_update(agent, args.seeds, batch)
             else:
-                state, update = jax.jit(agent.init)(key), agent.update
-            fn = jax.jit(update).lower(state, batch, key).compile()
-            updates[name] = lambda fn=fn, state=state: fn(state, batch, key)
+                step, step_args = jax.jit(agent.update), (jax.jit(agent.init)(key), batch, key)
+            fn = step.lower(*step_args).compile()
+            updates[name] = lambda fn=fn, step_args=step_args: fn(*step_args)
             reported = jax.device_get(updates[name]()[1])
             metrics[name] = jax.tree.map(lambda x: x[0], reported) if args.seeds else reported
         times = round_robin(updates, args.rounds)
