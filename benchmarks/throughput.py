@@ -83,15 +83,21 @@ def round_robin(runs: dict, rounds: int) -> dict[str, list[float]]:
     return times
 
 
-def add_comparison_args(ap: argparse.ArgumentParser, rounds: int, out: str) -> None:
+def add_comparison_args(ap: argparse.ArgumentParser, rounds: int, out: str,
+                        seeds: bool = False) -> None:
     """The flags every round-robin comparison of one update takes (data_parallel.py,
-    xla_options.py, update_ab.py): the env, preset, config overrides, rounds and output."""
+    xla_options.py, update_ab.py): the env, preset, config overrides, rounds and output; with
+    `seeds`, also --seeds, how the update is timed (see `timed_update`)."""
     ap.add_argument("--env", default="CartPole-v1")
     ap.add_argument("--preset", default="size1m")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="agent config overrides, e.g. imag_starts=256")
     ap.add_argument("--rounds", type=int, default=rounds, help="timed round-robin rounds")
     ap.add_argument("--out", default=out)
+    if seeds:
+        ap.add_argument("--seeds", type=int, default=1,
+                        help="time the update vmapped over this many seeds, as the fused loop "
+                             "runs it (default 1); 0 times the plain, unvmapped update")
 
 
 def comparison_setup(ap: argparse.ArgumentParser, args) -> tuple[dict, DreamerConfig, object]:
@@ -99,6 +105,8 @@ def comparison_setup(ap: argparse.ArgumentParser, args) -> tuple[dict, DreamerCo
     the parser's error."""
     if args.rounds < 1:
         ap.error(f"--rounds {args.rounds}; allowed: >= 1")
+    if getattr(args, "seeds", 0) < 0:
+        ap.error(f"--seeds {args.seeds}; allowed: >= 0 (0: the plain update)")
     try:
         overrides = dict(parse_override(s) for s in args.set)
         return overrides, DreamerConfig.preset(args.preset, **overrides), make_env(args.env).spec
@@ -176,6 +184,23 @@ def seeded_update(agent: Dreamer, seeds: int, batch: Batch | None = None):
     batch = _fixed_batch(agent) if batch is None else batch
     batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), batch)
     return jax.jit(jax.vmap(agent.update)), (states, batches, jax.random.split(k, seeds))
+
+
+def timed_update(agent: Dreamer, seeds: int, batch: Batch | None = None):
+    """What a comparison times: with `seeds` >= 1 the update vmapped as the fused loop runs it
+    (`seeded_update`), with 0 the plain jitted update. Returns (step, its arguments, a function
+    that reads one seed's metrics from step's)."""
+    if seeds:
+        step, step_args = seeded_update(agent, seeds, batch)
+        return step, step_args, lambda metrics: jax.tree.map(lambda x: x[0], metrics)
+    key = jax.random.key(0)
+    batch = _fixed_batch(agent) if batch is None else batch
+    return jax.jit(agent.update), (jax.jit(agent.init)(key), batch, key), lambda metrics: metrics
+
+
+def timed_how(seeds: int) -> str:
+    """How `timed_update` timed the update, for a report's header."""
+    return f"vmapped over {seeds} seed(s)" if seeds else "the plain update"
 
 
 def bare_updates(agent: Dreamer, seeds: int):

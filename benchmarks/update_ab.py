@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from benchmarks.throughput import (  # noqa: E402
     _fixed_batch, add_comparison_args, comparison_setup, print_comparison_header, round_robin,
-    seeded_update, write_comparison)
+    timed_how, timed_update, write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
@@ -89,13 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = ap.add_mutually_exclusive_group(required=True)
     base.add_argument("--base", metavar="REV", help="a git revision, e.g. HEAD~1")
     base.add_argument("--base-dir", metavar="DIR", help="a folder holding a wmjax package")
-    add_comparison_args(ap, rounds=20, out="benchmarks/results/update_ab.json")
-    ap.add_argument("--seeds", type=int, default=1,
-                    help="time the update vmapped over this many seeds, as the fused loop runs it "
-                         "(default 1); 0 times the plain, unvmapped update")
+    add_comparison_args(ap, rounds=20, out="benchmarks/results/update_ab.json", seeds=True)
     args = ap.parse_args(argv)
-    if args.seeds < 0:
-        ap.error(f"--seeds {args.seeds}; allowed: >= 0 (0: the plain update)")
     overrides, config, spec = comparison_setup(ap, args)
     label = args.base or args.base_dir
 
@@ -115,27 +110,21 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"the base ({label}) cannot build this agent: {e}")
         finally:
             sys.path.remove(tmp)
-        key = jax.random.key(0)
         tree_agent = Dreamer(config, spec)
         batch = _fixed_batch(tree_agent)  # one batch for both
         updates, metrics = {}, {}
         for name, agent in {"base": old_agent, "tree": tree_agent}.items():
-            if args.seeds:  # as the fused loop runs it
-                step, step_args = seeded_update(agent, args.seeds, batch)
-            else:
-                step, step_args = jax.jit(agent.update), (jax.jit(agent.init)(key), batch, key)
+            step, step_args, one_seed = timed_update(agent, args.seeds, batch)
             fn = step.lower(*step_args).compile()
             updates[name] = lambda fn=fn, step_args=step_args: fn(*step_args)
-            reported = jax.device_get(updates[name]()[1])
-            metrics[name] = jax.tree.map(lambda x: x[0], reported) if args.seeds else reported
+            metrics[name] = one_seed(jax.device_get(updates[name]()[1]))
         times = round_robin(updates, args.rounds)
 
     ratios = [t / b for t, b in zip(times["tree"], times["base"])]
     gap, gap_name = metric_gap(metrics["base"], metrics["tree"])
     rows = [dict(version=name, median_s=statistics.median(ts), min_s=min(ts), times_s=ts)
             for name, ts in times.items()]
-    how = f"vmapped over {args.seeds} seed(s)" if args.seeds else "the plain update"
-    print_comparison_header(args, f"; base {label}; {how}")
+    print_comparison_header(args, f"; base {label}; {timed_how(args.seeds)}")
     for r in rows:
         print(f"{r['version']:5s} median {1e3 * r['median_s']:6.0f} ms  min {1e3 * r['min_s']:6.0f} ms")
     print(f"tree / base, median of the rounds' ratios: x{statistics.median(ratios):.3f} "

@@ -1,6 +1,7 @@
 """Which XLA CPU compiler options make one DreamerV3 update faster on this machine?
 
-One update on a fixed batch, compiled once per option set in one process (`compiler_options`
+One update on a fixed batch, vmapped over `--seeds` (default 1) as the fused loop runs it
+(`--seeds 0`: the plain update), compiled once per option set in one process (`compiler_options`
 of `jax.jit(...).lower(...).compile`, so no option leaks into another) and timed round-robin,
 since the machine's speed drifts between rounds. Each row also gives the update's total loss,
 so a set that changes the arithmetic shows as a different loss.
@@ -18,13 +19,11 @@ import os
 import statistics
 import sys
 
-import jax
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.throughput import (  # noqa: E402
-    _fixed_batch, add_comparison_args, comparison_setup, print_comparison_header, round_robin,
-    write_comparison)
+    add_comparison_args, comparison_setup, print_comparison_header, round_robin, timed_how,
+    timed_update, write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
@@ -40,7 +39,7 @@ OPTION_SETS = {
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_comparison_args(ap, rounds=12, out="benchmarks/results/xla_options.json")
+    add_comparison_args(ap, rounds=12, out="benchmarks/results/xla_options.json", seeds=True)
     ap.add_argument("--only", nargs="+", default=list(OPTION_SETS), metavar="SET",
                     help=f"option sets to time (default all): {', '.join(OPTION_SETS)}")
     args = ap.parse_args(argv)
@@ -49,22 +48,21 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         ap.error(f"unknown option set(s) {', '.join(unknown)}; allowed: {', '.join(OPTION_SETS)}")
 
-    agent, key = Dreamer(config, spec), jax.random.key(0)
-    state, batch = jax.jit(agent.init)(key), _fixed_batch(agent)
-    lowered = jax.jit(agent.update).lower(state, batch, key)
+    step, step_args, one_seed = timed_update(Dreamer(config, spec), args.seeds)
+    lowered = step.lower(*step_args)
     compiled = {name: lowered.compile(compiler_options=OPTION_SETS[name] or None) for name in args.only}
-    losses = {name: float(fn(state, batch, key)[1]["loss/total"]) for name, fn in compiled.items()}
-    times = round_robin({name: (lambda fn=fn: fn(state, batch, key)) for name, fn in compiled.items()},
+    losses = {name: float(one_seed(fn(*step_args)[1])["loss/total"]) for name, fn in compiled.items()}
+    times = round_robin({name: (lambda fn=fn: fn(*step_args)) for name, fn in compiled.items()},
                         args.rounds)
     base = statistics.median(times[args.only[0]])
     rows = [dict(options=name, compiler_options=OPTION_SETS[name], loss=losses[name],
                  median_s=statistics.median(ts), min_s=min(ts), times_s=ts,
                  ratio=statistics.median(ts) / base) for name, ts in times.items()]
-    print_comparison_header(args, f"; ratio against {args.only[0]}")
+    print_comparison_header(args, f"; {timed_how(args.seeds)}; ratio against {args.only[0]}")
     for r in rows:
         print(f"{r['options']:16s} median {1e3 * r['median_s']:6.0f} ms  min {1e3 * r['min_s']:6.0f} ms  "
               f"x{r['ratio']:.2f}  loss {r['loss']:.6f}")
-    return write_comparison(args, rows)
+    return write_comparison(args, rows, seeds=args.seeds)
 
 
 if __name__ == "__main__":
