@@ -65,6 +65,12 @@ def test_imagine_shapes(rssm_and_params):
     np.testing.assert_array_equal(jnp.swapaxes(traj_t.deter, 0, 1), traj.deter)
     np.testing.assert_array_equal(jnp.swapaxes(traj_t.stoch, 0, 1), traj.stoch)
     np.testing.assert_array_equal(jnp.swapaxes(actions_t, 0, 1), actions)
+    # features=True gives the trajectory's features as `feat` reads them, and the same actions.
+    for time_major, states in ((False, traj), (True, traj_t)):
+        feat, acts = m.apply(params, start, policy, 5, jax.random.key(0), time_major,
+                             features=True, method=RSSM.imagine)
+        np.testing.assert_array_equal(feat, m.apply(params, states, method=RSSM.feat))
+        np.testing.assert_array_equal(acts, actions_t if time_major else actions)
 
 
 def test_unrolled_scans_compute_the_same(rssm_and_params):

@@ -252,31 +252,37 @@ class RSSM(nn.Module):
         horizon: int,
         key: jax.Array,
         time_major: bool = False,
-    ) -> tuple[RSSMState, jax.Array]:
+        features: bool = False,
+    ) -> tuple[RSSMState | jax.Array, jax.Array]:
         """Roll the prior forward `horizon` steps from `state` (batch B) under `policy`.
 
         Returns the trajectory including the start, shape (B, horizon + 1, ...), and the actions
         taken at each of those states (B, horizon + 1, A); the last action is never executed.
         `time_major=True` returns (horizon + 1, B, ...) instead, as the scan builds them: that
         skips a transpose of the whole trajectory, and slices along time stay contiguous.
+        `features=True` returns the trajectory's features (`feat`) instead of its states, as
+        the policy read them inside the scan: no copy of the states afterwards.
         """
         keys = jax.random.split(key, horizon + 1)
         policy_keys, stoch_keys = jnp.swapaxes(jax.vmap(jax.random.split)(keys[:-1]), 0, 1)
         noise = self._noise(stoch_keys, state)
 
         def step(mdl, carry, x):
-            action = policy(mdl.feat(carry[0]), x[0])
+            feat = mdl.feat(carry[0])
+            action = policy(feat, x[0])
             new = mdl._img_step(*carry, action, x[1])
-            return new, (carry[0], action)
+            return new, (feat if features else carry[0], action)
 
         scan = nn.scan(
             step, variable_broadcast="params", split_rngs={"params": False}, unroll=self.unroll
         )
-        (last, _), (states, actions) = scan(
+        (last, _), (traj, actions) = scan(
             self, (state, self._groups(state.deter)), (policy_keys, noise)
         )
-        final_action = policy(self.feat(last), keys[-1])
-        traj = jax.tree.map(lambda s, l: jnp.concatenate([s, l[None]], 0), states, last)
+        last_feat = self.feat(last)
+        final_action = policy(last_feat, keys[-1])
+        traj = jax.tree.map(lambda s, l: jnp.concatenate([s, l[None]], 0), traj,
+                            last_feat if features else last)
         actions = jnp.concatenate([actions, final_action[None]], 0)
         if time_major:
             return traj, actions

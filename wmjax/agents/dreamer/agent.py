@@ -272,9 +272,8 @@ class Dreamer:
             sample = self._policy(params["actor"], f).sample(k)
             return jax.nn.one_hot(sample, self.spec.num_actions) if self.spec.discrete else sample
 
-        traj, actions = self._apply(params, "rssm", starts, policy, self.config.imag_horizon, key,
-                                    time_major, method=RSSM.imagine)
-        return self._apply(params, "rssm", traj, method=RSSM.feat), actions
+        return self._apply(params, "rssm", starts, policy, self.config.imag_horizon, key,
+                           time_major, features=True, method=RSSM.imagine)
 
     def observe(self, params: dict, obs: Any, action: jax.Array, is_first: jax.Array,
                 key: jax.Array) -> tuple[RSSMState, RSSMState, jax.Array, jax.Array]:
