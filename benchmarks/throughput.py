@@ -2,11 +2,11 @@
 
 For each (preset, train ratio, seeds): env steps/s and updates/s of the fused loop (replay
 already holding enough data, so every timed chunk trains), the time of one bare jitted update of
-the same model vmapped over the same seeds (so the loop's overhead shows as a ratio), and the
-update's achieved GFLOP/s beside this machine's float32 matmul peak measured in the same run.
-Each timed chunk is followed at once by as many bare updates, timed, and the overhead is the
-median of those pairs' ratios: this machine's speed drifts by 10% or more within minutes, and
-a loop and an update timed apart would show that drift as overhead.
+the same model over the same seeds, as the loop runs it (so the loop's overhead shows as a
+ratio), and the update's achieved GFLOP/s beside this machine's float32 matmul peak measured in
+the same run. Each timed chunk is followed at once by as many bare updates, timed, and the
+overhead is the median of those pairs' ratios: this machine's speed drifts by 10% or more within
+minutes, and a loop and an update timed apart would show that drift as overhead.
 
 FLOPs are counted two ways. `GFLOP/upd` is XLA's cost analysis of the compiled single-seed update,
 as asked for and as the official DreamerV3 reference was measured; XLA counts the body of a
@@ -49,7 +49,7 @@ from wmjax.agents.dreamer import Batch, Dreamer  # noqa: E402
 from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
-from wmjax.loop import make_train  # noqa: E402
+from wmjax.loop import make_train, over_seeds  # noqa: E402
 from wmjax.machine import describe as describe_machine  # noqa: E402
 from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
@@ -96,8 +96,8 @@ def add_comparison_args(ap: argparse.ArgumentParser, rounds: int, out: str,
     ap.add_argument("--out", default=out)
     if seeds:
         ap.add_argument("--seeds", type=int, default=1,
-                        help="time the update vmapped over this many seeds, as the fused loop "
-                             "runs it (default 1); 0 times the plain, unvmapped update")
+                        help="time the update over this many seeds, as the fused loop runs it "
+                             "(default 1); 0 times the plain update")
 
 
 def comparison_setup(ap: argparse.ArgumentParser, args) -> tuple[dict, DreamerConfig, object]:
@@ -177,19 +177,21 @@ def update_gflop(agent: Dreamer) -> tuple[float, float]:
 
 
 def seeded_update(agent: Dreamer, seeds: int, batch: Batch | None = None):
-    """The update as the fused loop runs it, jitted and vmapped over `seeds` (each seed its own
-    state, batch and key), and its arguments on a fixed batch: (step, (states, batches, keys))."""
+    """The update as the fused loop runs it, jitted over `seeds` (each seed its own state, batch
+    and key; a vmap, or for one seed the seed's own program: `wmjax.loop.over_seeds`), and its
+    arguments on a fixed batch: (step, (states, batches, keys))."""
     k = jax.random.key(0)
     states = jax.jit(jax.vmap(agent.init))(jax.random.split(k, seeds))  # one program, not op by op
     batch = _fixed_batch(agent) if batch is None else batch
     batches = jax.tree.map(lambda x: jnp.broadcast_to(x, (seeds,) + x.shape), batch)
-    return jax.jit(jax.vmap(agent.update)), (states, batches, jax.random.split(k, seeds))
+    return jax.jit(over_seeds(agent.update, seeds)), (states, batches, jax.random.split(k, seeds))
 
 
 def timed_update(agent: Dreamer, seeds: int, batch: Batch | None = None):
-    """What a comparison times: with `seeds` >= 1 the update vmapped as the fused loop runs it
-    (`seeded_update`), with 0 the plain jitted update. Returns (step, its arguments, a function
-    that reads one seed's metrics from step's)."""
+    """What a comparison times: with `seeds` >= 1 the update over that many seeds as the fused
+    loop runs it (`seeded_update`), with 0 the plain jitted update (since `over_seeds`, the same
+    program as one seed's). Returns (step, its arguments, a function that reads one seed's
+    metrics from step's)."""
     if seeds:
         step, step_args = seeded_update(agent, seeds, batch)
         return step, step_args, lambda metrics: jax.tree.map(lambda x: x[0], metrics)
@@ -200,11 +202,11 @@ def timed_update(agent: Dreamer, seeds: int, batch: Batch | None = None):
 
 def timed_how(seeds: int) -> str:
     """How `timed_update` timed the update, for a report's header."""
-    return f"vmapped over {seeds} seed(s)" if seeds else "the plain update"
+    return f"over {seeds} seed(s), as the loop runs it" if seeds else "the plain update"
 
 
 def bare_updates(agent: Dreamer, seeds: int):
-    """A function of n that runs n jitted updates vmapped over `seeds` on a fixed batch (each
+    """A function of n that runs n jitted updates over `seeds` (`seeded_update`) on a fixed batch (each
     from the same state, as a loop's updates cost the same whatever the state) and waits."""
     step, args = seeded_update(agent, seeds)
 

@@ -1,7 +1,7 @@
 """Which XLA CPU compiler options make one DreamerV3 update faster on this machine?
 
-One update on a fixed batch, vmapped over `--seeds` (default 1) as the fused loop runs it
-(`--seeds 0`: the plain update), compiled once per option set in one process (`compiler_options`
+One update on a fixed batch, over `--seeds` (default 1) as the fused loop runs it (`--seeds
+0`: the plain update), compiled once per option set in one process (`compiler_options`
 of `jax.jit(...).lower(...).compile`, so no option leaks into another) and timed round-robin,
 since the machine's speed drifts between rounds. Each row also gives the update's total loss,
 so a set that changes the arithmetic shows as a different loss.

@@ -16,7 +16,7 @@ def test_base_folder_is_timed_against_the_tree(tmp_path):
     saved = json.load(open(out))
     assert [r["version"] for r in saved["rows"]] == ["base", "tree"]
     assert len(saved["ratios"]) == 2 and saved["ratio"] > 0
-    # The same code on both sides: the same arithmetic, vmapped over seeds (as the loop runs
+    # The same code on both sides: the same arithmetic, over seeds (as the loop runs
     # the update) by default, or plain.
     assert result["metric_gap"] == 0.0 and saved["seeds"] == 1
     plain = main(["--base-dir", ROOT, "--preset", "tiny", "--rounds", "1", "--seeds", "0",

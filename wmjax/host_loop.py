@@ -26,8 +26,8 @@ from wmjax.config import TrainConfig
 from wmjax.envs.core import Timestep
 from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env
 from wmjax.loop import (
-    TrainState, Trainer, initial_state, make_agent_step, member_keys, ratio_fraction, seed_hyper,
-    static_seed_ids, summarise_chunk,
+    TrainState, Trainer, initial_state, make_agent_step, member_keys, over_seeds, ratio_fraction,
+    seed_hyper, static_seed_ids, summarise_chunk,
 )
 
 
@@ -63,7 +63,7 @@ def make_host_train(config: TrainConfig, envs: Any = None) -> Trainer:
 
     @jax.jit
     def step(state: TrainState, ts: Timestep, acc: dict):
-        state, action, stats = jax.vmap(step_one)(state, ts)
+        state, action, stats = over_seeds(step_one, S)(state, ts)
         return state, action, jax.tree.map(jnp.add, acc, stats)
 
     live: dict[str, Any] = {"state": None, "records": None}

@@ -56,6 +56,19 @@ def ratio_fraction(train_ratio: float) -> Fraction:
     return Fraction(train_ratio).limit_denominator(1000)
 
 
+def over_seeds(fn: Callable, seeds: int) -> Callable:
+    """`fn` of one seed's arguments, applied to a leading seed axis of `seeds`: `jax.vmap`, or
+    for one seed `fn` itself between dropping and restoring that axis. A vmap over one seed
+    compiles a slower program than `fn` alone (size1m's update: 1.12x the time)."""
+    if seeds != 1:
+        return jax.vmap(fn)
+
+    def one(*args):
+        out = fn(*jax.tree.map(lambda x: x[0], args))
+        return jax.tree.map(lambda x: x[None], out)
+    return one
+
+
 def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int | None = None
                ) -> Trainer:
     """The fused program of `config`. `devices`: place it on a ("seeds", "data") mesh of that
@@ -120,7 +133,7 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
     shardings = None
     if mesh is None:
         batched_init = jax.jit(init_seeds, static_argnums=2)
-        batched_chunk = jax.jit(jax.vmap(chunk_one), donate_argnums=0)
+        batched_chunk = jax.jit(over_seeds(chunk_one, config.seeds), donate_argnums=0)
     else:
         like = jax.eval_shape(init_seeds, jax.random.key(0), seed_hyper(agent, None, config.seeds))
         shardings = distributed.state_shardings(like, mesh, E)
