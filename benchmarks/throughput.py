@@ -206,8 +206,9 @@ def timed_how(seeds: int) -> str:
 
 
 def bare_updates(agent: Dreamer, seeds: int):
-    """A function of n that runs n jitted updates over `seeds` (`seeded_update`) on a fixed batch (each
-    from the same state, as a loop's updates cost the same whatever the state) and waits."""
+    """A function of n that runs n jitted updates over `seeds` (`seeded_update`) on a fixed
+    batch (each from the same state, as a loop's updates cost the same whatever the state) and
+    waits."""
     step, args = seeded_update(agent, seeds)
 
     def run(n: int):

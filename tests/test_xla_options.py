@@ -15,7 +15,7 @@ def test_option_sets_are_timed(tmp_path):
     assert saved["rows"][1]["compiler_options"] == OPTION_SETS["no_xnnpack"]
     assert saved["rows"][0]["ratio"] == 1.0
     assert all(r["median_s"] > 0 and r["loss"] == r["loss"] for r in result["rows"])  # not NaN
-    assert saved["seeds"] == 1  # vmapped over one seed, as the fused loop runs the update
+    assert saved["seeds"] == 1  # over one seed, as the fused loop runs the update
     plain = main(["--preset", "tiny", "--rounds", "1", "--only", "default", "--seeds", "0",
                   "--out", str(out)])
     assert plain["seeds"] == 0 and plain["rows"][0]["loss"] == plain["rows"][0]["loss"]
