@@ -178,7 +178,7 @@ def update_gflop(agent: Dreamer) -> tuple[float, float]:
 
 def seeded_update(agent: Dreamer, seeds: int, batch: Batch | None = None):
     """The update as the fused loop runs it, jitted over `seeds` (each seed its own state, batch
-    and key; a vmap, or for one seed the seed's own program: `wmjax.loop.over_seeds`), and its
+    and key; on a CPU seed after seed, elsewhere a vmap: `wmjax.loop.over_seeds`), and its
     arguments on a fixed batch: (step, (states, batches, keys))."""
     k = jax.random.key(0)
     states = jax.jit(jax.vmap(agent.init))(jax.random.split(k, seeds))  # one program, not op by op

@@ -7,10 +7,10 @@ separate runs cannot be compared; within a round they can. The answer is the med
 of each round's time ratio (this tree / base). The two updates' metrics are compared as well,
 so a change meant to leave the arithmetic alone shows whether it did.
 
-The update is timed over `--seeds` (default 1) as the fused loop runs it: vmapped, or since
-session 44 for one seed unbatched (`wmjax.loop.over_seeds`), as `--seeds 0` times it. A vmap
-over one seed compiles a different, slower program: session 43's heads mapped over the imagined
-steps were 4% faster plain and 38% slower vmapped over one seed.
+The update is timed over `--seeds` (default 1) as the fused loop runs it (`wmjax.loop.over_seeds`:
+since session 44, on a CPU seed after seed, one seed as `--seeds 0` times it). A vmap over the
+seeds compiles a different, slower program: session 43's heads mapped over the imagined steps
+were 4% faster plain and 38% slower vmapped over one seed.
 
     python benchmarks/update_ab.py --base HEAD~1
     python benchmarks/update_ab.py --base 5c0c42e --rounds 30 --set imag_starts=256

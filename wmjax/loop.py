@@ -7,8 +7,10 @@
 One chunk is a `lax.scan` over `iters_per_chunk` iterations; an iteration acts in every env, writes
 the records to replay, steps the vmapped envs, and runs as many updates as keep the train ratio
 exact (a `while_loop` over an integer credit of replayed steps, so any ratio and any number of envs
-work). Seeds are a `vmap` over the whole program. Metrics are reduced inside the scan: sums and
-counts, never per-step stacks. The host sees the state only between chunks.
+work). Seeds are a `vmap` over the whole program on accelerators and when sharded over devices;
+on one CPU they run one after another inside it, which is faster there (`over_seeds`). Metrics
+are reduced inside the scan: sums and counts, never per-step stacks. The host sees the state
+only between chunks.
 """
 from __future__ import annotations
 
@@ -57,16 +59,33 @@ def ratio_fraction(train_ratio: float) -> Fraction:
 
 
 def over_seeds(fn: Callable, seeds: int) -> Callable:
-    """`fn` of one seed's arguments, applied to a leading seed axis of `seeds`: `jax.vmap`, or
-    for one seed `fn` itself between dropping and restoring that axis. A vmap over one seed
-    compiles a slower program than `fn` alone (size1m's update: 1.12x the time)."""
-    if seeds != 1:
+    """`fn(state, *xs) -> (state, *ys)` of one seed, applied over a leading seed axis of `seeds`
+    on every argument and result. On CPU the seeds run one after another in one program, each
+    seed's new state written in place into the batched state (so a donated state is updated in
+    place), its other results into stacked buffers; elsewhere it is `jax.vmap`. One seed runs
+    `fn` itself between dropping and restoring the axis. On CPU a vmap computes the same but
+    compiles into a slower program: size1m's chunk took 1.23x the time for one seed and 1.30x
+    for four (benchmarks/README.md, session 44), and 3.7x the temporary memory for four."""
+    take = lambda i: lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False)
+    if seeds != 1 and jax.default_backend() != "cpu":  # accelerators batch the seeds' work
         return jax.vmap(fn)
+    if seeds == 1:
+        def one(*args):
+            return jax.tree.map(lambda x: x[None], fn(*jax.tree.map(take(0), args)))
+        return one
 
-    def one(*args):
-        out = fn(*jax.tree.map(lambda x: x[0], args))
-        return jax.tree.map(lambda x: x[None], out)
-    return one
+    def each(state, *xs):
+        example = jax.eval_shape(fn, *jax.tree.map(take(0), (state, *xs)))
+        ys = jax.tree.map(lambda t: jnp.zeros((seeds,) + t.shape, t.dtype), tuple(example[1:]))
+
+        def body(i, carry):
+            new, *out = fn(*jax.tree.map(take(i), (carry[0], *xs)))
+            put = lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, i, 0)
+            return jax.tree.map(put, carry[0], new), jax.tree.map(put, carry[1], tuple(out))
+
+        state, ys = jax.lax.fori_loop(0, seeds, body, (state, ys))
+        return (state, *ys)
+    return each
 
 
 def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int | None = None
