@@ -67,12 +67,10 @@ def over_seeds(fn: Callable, seeds: int) -> Callable:
     compiles into a slower program: size1m's chunk took 1.23x the time for one seed and 1.30x
     for four (benchmarks/README.md, session 44), and 3.7x the temporary memory for four."""
     take = lambda i: lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False)
-    if seeds != 1 and jax.default_backend() != "cpu":  # accelerators batch the seeds' work
-        return jax.vmap(fn)
     if seeds == 1:
-        def one(*args):
-            return jax.tree.map(lambda x: x[None], fn(*jax.tree.map(take(0), args)))
-        return one
+        return lambda *args: jax.tree.map(lambda x: x[None], fn(*jax.tree.map(take(0), args)))
+    if jax.default_backend() != "cpu":  # accelerators batch the seeds' work
+        return jax.vmap(fn)
 
     def each(state, *xs):
         example = jax.eval_shape(fn, *jax.tree.map(take(0), (state, *xs)))
