@@ -45,6 +45,11 @@ def test_twohot_mean_is_exactly_zero_at_init():
     params = head.init(jax.random.key(0), jnp.ones((4, 8)))
     out = head.apply(params, jax.random.normal(jax.random.key(1), (4, 8)))
     np.testing.assert_array_equal(th.mean(out), jnp.zeros(4))
+    # Also compiled inside a scan, as imagination reads its frozen heads (RSSM.imagine's emit).
+    feats = jax.random.normal(jax.random.key(2), (5, 4, 8))
+    read = jax.jit(lambda p, xs: jax.lax.scan(
+        lambda c, x: (c, th.mean(head.apply(p, x))), 0.0, xs)[1])
+    np.testing.assert_array_equal(read(params, feats), jnp.zeros((5, 4)))
     # The readout cancels mirrored bins, so other bins are refused by name.
     with pytest.raises(ValueError, match="mirrored around a middle 0.*9 bins from -3 to 5"):
         TwoHot(jnp.linspace(-3.0, 5.0, 9)).mean(jnp.zeros(9))

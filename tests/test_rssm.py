@@ -71,6 +71,15 @@ def test_imagine_shapes(rssm_and_params):
                              features=True, method=RSSM.imagine)
         np.testing.assert_array_equal(feat, m.apply(params, states, method=RSSM.feat))
         np.testing.assert_array_equal(acts, actions_t if time_major else actions)
+        # emit: a pytree of functions of each step's features, computed inside the scan and
+        # laid out like the trajectory; the rollout itself is unchanged.
+        emit = lambda f: {"sum": f.sum(-1), "head": f[..., :3] * 2.0}
+        feat_e, acts_e, emitted = m.apply(params, start, policy, 5, jax.random.key(0), time_major,
+                                          features=True, emit=emit, method=RSSM.imagine)
+        np.testing.assert_array_equal(feat_e, feat)
+        np.testing.assert_array_equal(acts_e, acts)
+        for name, want in emit(feat).items():
+            np.testing.assert_allclose(emitted[name], want, rtol=1e-6, atol=1e-6)
 
 
 def test_unrolled_scans_compute_the_same(rssm_and_params):

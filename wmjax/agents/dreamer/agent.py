@@ -16,7 +16,7 @@ loss does (DreamerV3's `repval_grad`).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -259,13 +259,15 @@ class Dreamer:
         return AgentState(params, slow, opt_state, retnorm, state.step + 1, state.hyper), metrics
 
     def imagine(self, params: dict, starts: RSSMState, key: jax.Array,
-                time_major: bool = False) -> tuple[jax.Array, jax.Array]:
+                time_major: bool = False, emit: Callable[[jax.Array], Any] | None = None):
         """Roll the world model forward `imag_horizon` steps from `starts` (batch N) under the actor.
 
         Returns features (N, H + 1, feat) and actions (N, H + 1, A), or (H + 1, N, ...) with
         `time_major` (what the loss uses: no transposes). Actions are one-hot for discrete
         actions, the raw unclipped samples for continuous ones (REINFORCE scores the sample
         that was drawn; the RSSM bounds its action input by a / max(1, |a|), as DreamerV3).
+        `emit` (a function of one step's features) is computed inside the rollout at every
+        state and returned third (`RSSM.imagine`).
         """
 
         def policy(f, k):
@@ -273,7 +275,7 @@ class Dreamer:
             return jax.nn.one_hot(sample, self.spec.num_actions) if self.spec.discrete else sample
 
         return self._apply(params, "rssm", starts, policy, self.config.imag_horizon, key,
-                           time_major, features=True, method=RSSM.imagine)
+                           time_major, features=True, emit=emit, method=RSSM.imagine)
 
     def observe(self, params: dict, obs: Any, action: jax.Array, is_first: jax.Array,
                 key: jax.Array) -> tuple[RSSMState, RSSMState, jax.Array, jax.Array]:
@@ -357,18 +359,22 @@ class Dreamer:
             idx = jax.random.choice(key_img, B * T, (c.imag_starts,), replace=False)
             starts = jax.tree.map(lambda x: x[idx], starts)
         # Time-major (H + 1, N, ...) from here on: slices along time stay contiguous.
-        img_feat, img_action = self.imagine(frozen, starts, jax.random.fold_in(key_img, 1),
-                                            time_major=True)
+        def frozen_heads(f):
+            """The heads that need no gradient, read inside the rollout (`RSSM.imagine`'s emit)."""
+            return (self.twohot.mean(self._apply(frozen, "reward", f)),
+                    jax.nn.sigmoid(self._apply(frozen, "cont", f)[..., 0]),
+                    self.twohot.mean(self.critic.apply({"params": slow_critic}, f)))
+
+        img_feat, img_action, (img_rew, img_con, slow_value) = self.imagine(
+            frozen, starts, jax.random.fold_in(key_img, 1), time_major=True, emit=frozen_heads)
         img_feat = sg(img_feat)
-        img_rew = self.twohot.mean(self._apply(frozen, "reward", img_feat))
-        img_con = jax.nn.sigmoid(self._apply(frozen, "cont", img_feat)[..., 0])
 
         # ---- actor-critic on the imagined trajectories
         critic_logits = self._apply(params, "critic", img_feat)
         value = self.twohot.mean(critic_logits)
-        # The slow critic and the actor read every state and their outputs are sliced: slicing
-        # the (H + 1, N, feat) input instead copies it (the update measured 2% slower).
-        slow_value = self.twohot.mean(self.critic.apply({"params": slow_critic}, img_feat))[:-1]
+        # The actor reads every state and its output is sliced: slicing the (H + 1, N, feat)
+        # input instead copies it (the update measured 2% slower).
+        slow_value = slow_value[:-1]
         weight = sg(jnp.cumprod(img_con, 0))[:-1]
         ret = sg(lambda_return(jnp.zeros_like(img_con), 1.0 - img_con, img_rew, sg(value), 1.0,
                                c.lam, axis=0))
