@@ -254,7 +254,7 @@ class RSSM(nn.Module):
         time_major: bool = False,
         features: bool = False,
         emit: Callable[[jax.Array], Any] | None = None,
-    ) -> tuple[RSSMState | jax.Array, jax.Array]:
+    ) -> tuple[RSSMState | jax.Array, jax.Array] | tuple[RSSMState | jax.Array, jax.Array, Any]:
         """Roll the prior forward `horizon` steps from `state` (batch B) under `policy`.
 
         Returns the trajectory including the start, shape (B, horizon + 1, ...), and the actions
