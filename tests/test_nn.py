@@ -208,3 +208,22 @@ def test_conv_gradients_inside_a_scan_stay_in_the_fast_layout():
     hlo = jax.jit(steps).lower(params, x).compile().as_text()
     labels = re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)
     assert len(labels) == 3 and set(labels) == {"b01f_01io->b01f"}, labels
+
+
+def test_linear_weight_gradient_reads_the_output_gradient_in_place():
+    """Linear multiplies as one 2-D matmul whatever the input's rank, so the compiled weight
+    gradient contracts input and output gradient over their shared leading axis as laid out.
+    From a batched (rank-3) dot, XLA's CPU backend first copied the output gradient into a
+    transposed layout: the imagined trajectory's (16, 1024, 640) layers paid for that copy."""
+    import re
+
+    from wmjax.nn.layers import Linear
+
+    layer = Linear(8)
+    x = jnp.ones((16, 32, 12))
+    params = layer.init(jax.random.key(0), x)
+    grad = jax.grad(lambda p, x: jnp.square(jax.nn.silu(layer.apply(p, x))).sum())
+    hlo = jax.jit(grad).lower(params, x).compile().as_text()
+    dots = re.findall(r"f32\[12,8\]\S* dot\(.*?lhs_contracting_dims=\{(\d)\}, "
+                      r"rhs_contracting_dims=\{(\d)\}", hlo)
+    assert dots == [("0", "0")], dots

@@ -38,7 +38,11 @@ class Linear(nn.Module):
             "kernel", dreamer_init(self.outscale), (x.shape[-1], self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return x.astype(self.dtype) @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+        # As one 2-D matmul: for inputs of rank 3 and more, the weight gradient XLA derives
+        # from a batched dot transposes the output gradient first (a copy, on CPU).
+        lead = x.shape[:-1]
+        y = x.reshape(-1, x.shape[-1]).astype(self.dtype) @ kernel.astype(self.dtype)
+        return y.reshape(lead + (self.features,)) + bias.astype(self.dtype)
 
 
 class RMSNorm(nn.Module):
