@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,8 +193,6 @@ def test_conv_gradients_inside_a_scan_stay_in_the_fast_layout():
     """Inside a scan (the fused loop), every convolution of a Conv's forward and backward keeps
     the NHWC/HWIO layout XLA's CPU backend runs fast (b01f_01io->b01f). Autodiff through flax's
     nn.Conv gives other layouts there, which ran 3x slower than the rest of an update."""
-    import re
-
     from wmjax.nn.layers import Conv
 
     conv = Conv(8, (5, 5))
@@ -215,8 +215,6 @@ def test_linear_weight_gradient_reads_the_output_gradient_in_place():
     gradient contracts input and output gradient over their shared leading axis as laid out.
     From a batched (rank-3) dot, XLA's CPU backend first copied the output gradient into a
     transposed layout: the imagined trajectory's (16, 1024, 640) layers paid for that copy."""
-    import re
-
     from wmjax.nn.layers import Linear
 
     layer = Linear(8)

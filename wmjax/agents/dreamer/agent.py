@@ -203,6 +203,10 @@ class Dreamer:
         target = self.twohot.target(ret) + hyper["slowreg"] * self.twohot.target(slow)
         return softmax_xent(logits, target)
 
+    def _slow_value(self, slow_critic: Any, feat: jax.Array) -> jax.Array:
+        """The slow critic's (the critic's EMA) value of features, the target of `slowreg`."""
+        return self.twohot.mean(self.critic.apply({"params": slow_critic}, feat))
+
     def _apply(self, params: dict, name: str, *args, **kwargs):
         return getattr(self, name).apply({"params": params[name]}, *args, **kwargs)
 
@@ -363,7 +367,7 @@ class Dreamer:
             """The heads that need no gradient, read inside the rollout (`RSSM.imagine`'s emit)."""
             return (self.twohot.mean(self._apply(frozen, "reward", f)),
                     jax.nn.sigmoid(self._apply(frozen, "cont", f)[..., 0]),
-                    self.twohot.mean(self.critic.apply({"params": slow_critic}, f)))
+                    self._slow_value(slow_critic, f))
 
         img_feat, img_action, (img_rew, img_con, slow_value) = self.imagine(
             frozen, starts, jax.random.fold_in(key_img, 1), time_major=True, emit=frozen_heads)
@@ -393,7 +397,7 @@ class Dreamer:
 
         # ---- replay value loss: lambda-returns on the real sequence, bootstrapped from imagination
         rep_logits = self._apply(params, "critic", feat)  # gradient reaches the world model
-        rep_slow = self.twohot.mean(self.critic.apply({"params": slow_critic}, sg(feat)))
+        rep_slow = self._slow_value(slow_critic, sg(feat))
         if c.imag_starts:
             boot = sg(self.twohot.mean(rep_logits))
         else:
