@@ -103,6 +103,11 @@ def test_inverse_cdf_sampling_follows_the_probabilities():
     assert int(freq[0, 1]) == 0
     edges = inverse_cdf_index(jnp.array([0.0, 0.25, 0.0, 0.75]), jnp.array([0.0, 0.2, 0.25, 0.9999999]))
     np.testing.assert_array_equal(edges, [1, 1, 3, 3])
+    # Classes on another axis (the RSSM samples them classes-major) draw the same classes.
+    probs_cm = jnp.swapaxes(jnp.broadcast_to(probs, (200_000, 2, 4)), -1, -2)
+    np.testing.assert_array_equal(inverse_cdf_index(probs_cm, u, -2), idx)
+    with pytest.raises(ValueError, match="negative axis"):
+        inverse_cdf_index(probs, u[0], 1)
     # Straight-through: one-hot forward, the gradients of the probabilities backward.
     onehot = straight_through_probs(probs, jnp.array([2, 0]))
     np.testing.assert_allclose(onehot, jax.nn.one_hot(jnp.array([2, 0]), 4), atol=1e-7)

@@ -1,9 +1,13 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from wmjax.models import RSSM
+from wmjax.nn.dists import unimix_logits
+from wmjax.nn.layers import Linear
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +160,46 @@ def test_block_gru_matches_a_plain_reference(rssm_and_params):
     np.testing.assert_allclose(ours[0], ref, rtol=1e-5, atol=1e-5)
     grouped = m.apply(params, ours[1], method=RSSM._ungroup)
     np.testing.assert_allclose(grouped, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_latent_logits_read_a_linear_layers_parameters(rssm_and_params):
+    """The latents' output layer computes classes-major for a faster softmax, but its parameters
+    mean what a plain Linear's to (stoch, classes) mean: checkpoints written before read the
+    same, and the prior is the reference softmax of those logits."""
+    m, params = rssm_and_params
+    deter = jax.random.normal(jax.random.key(6), (5, m.deter))
+    out = params["params"]["prior_out"]
+    assert out["kernel"].shape == (m.hidden, m.stoch * m.classes)
+
+    def reference(mdl, deter):
+        x = deter
+        for layer in mdl.prior_hidden:
+            x = layer(x)
+        logits = Linear(m.stoch * m.classes).apply({"params": out}, x)
+        return unimix_logits(logits.reshape(-1, m.stoch, m.classes), m.unimix)
+
+    want = m.apply(params, deter, method=reference)
+    got = m.apply(params, deter, method=RSSM.prior_logits)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # A sampled step's one-hot follows those logits too: the mode picks their argmax.
+    state = m.apply(params, 5, method=RSSM.initial)
+    step = m.apply(params, state, jnp.zeros((5, 2)), None, method=RSSM.img_step)
+    np.testing.assert_array_equal(step.stoch.argmax(-1), step.logits.argmax(-1))
+    np.testing.assert_allclose(step.logits, m.apply(params, step.deter, method=RSSM.prior_logits),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_imagine_writes_the_trajectory_without_copying_it(rssm_and_params):
+    """The imagined steps and the last state are written into one buffer: no concatenate in the
+    compiled rollout builds the (horizon + 1)-step trajectory (it copied the whole trajectory)."""
+    m, params = rssm_and_params
+    start = m.apply(params, 7, method=RSSM.initial)
+    policy = lambda feat, k: jax.nn.one_hot(jax.random.randint(k, feat.shape[:-1], 0, 2), 2)
+    rollout = jax.jit(lambda p, s, k: m.apply(p, s, policy, 5, k, True, features=True,
+                                               emit=lambda f: f.sum(-1), method=RSSM.imagine))
+    feat, actions, emitted = rollout(params, start, jax.random.key(0))
+    assert feat.shape == (6, 7, m.deter + m.stoch * m.classes) and emitted.shape == (6, 7)
+    hlo = rollout.lower(params, start, jax.random.key(0)).compile().as_text()
+    built = [line for line in hlo.splitlines() if "concatenate(" in line
+             and re.search(r"= f32\[6,7(,\d+)?\]", line)]
+    assert not built, built

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from wmjax.nn.dists import (categorical_kl, inverse_cdf_index, straight_through_probs, unimix_logits,
                             unimix_probs)
-from wmjax.nn.layers import Linear, NormAct, dreamer_init
+from wmjax.nn.layers import NormAct, dreamer_init
 
 sg = jax.lax.stop_gradient
 
@@ -49,11 +49,37 @@ def _reset(state: Any, is_first: jax.Array) -> Any:
     return jax.tree.map(zero, state)
 
 
-def _sample(probs: jax.Array, noise: jax.Array | None) -> jax.Array:
-    """One-hot latents with straight-through gradients: sampled at uniform `noise`, or the mode
-    where noise is None."""
-    idx = jnp.argmax(probs, -1) if noise is None else inverse_cdf_index(probs, noise)
-    return straight_through_probs(probs, idx)
+def _sample(probs_cm: jax.Array, noise: jax.Array | None) -> jax.Array:
+    """One-hot latents (..., stoch, classes) with straight-through gradients from classes-major
+    probs (..., classes, stoch): sampled at uniform `noise`, or the mode where noise is None."""
+    idx = jnp.argmax(probs_cm, -2) if noise is None else inverse_cdf_index(probs_cm, noise, -2)
+    return straight_through_probs(jnp.swapaxes(probs_cm, -1, -2), idx)
+
+
+class LatentLogits(nn.Module):
+    """The output layer of the latents' logits, returned classes-major: (..., classes, stoch).
+
+    Its parameters are a `Linear`'s to (stoch * classes) features in (stoch, classes) order, so
+    checkpoints read the same; the kernel's columns are permuted before the matmul. With few
+    classes (size1m has 4) a softmax over a minor axis of 4 runs several times slower on CPU
+    than over the second-minor axis, where it vectorises across the latents.
+    """
+
+    stoch: int
+    classes: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n = self.stoch * self.classes
+        kernel = self.param("kernel", dreamer_init(1.0), (x.shape[-1], n), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (n,), jnp.float32)
+        order = lambda p: jnp.swapaxes(p.reshape(*p.shape[:-1], self.stoch, self.classes), -1, -2)
+        kernel, bias = order(kernel).reshape(x.shape[-1], n), order(bias).reshape(n)
+        lead = x.shape[:-1]
+        y = x.reshape(-1, x.shape[-1]).astype(self.dtype) @ kernel.astype(self.dtype)
+        y = y + bias.astype(self.dtype)
+        return y.reshape(*lead, self.classes, self.stoch)
 
 
 class RSSM(nn.Module):
@@ -85,9 +111,9 @@ class RSSM(nn.Module):
         self.dyn_gates_kernel = self.param("dyn_gates_kernel", block_init, (g, size, 3 * size))
         self.dyn_gates_bias = self.param("dyn_gates_bias", zeros, (g, 3 * size))
         self.prior_hidden = [NormAct(self.hidden, dtype=self.dtype) for _ in range(self.img_layers)]
-        self.prior_out = Linear(self.stoch * self.classes, dtype=self.dtype)
+        self.prior_out = LatentLogits(self.stoch, self.classes, dtype=self.dtype)
         self.post_hidden = [NormAct(self.hidden, dtype=self.dtype) for _ in range(self.obs_layers)]
-        self.post_out = Linear(self.stoch * self.classes, dtype=self.dtype)
+        self.post_out = LatentLogits(self.stoch, self.classes, dtype=self.dtype)
 
     # ------------------------------------------------------------------ pieces
 
@@ -150,12 +176,14 @@ class RSSM(nn.Module):
         return self._ungroup(new_g), new_g
 
     def _dist(self, x: jax.Array, hidden: list, out: nn.Module) -> tuple[jax.Array, jax.Array]:
-        """(log-probs, probs) of the latents, with DreamerV3's 1% uniform mix."""
+        """(log-probs, probs) of the latents, with DreamerV3's 1% uniform mix. The softmax runs
+        over classes laid out as the second-minor axis (see `LatentLogits`), then the results
+        are swapped to (..., stoch, classes)."""
         for layer in hidden:
             x = layer(x)
-        logits = out(x).astype(jnp.float32)
-        logits = logits.reshape(*logits.shape[:-1], self.stoch, self.classes)
-        return unimix_logits(logits, self.unimix), unimix_probs(logits, self.unimix)
+        logits = out(x).astype(jnp.float32)  # (..., classes, stoch)
+        logits_sc = jnp.swapaxes(unimix_logits(logits, self.unimix, -2), -1, -2)
+        return logits_sc, unimix_probs(logits, self.unimix, -2)
 
     def prior_logits(self, deter: jax.Array) -> jax.Array:
         return self._dist(deter, self.prior_hidden, self.prior_out)[0]
@@ -273,27 +301,32 @@ class RSSM(nn.Module):
         policy_keys, stoch_keys = jnp.swapaxes(jax.vmap(jax.random.split)(keys[:-1]), 0, 1)
         noise = self._noise(stoch_keys, state)
 
+        def outputs(state, key):
+            feat = self.feat(state)
+            action = policy(feat, key)
+            return action, (feat if features else state, action) + (
+                (emit(feat),) if emit is not None else ())
+
+        # The outputs are written into buffers of horizon + 1 steps carried by the scan, the
+        # last state's after it: stacked by the scan, appending the last state would copy the
+        # whole trajectory once more.
+        shapes = jax.eval_shape(outputs, state, keys[-1])[1]
+        buffers = jax.tree.map(lambda s: jnp.zeros((horizon + 1,) + s.shape, s.dtype), shapes)
+        write = lambda bufs, out, t: jax.tree.map(
+            lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, t, 0), bufs, out)
+
         def step(mdl, carry, x):
-            feat = mdl.feat(carry[0])
-            action = policy(feat, x[0])
-            new = mdl._img_step(*carry, action, x[1])
-            out = (feat if features else carry[0], action)
-            return new, out + ((emit(feat),) if emit is not None else ())
+            state, deter_g, bufs, t = carry
+            action, out = outputs(state, x[0])
+            new, new_g = mdl._img_step(state, deter_g, action, x[1])
+            return (new, new_g, write(bufs, out, t), t + 1), None
 
         scan = nn.scan(
             step, variable_broadcast="params", split_rngs={"params": False}, unroll=self.unroll
         )
-        (last, _), (traj, actions, *emitted) = scan(
-            self, (state, self._groups(state.deter)), (policy_keys, noise)
-        )
-        last_feat = self.feat(last)
-        final_action = policy(last_feat, keys[-1])
-        join = lambda s, l: jnp.concatenate([s, l[None]], 0)
-        traj = jax.tree.map(join, traj, last_feat if features else last)
-        actions = join(actions, final_action)
-        out = (traj, actions)
-        if emit is not None:
-            out += (jax.tree.map(join, emitted[0], emit(last_feat)),)
+        start = (state, self._groups(state.deter), buffers, jnp.zeros((), jnp.int32))
+        (last, _, buffers, _), _ = scan(self, start, (policy_keys, noise))
+        out = write(buffers, outputs(last, keys[-1])[1], horizon)
         if time_major:
             return out
         swap = lambda x: jnp.swapaxes(x, 0, 1)

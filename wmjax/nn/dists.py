@@ -113,19 +113,19 @@ _softmax_xent.defvjp(_softmax_xent_fwd, _softmax_xent_bwd)
 # ---------------------------------------------------------------- categorical latents
 
 
-def unimix_probs(logits: jax.Array, unimix: float) -> jax.Array:
-    """softmax(logits) with `unimix` of a uniform distribution mixed in."""
-    probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+def unimix_probs(logits: jax.Array, unimix: float, axis: int = -1) -> jax.Array:
+    """softmax(logits) over the classes on `axis` with `unimix` of a uniform distribution mixed in."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis)
     if unimix <= 0.0:
         return probs
-    return (1.0 - unimix) * probs + unimix / logits.shape[-1]
+    return (1.0 - unimix) * probs + unimix / logits.shape[axis]
 
 
-def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:
+def unimix_logits(logits: jax.Array, unimix: float, axis: int = -1) -> jax.Array:
     """The log-probs of `unimix_probs` (normalised logits of the mixed distribution)."""
     if unimix <= 0.0:
-        return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    return jnp.log(unimix_probs(logits, unimix))
+        return jax.nn.log_softmax(logits.astype(jnp.float32), axis)
+    return jnp.log(unimix_probs(logits, unimix, axis))
 
 
 def straight_through(logits: jax.Array, idx: jax.Array) -> jax.Array:
@@ -143,14 +143,18 @@ def sample_onehot(key: jax.Array, logits: jax.Array) -> jax.Array:
     return straight_through(logits, jax.random.categorical(key, logits, -1))
 
 
-def inverse_cdf_index(probs: jax.Array, u: jax.Array) -> jax.Array:
-    """A sample from each categorical `probs` (classes on the last axis), by inverting its CDF at
-    uniform noise `u` (probs' shape without the class axis) drawn beforehand. One number per
-    categorical instead of a Gumbel per class: a scan's noise then costs a fraction of the
-    random bits and no logarithms."""
-    cdf = jnp.cumsum(sg(probs), -1)
-    idx = jnp.sum(cdf <= u[..., None] * cdf[..., -1:], -1)  # cdf[i-1] <= u < cdf[i]
-    return jnp.minimum(idx, probs.shape[-1] - 1)
+def inverse_cdf_index(probs: jax.Array, u: jax.Array, axis: int = -1) -> jax.Array:
+    """A sample from each categorical `probs` (classes on `axis`), by inverting its CDF at
+    uniform noise `u` (probs' shape without the class axis; it may have more leading axes)
+    drawn beforehand. One number per categorical instead of a Gumbel per class: a scan's noise
+    then costs a fraction of the random bits and no logarithms. `axis` counts from the end."""
+    if axis >= 0:
+        raise ValueError(f"inverse_cdf_index: axis={axis}; allowed: a negative axis (from the end)")
+    n = probs.shape[axis]
+    cdf = jnp.cumsum(sg(probs), axis)
+    total = jax.lax.slice_in_dim(cdf, n - 1, n, axis=probs.ndim + axis)
+    idx = jnp.sum(cdf <= jnp.expand_dims(u, axis) * total, axis)  # cdf[i-1] <= u < cdf[i]
+    return jnp.minimum(idx, n - 1)
 
 
 def mode_onehot(logits: jax.Array) -> jax.Array:
