@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from wmjax.nn.dists import (categorical_kl, inverse_cdf_index, straight_through_probs, unimix_logits,
                             unimix_probs)
-from wmjax.nn.layers import NormAct, dreamer_init
+from wmjax.nn.layers import NormAct, dense, dreamer_init
 
 sg = jax.lax.stop_gradient
 
@@ -75,11 +75,8 @@ class LatentLogits(nn.Module):
         kernel = self.param("kernel", dreamer_init(1.0), (x.shape[-1], n), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (n,), jnp.float32)
         order = lambda p: jnp.swapaxes(p.reshape(*p.shape[:-1], self.stoch, self.classes), -1, -2)
-        kernel, bias = order(kernel).reshape(x.shape[-1], n), order(bias).reshape(n)
-        lead = x.shape[:-1]
-        y = x.reshape(-1, x.shape[-1]).astype(self.dtype) @ kernel.astype(self.dtype)
-        y = y + bias.astype(self.dtype)
-        return y.reshape(*lead, self.classes, self.stoch)
+        y = dense(x, order(kernel).reshape(x.shape[-1], n), order(bias).reshape(n), self.dtype)
+        return y.reshape(*x.shape[:-1], self.classes, self.stoch)
 
 
 class RSSM(nn.Module):

@@ -25,6 +25,14 @@ def dreamer_init(outscale: float = 1.0, batch_axis: tuple[int, ...] = ()) -> nn.
     )
 
 
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Any) -> jax.Array:
+    """x @ kernel + bias in `dtype`, as one 2-D matmul over x's flattened leading axes: for
+    inputs of rank 3 and more, the weight gradient XLA derives from a batched dot transposes
+    the output gradient first (a copy, on CPU)."""
+    y = x.reshape(-1, x.shape[-1]).astype(dtype) @ kernel.astype(dtype)
+    return y.reshape(x.shape[:-1] + kernel.shape[-1:]) + bias.astype(dtype)
+
+
 class Linear(nn.Module):
     """Dense layer computing in `dtype` with float32 parameters."""
 
@@ -38,11 +46,7 @@ class Linear(nn.Module):
             "kernel", dreamer_init(self.outscale), (x.shape[-1], self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        # As one 2-D matmul: for inputs of rank 3 and more, the weight gradient XLA derives
-        # from a batched dot transposes the output gradient first (a copy, on CPU).
-        lead = x.shape[:-1]
-        y = x.reshape(-1, x.shape[-1]).astype(self.dtype) @ kernel.astype(self.dtype)
-        return y.reshape(lead + (self.features,)) + bias.astype(self.dtype)
+        return dense(x, kernel, bias, self.dtype)
 
 
 class RMSNorm(nn.Module):
