@@ -173,9 +173,10 @@ class RSSM(nn.Module):
         return self._ungroup(new_g), new_g
 
     def _dist(self, x: jax.Array, hidden: list, out: nn.Module) -> tuple[jax.Array, jax.Array]:
-        """(log-probs, probs) of the latents, with DreamerV3's 1% uniform mix. The softmax runs
-        over classes laid out as the second-minor axis (see `LatentLogits`), then the results
-        are swapped to (..., stoch, classes)."""
+        """(log-probs (..., stoch, classes), probs (..., classes, stoch)) of the latents, with
+        DreamerV3's 1% uniform mix. The softmax runs over classes on the second-minor axis
+        (see `LatentLogits`); the log-probs are swapped to the state's layout, the probs stay
+        classes-major for `_sample`."""
         for layer in hidden:
             x = layer(x)
         logits = out(x).astype(jnp.float32)  # (..., classes, stoch)
