@@ -230,3 +230,31 @@ def test_linear_weight_gradient_reads_the_output_gradient_in_place():
     dots = re.findall(r"f32\[12,8\]\S* dot\(.*?lhs_contracting_dims=\{(\d)\}, "
                       r"rhs_contracting_dims=\{(\d)\}", hlo)
     assert dots == [("0", "0")], dots
+
+
+@pytest.mark.parametrize("layers", [2, 0])
+def test_mlp_reuses_a_given_first_layer_with_the_same_gradients(layers):
+    """The actor's loss reuses the first layer the policy computed inside the imagination scan
+    (`MLP.first_layer`, `dense_given`): its matmul is not run again, and parameters and input
+    get the gradients of the plain MLP."""
+    mlp = MLP(layers, 16, out=3)
+    x = jax.random.normal(jax.random.key(0), (5, 7, 12))
+    params = mlp.init(jax.random.key(1), x)["params"]
+    first = mlp.first_layer(params, x)
+
+    def loss(p, x, first=None):
+        return jnp.square(mlp.apply({"params": p}, x, first) - 0.3).sum()
+
+    np.testing.assert_allclose(loss(params, x, first), loss(params, x), rtol=1e-6)
+    (gp, gx), (gp_given, gx_given) = (jax.grad(loss, (0, 1))(params, x),
+                                      jax.grad(loss, (0, 1))(params, x, first))
+    np.testing.assert_allclose(gx_given, gx, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(gp_given), jax.tree.leaves(gp)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The given output is what the layer reads (shifted, the result moves) ...
+    assert abs(float(loss(params, x, first + 1.0) - loss(params, x))) > 1e-3
+    # ... and its matmul is gone from the forward pass.
+    dots = lambda *a: str(jax.make_jaxpr(loss)(*a)).count("dot_general")
+    assert dots(params, x, first) == dots(params, x) - 1 == layers
+    with pytest.raises(AssertionError):  # a first layer of the wrong width
+        loss(params, x, first[..., :-1])

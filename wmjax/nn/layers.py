@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,19 +34,47 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Any) -> jax.A
     return y.reshape(x.shape[:-1] + kernel.shape[-1:]) + bias.astype(dtype)
 
 
+@jax.custom_vjp
+def dense_given(y: jax.Array, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """`y`, already computed as `dense(x, kernel, bias)` (e.g. inside a scan with the same
+    parameters), differentiated as that layer: kernel and bias get their gradients from x, x
+    gets its gradient through the kernel, and `y` itself is taken as a constant. Saves the
+    layer's forward matmul where only its gradient is still needed."""
+    return y
+
+
+def _dense_given_fwd(y, x, kernel, bias):
+    return y, (x, kernel, bias)
+
+
+def _dense_given_bwd(res, g):
+    x, kernel, bias = res
+    g2 = g.reshape(-1, g.shape[-1])
+    dx = (g2 @ kernel.T.astype(g.dtype)).reshape(x.shape).astype(x.dtype)
+    dkernel = (x.reshape(-1, x.shape[-1]).astype(g.dtype).T @ g2).astype(kernel.dtype)
+    return jnp.zeros_like(g), dx, dkernel, g2.sum(0).astype(bias.dtype)
+
+
+dense_given.defvjp(_dense_given_fwd, _dense_given_bwd)
+
+
 class Linear(nn.Module):
-    """Dense layer computing in `dtype` with float32 parameters."""
+    """Dense layer computing in `dtype` with float32 parameters. `given` is its output already
+    computed from `x` with these parameters (`dense_given`): used, not recomputed."""
 
     features: int
     outscale: float = 1.0
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, given: jax.Array | None = None) -> jax.Array:
         kernel = self.param(
             "kernel", dreamer_init(self.outscale), (x.shape[-1], self.features), jnp.float32
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        if given is not None:
+            chex.assert_shape(given, x.shape[:-1] + (self.features,))
+            return dense_given(given.astype(self.dtype), x.astype(self.dtype), kernel, bias)
         return dense(x, kernel, bias, self.dtype)
 
 
@@ -70,8 +99,9 @@ class NormAct(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.silu(RMSNorm()(Linear(self.features, dtype=self.dtype)(x)))
+    def __call__(self, x: jax.Array, given: jax.Array | None = None) -> jax.Array:
+        """`given`: the dense layer's output, already computed (see `Linear`)."""
+        return nn.silu(RMSNorm()(Linear(self.features, dtype=self.dtype)(x, given)))
 
 
 class MLP(nn.Module):
@@ -84,13 +114,23 @@ class MLP(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, first: jax.Array | None = None) -> jax.Array:
+        """`first`: the first dense layer's output from `x`, already computed with these
+        parameters (`first_layer`); it is used instead of recomputing that matmul, and the
+        gradients are the same."""
         x = x.astype(self.dtype)
-        for _ in range(self.layers):
-            x = NormAct(self.units, dtype=self.dtype)(x)
+        for i in range(self.layers):
+            x = NormAct(self.units, dtype=self.dtype)(x, first if i == 0 else None)
         if self.out is not None:
-            x = Linear(self.out, outscale=self.outscale, dtype=self.dtype)(x)
+            given = first if self.layers == 0 else None
+            x = Linear(self.out, outscale=self.outscale, dtype=self.dtype)(x, given)
         return x.astype(jnp.float32)
+
+    def first_layer(self, params: dict, x: jax.Array) -> jax.Array:
+        """The first dense layer's output from `x`, read from this MLP's `params` without
+        applying the module (so a scan can emit it for a later `__call__(x, first=...)`)."""
+        layer = params["NormAct_0"]["Linear_0"] if self.layers else params["Linear_0"]
+        return dense(x.astype(self.dtype), layer["kernel"], layer["bias"], self.dtype)
 
 
 def _conv_nhwc(x: jax.Array, w: jax.Array, padding) -> jax.Array:
