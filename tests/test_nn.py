@@ -233,28 +233,44 @@ def test_linear_weight_gradient_reads_the_output_gradient_in_place():
 
 
 @pytest.mark.parametrize("layers", [2, 0])
-def test_mlp_reuses_a_given_first_layer_with_the_same_gradients(layers):
-    """The actor's loss reuses the first layer the policy computed inside the imagination scan
-    (`MLP.first_layer`, `dense_given`): its matmul is not run again, and parameters and input
-    get the gradients of the plain MLP."""
-    mlp = MLP(layers, 16, out=3)
+def test_mlps_sharing_an_input_compute_their_first_layers_as_one(layers):
+    """`shared_dense` computes several MLPs' first layers on the same input as one matmul each
+    way (forward, weight gradient, input gradient), reuses an output given to it, and the MLPs
+    read those outputs (`first=`) with the plain MLPs' values and gradients. The agent runs the
+    actor and the critic this way over the imagined trajectory."""
+    from wmjax.nn.layers import shared_dense
+
+    a, b = MLP(layers, 16, out=3), MLP(1, 9, out=5)
     x = jax.random.normal(jax.random.key(0), (5, 7, 12))
-    params = mlp.init(jax.random.key(1), x)["params"]
-    first = mlp.first_layer(params, x)
+    pa, pb = a.init(jax.random.key(1), x)["params"], b.init(jax.random.key(2), x)["params"]
 
-    def loss(p, x, first=None):
-        return jnp.square(mlp.apply({"params": p}, x, first) - 0.3).sum()
+    def plain(pa, pb, x):
+        return jnp.square(a.apply({"params": pa}, x) - 0.3).sum() + jnp.sin(b.apply({"params": pb}, x)).sum()
 
-    np.testing.assert_allclose(loss(params, x, first), loss(params, x), rtol=1e-6)
-    (gp, gx), (gp_given, gx_given) = (jax.grad(loss, (0, 1))(params, x),
-                                      jax.grad(loss, (0, 1))(params, x, first))
-    np.testing.assert_allclose(gx_given, gx, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(gp_given), jax.tree.leaves(gp)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    # The given output is what the layer reads (shifted, the result moves) ...
-    assert abs(float(loss(params, x, first + 1.0) - loss(params, x))) > 1e-3
-    # ... and its matmul is gone from the forward pass.
-    dots = lambda *a: str(jax.make_jaxpr(loss)(*a)).count("dot_general")
-    assert dots(params, x, first) == dots(params, x) - 1 == layers
-    with pytest.raises(AssertionError):  # a first layer of the wrong width
-        loss(params, x, first[..., :-1])
+    def shared(pa, pb, x, given=None):
+        fa, fb = shared_dense(x, [a.first_params(pa), b.first_params(pb)], [given, None])
+        return (jnp.square(a.apply({"params": pa}, x, fa) - 0.3).sum()
+                + jnp.sin(b.apply({"params": pb}, x, fb)).sum())
+
+    given = a.first_layer(pa, x)
+    grad = lambda f, *extra: jax.grad(f, (0, 1, 2))(pa, pb, x, *extra)
+    for value, g in ((shared(pa, pb, x), grad(shared)), (shared(pa, pb, x, given), grad(shared, given))):
+        np.testing.assert_allclose(value, plain(pa, pb, x), rtol=1e-6)
+        for u, v in zip(jax.tree.leaves(g), jax.tree.leaves(grad(plain))):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
+    # The given output is what the MLP reads (shifted, the result moves) ...
+    assert abs(float(shared(pa, pb, x, given + 1.0) - shared(pa, pb, x, given))) > 1e-3
+    # ... and the matmuls: the plain MLPs' two first layers take two each forward, for the input
+    # gradient and for the weight gradient; shared, one each ...
+    dots = lambda f: str(jax.make_jaxpr(lambda: grad(f))()).count("dot_general")
+    assert dots(plain) - dots(shared) == 3
+    # ... and the forward one leaves out the given layer's columns.
+    widths = [a.first_params(pa)[0].shape[1], 9]
+    forward = lambda *extra: str(jax.make_jaxpr(shared)(pa, pb, x, *extra))
+    assert f"f32[35,{sum(widths)}] = dot_general" in forward()
+    assert f"f32[35,{widths[1]}] = dot_general" in forward(given)
+    assert f"f32[35,{sum(widths)}] = dot_general" not in forward(given)
+    with pytest.raises(AssertionError):  # a first-layer output of the wrong width
+        shared(pa, pb, x, given[..., :-1])
+    with pytest.raises(ValueError, match="2 layers but 1 given"):
+        shared_dense(x, [a.first_params(pa), b.first_params(pb)], [None])

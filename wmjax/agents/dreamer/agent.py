@@ -38,7 +38,7 @@ from wmjax.models.heads import (
 from wmjax.models.rssm import RSSM, RSSMState, kl_loss
 from wmjax.nn.dists import (BoundedNormal, Categorical, TwoHot, softmax_xent, twohot_bins,
                             unimix_logits)
-from wmjax.nn.layers import MLP
+from wmjax.nn.layers import MLP, shared_dense
 
 sg = jax.lax.stop_gradient
 
@@ -108,7 +108,7 @@ class Dreamer:
     def __init__(self, config: DreamerConfig, spec: EnvSpec):
         self.config = c = config
         self.spec = spec
-        dtype = _DTYPES[c.resolved_dtype()]
+        self.dtype = dtype = _DTYPES[c.resolved_dtype()]
         self.image = not spec.is_dict and len(spec.obs_shape) == 3  # (H, W, C) uint8 images
         if spec.is_dict:  # image keys through the CNN, vector keys through the MLP
             split_keys(spec.obs_shapes)  # raises early on keys DreamerV3 cannot stack
@@ -184,8 +184,8 @@ class Dreamer:
     # ------------------------------------------------------------------ helpers
 
     def _policy(self, actor_params: Any, feat: jax.Array, first: jax.Array | None = None):
-        """The policy at `feat`; `first` is the actor's first-layer output there if already
-        computed (`MLP.__call__`)."""
+        """The policy at `feat`; `first`, the actor's first-layer output there computed by the
+        caller (see `MLP.__call__`)."""
         raw = self.actor.apply({"params": actor_params}, feat, first)
         if self.spec.discrete:
             mix = self.config.actor_unimix  # static: 0 leaves the logits (and runs) as they were
@@ -379,7 +379,13 @@ class Dreamer:
         img_feat = sg(img_feat)
 
         # ---- actor-critic on the imagined trajectories
-        critic_logits = self._apply(params, "critic", img_feat)
+        # The actor's and the critic's first layers read the same features: one weight-gradient
+        # matmul for both (`shared_dense`), and the actor's output is the rollout's.
+        actor_first, critic_first = shared_dense(
+            img_feat.astype(self.dtype),
+            [self.actor.first_params(params["actor"]), self.critic.first_params(params["critic"])],
+            [sg(actor_first), None])
+        critic_logits = self._apply(params, "critic", img_feat, critic_first)
         value = self.twohot.mean(critic_logits)
         slow_value = slow_value[:-1]
         weight = sg(jnp.cumprod(img_con, 0))[:-1]
@@ -390,8 +396,7 @@ class Dreamer:
         adv = sg((ret - value[:-1]) / scale)
         # The actor reads every state and its output is sliced: slicing the (H + 1, N, feat)
         # input instead copies it (the update measured 2% slower).
-        dist = jax.tree.map(lambda x: x[:-1],
-                            self._policy(params["actor"], img_feat, sg(actor_first)))
+        dist = jax.tree.map(lambda x: x[:-1], self._policy(params["actor"], img_feat, actor_first))
         if self.spec.discrete:
             taken = jnp.argmax(img_action[:-1], -1)
         else:
