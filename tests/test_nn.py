@@ -238,7 +238,7 @@ def test_mlps_sharing_an_input_compute_their_first_layers_as_one(layers):
     way (forward, weight gradient, input gradient), reuses an output given to it, and the MLPs
     read those outputs (`first=`) with the plain MLPs' values and gradients. The agent runs the
     actor and the critic this way over the imagined trajectory."""
-    from wmjax.nn.layers import shared_dense
+    from wmjax.nn import shared_dense
 
     a, b = MLP(layers, 16, out=3), MLP(1, 9, out=5)
     x = jax.random.normal(jax.random.key(0), (5, 7, 12))

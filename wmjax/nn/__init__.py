@@ -12,10 +12,10 @@ from wmjax.nn.dists import (
     twohot_bins,
     unimix_logits,
 )
-from wmjax.nn.layers import MLP, Linear, NormAct, RMSNorm, dreamer_init
+from wmjax.nn.layers import MLP, Linear, NormAct, RMSNorm, dreamer_init, shared_dense
 
 __all__ = [
     "BoundedNormal", "Categorical", "Linear", "MLP", "NormAct", "RMSNorm", "TwoHot",
-    "categorical_kl", "dreamer_init", "mode_onehot", "sample_onehot", "softmax_xent", "symexp", "symlog",
-    "twohot_bins", "unimix_logits",
+    "categorical_kl", "dreamer_init", "mode_onehot", "sample_onehot", "shared_dense", "softmax_xent",
+    "symexp", "symlog", "twohot_bins", "unimix_logits",
 ]
