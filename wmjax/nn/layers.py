@@ -55,7 +55,7 @@ def shared_dense(x: jax.Array, layers: list[tuple[jax.Array, jax.Array]],
 
 
 def _split_columns(y: jax.Array, widths: list[int]) -> list[jax.Array]:
-    return jnp.split(y, list(np.cumsum(widths)[:-1]), -1) if len(widths) > 1 else [y]
+    return jnp.split(y, list(np.cumsum(widths)[:-1]), -1)
 
 
 @jax.custom_vjp
@@ -77,9 +77,9 @@ def _shared_dense_fwd(x, layers, given):
 
 def _shared_dense_bwd(res, gs):
     x, layers, given = res
-    g = jnp.concatenate(gs, -1) if len(gs) > 1 else gs[0]
+    g = jnp.concatenate(gs, -1)
     g = g.reshape(-1, g.shape[-1])
-    kernel = jnp.concatenate([k for k, _ in layers], -1) if len(layers) > 1 else layers[0][0]
+    kernel = jnp.concatenate([k for k, _ in layers], -1)
     dx = (g @ kernel.T.astype(g.dtype)).reshape(x.shape).astype(x.dtype)
     dkernel = x.reshape(-1, x.shape[-1]).astype(g.dtype).T @ g
     widths = [k.shape[-1] for k, _ in layers]

@@ -374,7 +374,7 @@ class Dreamer:
                     self._slow_value(slow_critic, f),
                     self.actor.first_layer(frozen["actor"], f))
 
-        img_feat, img_action, (img_rew, img_con, slow_value, actor_first) = self.imagine(
+        img_feat, img_action, (img_rew, img_con, slow_value, rollout_first) = self.imagine(
             frozen, starts, jax.random.fold_in(key_img, 1), time_major=True, emit=frozen_heads)
         img_feat = sg(img_feat)
 
@@ -384,7 +384,7 @@ class Dreamer:
         actor_first, critic_first = shared_dense(
             img_feat.astype(self.dtype),
             [self.actor.first_params(params["actor"]), self.critic.first_params(params["critic"])],
-            [sg(actor_first), None])
+            [sg(rollout_first), None])
         critic_logits = self._apply(params, "critic", img_feat, critic_first)
         value = self.twohot.mean(critic_logits)
         slow_value = slow_value[:-1]
