@@ -131,7 +131,8 @@ class RSSM(nn.Module):
         return jnp.moveaxis(deter_g, 0, -2).reshape(*deter_g.shape[1:-1], self.deter)
 
     def _core(
-        self, deter: jax.Array, deter_g: jax.Array, stoch: jax.Array, action: jax.Array
+        self, deter: jax.Array, deter_g: jax.Array, stoch: jax.Array, action: jax.Array,
+        action_in: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Block GRU: each of `blocks` groups sees its deter slice and all three input projections.
 
@@ -141,10 +142,11 @@ class RSSM(nn.Module):
         scans carry both, because on CPU XLA otherwise fuses the gates into a transposing write
         that costs several times the gates themselves.
         """
-        action = action / sg(jnp.maximum(1.0, jnp.abs(action)))
+        if action_in is None:
+            action_in = self._action_input(action)
         stoch = stoch.reshape(*stoch.shape[:-2], -1)
         proj = jnp.concatenate(
-            [self.in_deter(deter), self.in_stoch(stoch), self.in_action(action)], -1
+            [self.in_deter(deter), self.in_stoch(stoch), action_in], -1
         ).astype(self.dtype)
         size = self.deter // self.blocks
         batch = deter.shape[:-1]
@@ -171,6 +173,10 @@ class RSSM(nn.Module):
         update = jax.nn.sigmoid(update - 1.0)
         new_g = update * cand + (1.0 - update) * deter_g
         return self._ungroup(new_g), new_g
+
+    def _action_input(self, action: jax.Array) -> jax.Array:
+        """The GRU's action input: the action bounded by a / max(1, |a|), projected."""
+        return self.in_action(action / sg(jnp.maximum(1.0, jnp.abs(action))))
 
     def _dist(self, x: jax.Array, hidden: list, out: nn.Module) -> tuple[jax.Array, jax.Array]:
         """(log-probs (..., stoch, classes), probs (..., classes, stoch)) of the latents, with
@@ -228,10 +234,10 @@ class RSSM(nn.Module):
         stoch = _sample(probs, noise)
         return RSSMState(deter, stoch, logits), deter_g
 
-    def _obs_step(self, state, deter_g, action, embed, is_first, noise):
+    def _obs_step(self, state, deter_g, action, embed, is_first, noise, action_in=None):
         state, action = _reset((state, action), is_first)
         deter_g = jnp.where(is_first[..., None], 0.0, deter_g)  # (g, batch, size) vs (batch,)
-        deter, deter_g = self._core(state.deter, deter_g, state.stoch, action)
+        deter, deter_g = self._core(state.deter, deter_g, state.stoch, action, action_in)
         logits, probs = self._dist(jnp.concatenate([deter, embed], -1), self.post_hidden,
                                    self.post_out)
         stoch = _sample(probs, noise)
@@ -259,10 +265,14 @@ class RSSM(nn.Module):
         if state is None:
             state = self.initial(batch)
         noise = self._noise(jax.random.split(key, length), state)
-        xs = (jnp.swapaxes(embed, 0, 1), jnp.swapaxes(action, 0, 1), is_first.T, noise)
+        # The action input does not depend on the state: projected for all steps at once, out
+        # of the scan (the action zeroed where is_first, as `_obs_step` resets it).
+        action_in = self._action_input(_reset(action, is_first))
+        xs = (jnp.swapaxes(embed, 0, 1), jnp.swapaxes(action, 0, 1), is_first.T, noise,
+              jnp.swapaxes(action_in, 0, 1))
 
         def step(mdl, carry, x):
-            new = mdl._obs_step(*carry, x[1], x[0], x[2], x[3])
+            new = mdl._obs_step(*carry, x[1], x[0], x[2], x[3], x[4])
             return new, new[0]
 
         scan = nn.scan(
