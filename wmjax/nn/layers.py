@@ -41,9 +41,9 @@ def shared_dense(x: jax.Array, layers: list[tuple[jax.Array, jax.Array]],
     one: a single matmul for the outputs not `given`, a single one for all kernels' gradients
     and a single one for x's. On CPU the weight gradient of a narrow layer over many rows (a
     640 x 64 kernel over 17,408 imagined states) ran at a third of the matmul peak; two of them
-    side by side as one matmul took 14.9 ms against 11.1 for one alone. A `given` output is one already computed from `x` with
-    these parameters (e.g. inside a scan): it is used, not recomputed, and still differentiated
-    as the layer. Computes in x's dtype."""
+    side by side as one matmul took 14.9 ms against 11.1 for one alone. A `given` output is
+    one already computed from `x` with these parameters (e.g. inside a scan): it is used, not
+    recomputed, and still differentiated as the layer. Computes in x's dtype."""
     given = [None] * len(layers) if given is None else list(given)
     if len(given) != len(layers):
         raise ValueError(f"shared_dense: {len(layers)} layers but {len(given)} given outputs")
