@@ -235,6 +235,8 @@ class RSSM(nn.Module):
         return RSSMState(deter, stoch, logits), deter_g
 
     def _obs_step(self, state, deter_g, action, embed, is_first, noise, action_in=None):
+        """`action_in`: the action input already projected from the reset action (`observe`);
+        `action` may then be None."""
         state, action = _reset((state, action), is_first)
         deter_g = jnp.where(is_first[..., None], 0.0, deter_g)  # (g, batch, size) vs (batch,)
         deter, deter_g = self._core(state.deter, deter_g, state.stoch, action, action_in)
@@ -268,11 +270,10 @@ class RSSM(nn.Module):
         # The action input does not depend on the state: projected for all steps at once, out
         # of the scan (the action zeroed where is_first, as `_obs_step` resets it).
         action_in = self._action_input(_reset(action, is_first))
-        xs = (jnp.swapaxes(embed, 0, 1), jnp.swapaxes(action, 0, 1), is_first.T, noise,
-              jnp.swapaxes(action_in, 0, 1))
+        xs = (jnp.swapaxes(embed, 0, 1), is_first.T, noise, jnp.swapaxes(action_in, 0, 1))
 
         def step(mdl, carry, x):
-            new = mdl._obs_step(*carry, x[1], x[0], x[2], x[3], x[4])
+            new = mdl._obs_step(*carry, None, x[0], x[1], x[2], x[3])  # the action: in x[3]
             return new, new[0]
 
         scan = nn.scan(
