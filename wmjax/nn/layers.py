@@ -153,6 +153,8 @@ class MLP(nn.Module):
         layer's gradient; the layer is then not applied here."""
         x = x.astype(self.dtype)
         if first is not None:
+            if not self.layers and self.out is None:
+                raise ValueError("MLP: `first` given to an MLP with no layers and no output layer")
             chex.assert_shape(first, x.shape[:-1] + (self.units if self.layers else self.out,))
             first = first.astype(self.dtype)
         for i in range(self.layers):
