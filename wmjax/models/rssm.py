@@ -276,6 +276,12 @@ class RSSM(nn.Module):
             new = mdl._obs_step(*carry, None, x[0], x[1], x[2], x[3])  # the action: in x[3]
             return new, new[0]
 
+        # Differentiated, the scan would stack each step's intermediates for the backward pass,
+        # some sixty small writes per step on 16 rows (size1m), each an op of its own. Saving
+        # only the plain matmuls' outputs, the backward pass recomputes the rest inside its own
+        # fused ops: the update measured 3% faster at size1m and 5% at size12m.
+        step = nn.remat(step, prevent_cse=False,
+                        policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         scan = nn.scan(
             step, variable_broadcast="params", split_rngs={"params": False}, unroll=self.unroll
         )
