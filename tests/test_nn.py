@@ -84,6 +84,38 @@ def test_softmax_xent_matches_autodiff_of_the_plain_formula():
                                -(th.target(x) * jax.nn.log_softmax(logits[0, :3])).sum(-1), rtol=1e-5)
 
 
+def test_twohot_target_finds_the_bins_either_side_by_binary_search():
+    """`TwoHot.target` finds its bins by binary search; it must give the two-hot encoding that
+    comparing with every bin gives, also on the bins themselves, beyond both ends and at zero."""
+    th = TwoHot(twohot_bins(255))
+    on_bins = th.bins[jnp.array([0, 1, 126, 127, 128, 200, 253, 254])]
+    x = jnp.concatenate([on_bins, on_bins * (1 + 1e-6), on_bins * (1 - 1e-6),
+                         jnp.array([1e12, -1e12, 0.0, -0.0, 3.3, -0.01])])
+    below = jnp.clip(jnp.sum(th.bins <= x[..., None], -1) - 1, 0, 254)
+    above = jnp.clip(below + 1, 0, 254)
+    lo, hi = th.bins[below], th.bins[above]
+    w_hi = jnp.where(below == above, 0.0, jnp.abs(lo - x) / (jnp.abs(lo - x) + jnp.abs(hi - x)))
+    expected = (jax.nn.one_hot(below, 255) * (1.0 - w_hi)[:, None]
+                + jax.nn.one_hot(above, 255) * w_hi[:, None])
+    np.testing.assert_allclose(th.target(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_twohot_readout_and_xent_can_share_a_logsumexp():
+    """The critic's value readout and loss share one logsumexp over the bins: given it, both
+    give what they give without it, gradients included."""
+    th = TwoHot(twohot_bins(255))
+    logits = 3.0 * jax.random.normal(jax.random.key(0), (4, 6, 255))
+    lse = jax.nn.logsumexp(logits, -1)
+    np.testing.assert_allclose(th.mean(logits, lse), th.mean(logits), rtol=1e-5, atol=1e-4)
+    target = th.target(jnp.linspace(-50.0, 80.0, 24).reshape(4, 6))
+    own = lambda z: softmax_xent(z, target).sum()
+    shared = lambda z: softmax_xent(z, target, jax.nn.logsumexp(z, -1)).sum()
+    np.testing.assert_allclose(shared(logits), own(logits), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(shared)(logits), jax.grad(own)(logits), rtol=1e-6)
+    with pytest.raises(AssertionError):  # an lse of the wrong shape is refused
+        softmax_xent(logits, target, lse[0])
+
+
 def test_unimix_keeps_one_percent_floor():
     logits = jnp.array([[100.0, -100.0, -100.0, -100.0]])
     probs = jnp.exp(unimix_logits(logits, 0.01))

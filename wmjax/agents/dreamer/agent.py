@@ -198,12 +198,14 @@ class Dreamer:
             return jax.nn.one_hot(action, self.spec.num_actions, dtype=jnp.float32)
         return jnp.clip(action, -1.0, 1.0)
 
-    def _value_xent(self, logits: jax.Array, ret: jax.Array, slow: jax.Array, hyper: dict):
+    def _value_xent(self, logits: jax.Array, ret: jax.Array, slow: jax.Array, hyper: dict,
+                    lse: jax.Array | None = None):
         """The critic's loss: cross-entropy against the return's two-hot encoding, plus `slowreg`
         times that against the slow critic's value. Both targets are fixed, so it is one
-        cross-entropy against their weighted sum (the same loss and gradient, half the work)."""
+        cross-entropy against their weighted sum (the same loss and gradient, half the work).
+        `lse`: the logits' logsumexp, if the value readout computed it already."""
         target = self.twohot.target(ret) + hyper["slowreg"] * self.twohot.target(slow)
-        return softmax_xent(logits, target)
+        return softmax_xent(logits, target, lse)
 
     def _slow_value(self, slow_critic: Any, feat: jax.Array) -> jax.Array:
         """The slow critic's (the critic's EMA) value of features, the target of `slowreg`."""
@@ -386,7 +388,10 @@ class Dreamer:
             [self.actor.first_params(params["actor"]), self.critic.first_params(params["critic"])],
             [sg(rollout_first), None])
         critic_logits = self._apply(params, "critic", img_feat, critic_first)
-        value = self.twohot.mean(critic_logits)
+        # The value readout and the critic's loss share one logsumexp over the bins (the value
+        # takes no gradient): over every imagined state, each pass over the bins counts.
+        critic_lse = jax.nn.logsumexp(sg(critic_logits), -1)
+        value = self.twohot.mean(sg(critic_logits), critic_lse)
         slow_value = slow_value[:-1]
         weight = sg(jnp.cumprod(img_con, 0))[:-1]
         ret = sg(lambda_return(jnp.zeros_like(img_con), 1.0 - img_con, img_rew, sg(value), 1.0,
@@ -404,7 +409,8 @@ class Dreamer:
         logpi = dist.log_prob(sg(taken))
         entropy = dist.entropy()
         policy_loss = (weight * -(logpi * adv + h["actent"] * entropy)).mean()
-        value_loss = (weight * self._value_xent(critic_logits[:-1], ret, slow_value, h)).mean()
+        value_loss = (weight * self._value_xent(critic_logits[:-1], ret, slow_value, h,
+                                                critic_lse[:-1])).mean()
 
         # ---- replay value loss: lambda-returns on the real sequence, bootstrapped from imagination
         rep_logits = self._apply(params, "critic", feat)  # gradient reaches the world model
