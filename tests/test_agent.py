@@ -266,3 +266,29 @@ def test_actor_unimix_puts_a_floor_under_every_discrete_action():
         assert abs(share - floor) < 0.03 and (share > 0) == (mix > 0)
     with pytest.raises(ValueError, match="actor_unimix"):
         DreamerConfig.preset("tiny", actor_unimix=1.0)
+
+
+def test_imagined_value_loss_is_the_mean_over_all_but_the_last_state():
+    """The critic's loss on imagination runs over all H + 1 states with the last weighted 0 (no
+    slice of the logits); it must equal, with its gradient, the weighted cross-entropy of the
+    first H states against their returns and slow values, averaged over those H."""
+    agent, _ = _agent("CartPole-v1")
+    H, N = 4, 6
+    ks = jax.random.split(jax.random.key(0), 4)
+    logits = 2.0 * jax.random.normal(ks[0], (H + 1, N, agent.config.num_bins))
+    ret = 5.0 * jax.random.normal(ks[1], (H, N))
+    slow = 5.0 * jax.random.normal(ks[2], (H + 1, N))
+    weight = jax.random.uniform(ks[3], (H, N))
+    hyper = agent.hyper({"slowreg": 0.7})
+
+    def padded(z):
+        return agent._imagined_value_loss(z, jax.nn.logsumexp(z, -1), ret, slow, weight, hyper)
+
+    def sliced(z):
+        target = agent.twohot.target(ret) + 0.7 * agent.twohot.target(slow[:-1])
+        return (weight * -(target * jax.nn.log_softmax(z[:-1], -1)).sum(-1)).mean()
+
+    np.testing.assert_allclose(padded(logits), sliced(logits), rtol=1e-5)
+    grad = jax.grad(padded)(logits)
+    np.testing.assert_allclose(grad, jax.grad(sliced)(logits), rtol=1e-4, atol=1e-8)
+    assert not bool(jnp.any(grad[-1]))  # no gradient from the last state

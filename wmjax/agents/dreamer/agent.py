@@ -207,6 +207,17 @@ class Dreamer:
         target = self.twohot.target(ret) + hyper["slowreg"] * self.twohot.target(slow)
         return softmax_xent(logits, target, lse)
 
+    def _imagined_value_loss(self, logits: jax.Array, lse: jax.Array, ret: jax.Array,
+                             slow: jax.Array, weight: jax.Array, hyper: dict) -> jax.Array:
+        """The critic's loss on an imagined trajectory: time-major `logits`, their `lse` and
+        the `slow` critic's values for the H + 1 states, `ret` and `weight` for the first H.
+        The mean over those H states of the weighted `_value_xent`, taken over all H + 1 with
+        the last weighted 0: slicing the logits to H copied them, and the slice's gradient
+        padded them back, two passes over every imagined state's bins."""
+        last0 = lambda x: jnp.pad(x, ((0, 1),) + ((0, 0),) * (x.ndim - 1))
+        xent = self._value_xent(logits, last0(ret), slow, hyper, lse)
+        return (last0(weight) * xent).sum() / weight.size
+
     def _slow_value(self, slow_critic: Any, feat: jax.Array) -> jax.Array:
         """The slow critic's (the critic's EMA) value of features, the target of `slowreg`."""
         return self.twohot.mean(self.critic.apply({"params": slow_critic}, feat))
@@ -392,7 +403,6 @@ class Dreamer:
         # takes no gradient): over every imagined state, each pass over the bins counts.
         critic_lse = jax.nn.logsumexp(sg(critic_logits), -1)
         value = self.twohot.mean(sg(critic_logits), critic_lse)
-        slow_value = slow_value[:-1]
         weight = sg(jnp.cumprod(img_con, 0))[:-1]
         ret = sg(lambda_return(jnp.zeros_like(img_con), 1.0 - img_con, img_rew, sg(value), 1.0,
                                c.lam, axis=0))
@@ -409,8 +419,8 @@ class Dreamer:
         logpi = dist.log_prob(sg(taken))
         entropy = dist.entropy()
         policy_loss = (weight * -(logpi * adv + h["actent"] * entropy)).mean()
-        value_loss = (weight * self._value_xent(critic_logits[:-1], ret, slow_value, h,
-                                                critic_lse[:-1])).mean()
+        value_loss = self._imagined_value_loss(critic_logits, critic_lse, ret, slow_value,
+                                               weight, h)
 
         # ---- replay value loss: lambda-returns on the real sequence, bootstrapped from imagination
         rep_logits = self._apply(params, "critic", feat)  # gradient reaches the world model
