@@ -231,6 +231,37 @@ def make_loop(kind: str, cfg: TrainConfig):
     raise ValueError(f"unknown loop {kind!r}; allowed: fused, host, fusedN (N devices)")
 
 
+def warm_loop(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: int, min_updates: int,
+              kind: str = "fused", env: str = "CartPole-v1", *, train_config=TrainConfig,
+              make=make_loop):
+    """The fused loop with chunks of at least `min_updates` updates per seed, run until its
+    replay is full enough that every chunk trains fully. `train_config` and `make` build it
+    (another revision's, in update_ab.py --loop). Returns (a function that runs one more chunk
+    and returns its metrics, env steps and updates per seed in a chunk, the first chunk's
+    seconds with its compile, the first full chunk's metrics)."""
+    B, T = agent_cfg.batch_size, agent_cfg.batch_length
+    upd_per_vec_step = envs * ratio / (B * T)
+    iters = max(1, math.ceil(min_updates / upd_per_vec_step))
+    cfg = train_config(env=env, num_envs=envs, seeds=seeds, steps=10**9,
+                       train_ratio=ratio, replay_size=max(envs * (T + 1), 64 * 1024),
+                       chunk_steps=iters * envs, agent=agent_cfg)
+    trainer = make(kind, cfg)
+    state = trainer.init(jax.random.key(0))
+    t0 = time.perf_counter()
+    state, m = trainer.train_chunk(state)
+    jax.block_until_ready(m)
+    first_chunk = time.perf_counter() - t0
+    while int(m["updates"][0]) == 0 or int(m["chunk_updates"][0]) < int(
+            math.floor(upd_per_vec_step * iters)):  # fill replay until every chunk trains fully
+        state, m = trainer.train_chunk(state)
+
+    def chunk():
+        nonlocal state
+        state, metrics = trainer.train_chunk(state)
+        return metrics
+    return chunk, iters * envs, int(m["chunk_updates"][0]), first_chunk, jax.device_get(m)
+
+
 def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: int,
                     min_updates: int, kind: str = "fused", timed_chunks: int = 3,
                     env: str = "CartPole-v1", *, bare) -> dict:
@@ -240,33 +271,13 @@ def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: in
     Each timed chunk is followed by as many bare updates (`bare`, from `bare_updates`), timed:
     the loop's overhead is the median of the chunk / bare ratios, each pair seconds apart, so
     a drift of the machine's speed does not pass for overhead."""
-    B, T = agent_cfg.batch_size, agent_cfg.batch_length
-    upd_per_vec_step = envs * ratio / (B * T)
-    iters = max(1, math.ceil(min_updates / upd_per_vec_step))
-    cfg = TrainConfig(env=env, num_envs=envs, seeds=seeds, steps=10**9,
-                      train_ratio=ratio, replay_size=max(envs * (T + 1), 64 * 1024),
-                      chunk_steps=iters * envs, agent=agent_cfg)
-    trainer = make_loop(kind, cfg)
-    state = trainer.init(jax.random.key(0))
-    t0 = time.perf_counter()
-    state, m = trainer.train_chunk(state)
-    jax.block_until_ready(m)
-    first_chunk = time.perf_counter() - t0
-    while int(m["updates"][0]) == 0 or int(m["chunk_updates"][0]) < int(
-            math.floor(upd_per_vec_step * iters)):  # fill replay until every chunk trains fully
-        state, m = trainer.train_chunk(state)
-    updates = int(m["chunk_updates"][0])  # per seed, the same in every full chunk
-
-    def chunk():
-        nonlocal state
-        state, metrics = trainer.train_chunk(state)
-        return metrics
+    chunk, steps, updates, first_chunk, _ = warm_loop(agent_cfg, ratio, seeds, envs, min_updates,
+                                                      kind, env)
     # Each chunk followed at once by as many bare updates.
     timed = round_robin({"chunk": chunk, "bare": lambda: bare(updates)}, timed_chunks)
     times, bare_times = timed["chunk"], timed["bare"]
     overheads = [c / b - 1.0 for c, b in zip(times, bare_times)]
     dt = statistics.median(times)
-    steps = iters * envs
     return dict(first_chunk_s=round(first_chunk, 2), chunk_s=dt, chunk_s_each=times,
                 env_steps_per_seed=steps, updates_per_seed=updates,
                 env_steps_per_s=steps * seeds / dt, updates_per_s=updates * seeds / dt,

@@ -15,12 +15,21 @@ were 4% faster plain and 38% slower vmapped over one seed.
     python benchmarks/update_ab.py --base HEAD~1
     python benchmarks/update_ab.py --base 5c0c42e --rounds 30 --set imag_starts=256
     python benchmarks/update_ab.py --base-dir ../other_checkout
+
+`--loop` times chunks of the fused training loop instead (acting, replay and updates, as
+throughput.py runs it: `--train-ratio`, `--envs`, at least `--min-updates` updates a chunk), both
+loops built in one process and their chunks timed round-robin: the env steps/s that issue #2's
+target is about, compared within rounds. The metrics compared are those of each loop's first
+full chunk.
+
+    python benchmarks/update_ab.py --base HEAD~3 --loop --rounds 20
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import io
+import math
 import os
 import re
 import shutil
@@ -35,9 +44,10 @@ import jax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.throughput import (  # noqa: E402
-    _fixed_batch, add_comparison_args, comparison_setup, print_comparison_header, round_robin,
-    timed_how, timed_update, write_comparison)
+    _fixed_batch, add_comparison_args, comparison_setup, make_loop, print_comparison_header,
+    round_robin, timed_how, timed_update, warm_loop, write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
+from wmjax.config import TrainConfig  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
 BASE_NAME = "wmjax_base"
@@ -90,9 +100,19 @@ def main(argv: list[str] | None = None) -> dict:
     base.add_argument("--base", metavar="REV", help="a git revision, e.g. HEAD~1")
     base.add_argument("--base-dir", metavar="DIR", help="a folder holding a wmjax package")
     add_comparison_args(ap, rounds=20, out="benchmarks/results/update_ab.json", seeds=True)
+    ap.add_argument("--loop", action="store_true",
+                    help="time chunks of the fused training loop, not bare updates")
+    ap.add_argument("--train-ratio", type=float, default=32.0, help="with --loop (default 32)")
+    ap.add_argument("--envs", type=int, default=16, help="with --loop: envs per seed (default 16)")
+    ap.add_argument("--min-updates", type=int, default=4,
+                    help="with --loop: updates per seed in a chunk (default 4)")
     args = ap.parse_args(argv)
     overrides, config, spec = comparison_setup(ap, args)
     label = args.base or args.base_dir
+    if args.loop and (args.seeds < 1 or args.envs < 1 or args.min_updates < 1
+                      or args.train_ratio <= 0):
+        ap.error(f"--loop needs --seeds, --envs and --min-updates >= 1 and --train-ratio > 0; "
+                 f"got {args.seeds}, {args.envs}, {args.min_updates} and {args.train_ratio}")
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -110,27 +130,50 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"the base ({label}) cannot build this agent: {e}")
         finally:
             sys.path.remove(tmp)
-        tree_agent = Dreamer(config, spec)
-        batch = _fixed_batch(tree_agent)  # one batch for both
         updates, metrics = {}, {}
-        for name, agent in {"base": old_agent, "tree": tree_agent}.items():
-            step, step_args, one_seed = timed_update(agent, args.seeds, batch)
-            fn = step.lower(*step_args).compile()
-            updates[name] = lambda fn=fn, step_args=step_args: fn(*step_args)
-            metrics[name] = one_seed(jax.device_get(updates[name]()[1]))
+        if args.loop:
+            old_loop = importlib.import_module(BASE_NAME + ".loop")
+            builds = {"base": (old_agent.config, old.TrainConfig,
+                               lambda kind, cfg: old_loop.make_train(cfg)),
+                      "tree": (config, TrainConfig, make_loop)}
+            for name, (agent_cfg, train_config, make) in builds.items():
+                chunk, steps, n_updates, _, first = warm_loop(
+                    agent_cfg, args.train_ratio, args.seeds, args.envs, args.min_updates,
+                    env=args.env, train_config=train_config, make=make)
+                updates[name] = chunk
+                metrics[name] = {k: v[0] for k, v in first.items()  # seed 0's finite scalars
+                                 if getattr(v, "ndim", 0) == 1 and math.isfinite(v[0])}
+        else:
+            tree_agent = Dreamer(config, spec)
+            batch = _fixed_batch(tree_agent)  # one batch for both
+            for name, agent in {"base": old_agent, "tree": tree_agent}.items():
+                step, step_args, one_seed = timed_update(agent, args.seeds, batch)
+                fn = step.lower(*step_args).compile()
+                updates[name] = lambda fn=fn, step_args=step_args: fn(*step_args)
+                metrics[name] = one_seed(jax.device_get(updates[name]()[1]))
         times = round_robin(updates, args.rounds)
 
     ratios = [t / b for t, b in zip(times["tree"], times["base"])]
     gap, gap_name = metric_gap(metrics["base"], metrics["tree"])
     rows = [dict(version=name, median_s=statistics.median(ts), min_s=min(ts), times_s=ts)
             for name, ts in times.items()]
-    print_comparison_header(args, f"; base {label}; {timed_how(args.seeds)}")
+    if args.loop:
+        how = (f"chunks of the fused loop, ratio {args.train_ratio:g}, {args.envs} envs, "
+               f"{steps} env steps and {n_updates} updates per seed a chunk, {args.seeds} seed(s)")
+        for r in rows:
+            r["env_steps_per_s"] = steps * args.seeds / r["median_s"]
+    else:
+        how = timed_how(args.seeds)
+    print_comparison_header(args, f"; base {label}; {how}")
     for r in rows:
-        print(f"{r['version']:5s} median {1e3 * r['median_s']:6.0f} ms  min {1e3 * r['min_s']:6.0f} ms")
+        rate = f"  {r['env_steps_per_s']:6.1f} env steps/s" if args.loop else ""
+        print(f"{r['version']:5s} median {1e3 * r['median_s']:6.0f} ms  min {1e3 * r['min_s']:6.0f} ms"
+              + rate)
     print(f"tree / base, median of the rounds' ratios: x{statistics.median(ratios):.3f} "
           f"(rounds: {min(ratios):.2f}-{max(ratios):.2f})")
     print(f"metrics: largest relative difference {gap:.2e} ({gap_name})")
-    return write_comparison(args, rows, base=label, seeds=args.seeds, ratio=statistics.median(ratios),
+    return write_comparison(args, rows, base=label, seeds=args.seeds, loop=args.loop,
+                            ratio=statistics.median(ratios),
                             ratios=ratios, metric_gap=gap, metric_gap_name=gap_name)
 
 

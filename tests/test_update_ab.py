@@ -24,6 +24,18 @@ def test_base_folder_is_timed_against_the_tree(tmp_path):
     assert plain["metric_gap"] == 0.0 and json.load(open(out))["seeds"] == 0
 
 
+def test_loop_chunks_are_timed_against_the_tree(tmp_path):
+    """--loop builds both fused training loops and times their chunks: the same code on both
+    sides gives the same first chunk, and each row reports its env steps/s."""
+    out = tmp_path / "loop.json"
+    result = main(["--base-dir", ROOT, "--preset", "tiny", "--loop", "--rounds", "2",
+                   "--envs", "2", "--train-ratio", "64", "--out", str(out)])
+    saved = json.load(open(out))
+    assert saved["loop"] is True and len(saved["ratios"]) == 2
+    assert all(r["env_steps_per_s"] > 0 for r in saved["rows"])
+    assert result["metric_gap"] == 0.0 and result["metric_gap_name"]
+
+
 def test_exported_base_imports_only_itself(tmp_path):
     pkg = export_base(None, ROOT, str(tmp_path))
     for root, _, files in os.walk(pkg):
@@ -43,6 +55,9 @@ def test_bad_base_and_rounds_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--base-dir", ROOT, "--preset", "tiny", "--seeds", "-1"])
     assert "--seeds -1; allowed: >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--base-dir", ROOT, "--preset", "tiny", "--loop", "--envs", "0"])
+    assert "--loop needs --seeds, --envs and --min-updates >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--preset", "tiny"])
     assert "one of the arguments --base --base-dir is required" in capsys.readouterr().err
