@@ -114,6 +114,8 @@ def test_twohot_readout_and_xent_can_share_a_logsumexp():
     np.testing.assert_allclose(jax.grad(shared)(logits), jax.grad(own)(logits), rtol=1e-6)
     with pytest.raises(AssertionError):  # an lse of the wrong shape is refused
         softmax_xent(logits, target, lse[0])
+    with pytest.raises(AssertionError):
+        th.mean(logits, lse[..., None])
 
 
 def test_unimix_keeps_one_percent_floor():

@@ -53,7 +53,7 @@ class TwoHot(NamedTuple):
         4.85e8) and read a zero-initialised head as 0.11.
 
         `lse`: logsumexp(logits) over the bins, when the caller has it (`softmax_xent` can
-        share it); the softmax is then exp(logits - lse), one pass instead of three."""
+        share it); the softmax is then exp(logits - lse), without its own max and sum."""
         m = (self.bins.shape[0] - 1) // 2
         if not isinstance(self.bins, jax.core.Tracer):  # checked when tracing, not per call
             bins = np.asarray(self.bins)
@@ -64,6 +64,7 @@ class TwoHot(NamedTuple):
         if lse is None:
             probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
         else:
+            chex.assert_shape(lse, logits.shape[:-1])
             probs = jnp.exp(logits.astype(jnp.float32) - lse[..., None])
         return ((probs[..., m + 1:] - probs[..., :m][..., ::-1]) * self.bins[m + 1:]).sum(-1)
 
