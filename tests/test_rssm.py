@@ -205,18 +205,21 @@ def test_imagine_writes_the_trajectory_without_copying_it(rssm_and_params):
     assert not built, built
 
 
-def _dot_operand_shapes(jaxpr, inside_scan=False, found=None):
-    """(operand shapes, inside a scan?) of every dot_general in a jaxpr, nested ones included."""
-    found = [] if found is None else found
+def _walk(jaxpr, inside_scan=False):
+    """Every equation of a jaxpr, nested ones included, with whether it is inside a scan."""
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append((tuple(tuple(v.aval.shape) for v in eqn.invars), inside_scan))
+        yield eqn, inside_scan
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else [value]:
                 sub = getattr(sub, "jaxpr", sub)
                 if hasattr(sub, "eqns"):
-                    _dot_operand_shapes(sub, inside_scan or eqn.primitive.name == "scan", found)
-    return found
+                    yield from _walk(sub, inside_scan or eqn.primitive.name == "scan")
+
+
+def _dot_operand_shapes(jaxpr):
+    """(operand shapes, inside a scan?) of every dot_general in a jaxpr, nested ones included."""
+    return [(tuple(tuple(v.aval.shape) for v in eqn.invars), inside)
+            for eqn, inside in _walk(jaxpr) if eqn.primitive.name == "dot_general"]
 
 
 def test_observe_projects_the_actions_before_its_scan(rssm_and_params):
@@ -231,20 +234,6 @@ def test_observe_projects_the_actions_before_its_scan(rssm_and_params):
     assert action_dots == [False], action_dots
 
 
-def _scans(jaxpr, found=None):
-    """(num_carry, number of outputs) of every scan in a jaxpr, nested ones included."""
-    found = [] if found is None else found
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            found.append((eqn.params["num_carry"], len(eqn.outvars)))
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else [value]:
-                sub = getattr(sub, "jaxpr", sub)
-                if hasattr(sub, "eqns"):
-                    _scans(sub, found)
-    return found
-
-
 def test_observe_keeps_few_intermediates_for_its_gradient(rssm_and_params):
     """Differentiated, `observe`'s scan saves only its states and the plain matmuls' outputs per
     step for the backward pass (rematerialisation); stacking every intermediate (60 arrays per
@@ -257,8 +246,9 @@ def test_observe_keeps_few_intermediates_for_its_gradient(rssm_and_params):
         _, post = m.apply(p, *args, method=RSSM.observe)
         return jnp.sum(post.deter) + jnp.sum(post.logits)
 
-    forward, backward = _scans(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
-    stacked = forward[1] - forward[0]
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+    forward, _ = [eqn for eqn, _ in _walk(jaxpr) if eqn.primitive.name == "scan"]
+    stacked = len(forward.outvars) - forward.params["num_carry"]
     # 3 state fields, 5 matmuls per step (deter, stoch and shared GRU inputs, the posterior's
     # hidden and output layers), and the few values the recomputation starts from.
     assert stacked <= 12, stacked
