@@ -130,9 +130,21 @@ class RSSM(nn.Module):
     def _ungroup(self, deter_g: jax.Array) -> jax.Array:
         return jnp.moveaxis(deter_g, 0, -2).reshape(*deter_g.shape[1:-1], self.deter)
 
+    def _gru_weights(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The block GRU's first-layer weights as `_core` multiplies with them: the per-group
+        kernels reading each group's deter slice (g, size, size), the part reading the shared
+        input projections as one dense kernel (3 * hidden, deter), and the bias (deter,).
+        Regrouping the dense part copies the kernel, so the scans compute these once, outside
+        the loop: inside it, XLA repeated the copy on every step of the imagination and of the
+        observe scan's backward pass."""
+        w1 = self.dyn_hidden_kernel.astype(self.dtype)
+        size = self.deter // self.blocks
+        w_shared = jnp.moveaxis(w1[:, size:], 0, 1).reshape(3 * self.hidden, self.deter)
+        return w1[:, :size], w_shared, self.dyn_hidden_bias.reshape(-1).astype(self.dtype)
+
     def _core(
         self, deter: jax.Array, deter_g: jax.Array, stoch: jax.Array, action: jax.Array,
-        action_in: jax.Array | None = None,
+        action_in: jax.Array | None = None, weights: tuple | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Block GRU: each of `blocks` groups sees its deter slice and all three input projections.
 
@@ -140,7 +152,8 @@ class RSSM(nn.Module):
         dots whose outputs need no transpose before the gate nonlinearities. The new state is
         returned in both layouts (batch-major for the heads, group-major for the next step);
         scans carry both, because on CPU XLA otherwise fuses the gates into a transposing write
-        that costs several times the gates themselves.
+        that costs several times the gates themselves. `weights`: `_gru_weights()`, when the
+        caller computed them already.
         """
         if action_in is None:
             action_in = self._action_input(action)
@@ -148,7 +161,6 @@ class RSSM(nn.Module):
         proj = jnp.concatenate(
             [self.in_deter(deter), self.in_stoch(stoch), action_in], -1
         ).astype(self.dtype)
-        size = self.deter // self.blocks
         batch = deter.shape[:-1]
         per_group = lambda p: p.reshape((self.blocks,) + (1,) * len(batch) + p.shape[-1:])
         # First block layer; its kernel (g, size + 3*hidden, size) is split into the part that
@@ -156,10 +168,9 @@ class RSSM(nn.Module):
         # the shared projections. That part is one dense (3*hidden, g*size) matmul whose result
         # is then regrouped: as a per-group einsum, XLA's CPU backend laid its output out
         # transposed and the update measured 5-10% slower.
-        w1 = self.dyn_hidden_kernel.astype(self.dtype)
-        w_shared = jnp.moveaxis(w1[:, size:], 0, 1).reshape(proj.shape[-1], self.deter)
-        shared = proj @ w_shared + self.dyn_hidden_bias.reshape(-1).astype(self.dtype)
-        x = jnp.einsum("g...i,gio->g...o", deter_g.astype(self.dtype), w1[:, :size])
+        w_deter, w_shared, b_shared = self._gru_weights() if weights is None else weights
+        shared = proj @ w_shared + b_shared
+        x = jnp.einsum("g...i,gio->g...o", deter_g.astype(self.dtype), w_deter)
         x = (x + self._groups(shared)).astype(jnp.float32)
         # RMSNorm over the whole deter width (all groups), then SiLU.
         ms = jnp.mean(jnp.square(x), axis=(0, x.ndim - 1), keepdims=True)
@@ -228,18 +239,20 @@ class RSSM(nn.Module):
         typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
         return jax.vmap(draw)(key) if key.ndim > (0 if typed else 1) else draw(key)
 
-    def _img_step(self, state, deter_g, action, noise):
-        deter, deter_g = self._core(state.deter, deter_g, state.stoch, action)
+    def _img_step(self, state, deter_g, action, noise, weights=None):
+        """`weights`: `_gru_weights()`, computed once by a scan (see there)."""
+        deter, deter_g = self._core(state.deter, deter_g, state.stoch, action, weights=weights)
         logits, probs = self._dist(deter, self.prior_hidden, self.prior_out)
         stoch = _sample(probs, noise)
         return RSSMState(deter, stoch, logits), deter_g
 
-    def _obs_step(self, state, deter_g, action, embed, is_first, noise, action_in=None):
+    def _obs_step(self, state, deter_g, action, embed, is_first, noise, action_in=None,
+                  weights=None):
         """`action_in`: the action input already projected from the reset action (`observe`);
-        `action` may then be None."""
+        `action` may then be None. `weights`: `_gru_weights()`, computed once by the scan."""
         state, action = _reset((state, action), is_first)
         deter_g = jnp.where(is_first[..., None], 0.0, deter_g)  # (g, batch, size) vs (batch,)
-        deter, deter_g = self._core(state.deter, deter_g, state.stoch, action, action_in)
+        deter, deter_g = self._core(state.deter, deter_g, state.stoch, action, action_in, weights)
         logits, probs = self._dist(jnp.concatenate([deter, embed], -1), self.post_hidden,
                                    self.post_out)
         stoch = _sample(probs, noise)
@@ -272,8 +285,8 @@ class RSSM(nn.Module):
         action_in = self._action_input(_reset(action, is_first))
         xs = (jnp.swapaxes(embed, 0, 1), is_first.T, noise, jnp.swapaxes(action_in, 0, 1))
 
-        def step(mdl, carry, x):
-            new = mdl._obs_step(*carry, None, x[0], x[1], x[2], x[3])  # the action: in x[3]
+        def step(mdl, carry, x, weights):
+            new = mdl._obs_step(*carry, None, x[0], x[1], x[2], x[3], weights)  # action: x[3]
             return new, new[0]
 
         # Differentiated, the scan would stack each step's intermediates for the backward pass,
@@ -282,10 +295,9 @@ class RSSM(nn.Module):
         # fused ops: the update measured 3% faster at size1m and 5% at size12m.
         step = nn.remat(step, prevent_cse=False,
                         policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-        scan = nn.scan(
-            step, variable_broadcast="params", split_rngs={"params": False}, unroll=self.unroll
-        )
-        (last, _), states = scan(self, (state, self._groups(state.deter)), xs)
+        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
+                       in_axes=(0, nn.broadcast), unroll=self.unroll)
+        (last, _), states = scan(self, (state, self._groups(state.deter)), xs, self._gru_weights())
         return last, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), states)
 
     def imagine(
@@ -330,17 +342,16 @@ class RSSM(nn.Module):
         write = lambda bufs, out, t: jax.tree.map(
             lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, t, 0), bufs, out)
 
-        def step(mdl, carry, x):
+        def step(mdl, carry, x, weights):
             state, deter_g, bufs, t = carry
             action, out = outputs(state, x[0])
-            new, new_g = mdl._img_step(state, deter_g, action, x[1])
+            new, new_g = mdl._img_step(state, deter_g, action, x[1], weights)
             return (new, new_g, write(bufs, out, t), t + 1), None
 
-        scan = nn.scan(
-            step, variable_broadcast="params", split_rngs={"params": False}, unroll=self.unroll
-        )
+        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
+                       in_axes=(0, nn.broadcast), unroll=self.unroll)
         start = (state, self._groups(state.deter), buffers, jnp.zeros((), jnp.int32))
-        (last, _, buffers, _), _ = scan(self, start, (policy_keys, noise))
+        (last, _, buffers, _), _ = scan(self, start, (policy_keys, noise), self._gru_weights())
         out = write(buffers, outputs(last, keys[-1])[1], horizon)
         if time_major:
             return out
