@@ -16,7 +16,7 @@ def test_ops_are_timed_and_named(tmp_path):
     assert rows and rows == result["rows"]
     assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
     assert all(r["ms"] >= 0 and r["runs"] > 0 for r in rows)
-    assert result["wall_s"] > 0 and result["ops_ms"] > 0
+    assert result["wall_s"] > 0 and result["ops_ms"] > 0 and result["page_faults"] >= 0
     # The GRU's ops in the imagination scan's body ran once per imagined step.
     horizon = DreamerConfig.preset("tiny").imag_horizon
     gru = [r for r in rows if r["code"].startswith("jvp(RSSM.imagine)/while/body/")
