@@ -130,22 +130,25 @@ class RSSM(nn.Module):
     def _ungroup(self, deter_g: jax.Array) -> jax.Array:
         return jnp.moveaxis(deter_g, 0, -2).reshape(*deter_g.shape[1:-1], self.deter)
 
-    def _gru_weights(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """The block GRU's first-layer weights as `_core` multiplies with them: the per-group
-        kernels reading each group's deter slice (g, size, size), the part reading the shared
-        input projections as one dense kernel (3 * hidden, deter), and the bias (deter,).
-        Regrouping the dense part copies the kernel, so the scans compute these once, outside
-        the loop: inside it, XLA repeated the copy on every step of the imagination and of the
-        observe scan's backward pass."""
+    def _gru_weights(self) -> tuple[jax.Array, ...]:
+        """The block GRU's weights as `_core` multiplies with them: the first layer's per-group
+        kernels reading each group's deter slice (g, size, size), its part reading the shared
+        input projections as one dense kernel (3 * hidden, deter) and its bias (deter,), then
+        the gates' per-group kernels (g, size, 3 * size) and bias (g, 3 * size). Regrouping the
+        dense part copies the kernel, so the scans compute these once, outside the loop: inside
+        it, XLA repeated the copy on every step of the imagination and of the observe scan's
+        backward pass."""
         w1 = self.dyn_hidden_kernel.astype(self.dtype)
         size = self.deter // self.blocks
         w_shared = jnp.moveaxis(w1[:, size:], 0, 1).reshape(3 * self.hidden, self.deter)
-        return w1[:, :size], w_shared, self.dyn_hidden_bias.reshape(-1).astype(self.dtype)
+        return (w1[:, :size], w_shared, self.dyn_hidden_bias.reshape(-1).astype(self.dtype),
+                self.dyn_gates_kernel.astype(self.dtype), self.dyn_gates_bias)
 
     def _core(
         self, deter: jax.Array, deter_g: jax.Array, stoch: jax.Array, action: jax.Array,
         action_in: jax.Array | None = None, weights: tuple | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
+        offsets: tuple | None = None,
+    ) -> tuple[jax.Array, ...]:
         """Block GRU: each of `blocks` groups sees its deter slice and all three input projections.
 
         Computed group-major, (groups, batch, width): the block matmuls then are plain batched
@@ -154,6 +157,11 @@ class RSSM(nn.Module):
         scans carry both, because on CPU XLA otherwise fuses the gates into a transposing write
         that costs several times the gates themselves. `weights`: `_gru_weights()`, when the
         caller computed them already.
+
+        `offsets` (zeros shaped like the three matmuls' outputs: the deter part, the shared
+        part, the gates) defer the weights' gradient to the caller: the weights are then held
+        constant, the offsets are added to the matmuls' outputs (so their gradient is the
+        outputs' gradient) and the matmuls' inputs are returned third (see `observe`).
         """
         if action_in is None:
             action_in = self._action_input(action)
@@ -163,27 +171,34 @@ class RSSM(nn.Module):
         ).astype(self.dtype)
         batch = deter.shape[:-1]
         per_group = lambda p: p.reshape((self.blocks,) + (1,) * len(batch) + p.shape[-1:])
+        weights = self._gru_weights() if weights is None else weights
+        if offsets is not None:
+            weights = sg(weights)
+        w_deter, w_shared, b_shared, w_gates, b_gates = weights
+        plus = (lambda y, i: y) if offsets is None else (lambda y, i: y + offsets[i])
         # First block layer; its kernel (g, size + 3*hidden, size) is split into the part that
         # reads the group's own deter slice (a batched dot per group) and the part that reads
         # the shared projections. That part is one dense (3*hidden, g*size) matmul whose result
         # is then regrouped: as a per-group einsum, XLA's CPU backend laid its output out
         # transposed and the update measured 5-10% slower.
-        w_deter, w_shared, b_shared = self._gru_weights() if weights is None else weights
-        shared = proj @ w_shared + b_shared
-        x = jnp.einsum("g...i,gio->g...o", deter_g.astype(self.dtype), w_deter)
+        deter_in = deter_g.astype(self.dtype)
+        shared = plus(proj @ w_shared, 1) + b_shared
+        x = plus(jnp.einsum("g...i,gio->g...o", deter_in, w_deter), 0)
         x = (x + self._groups(shared)).astype(jnp.float32)
         # RMSNorm over the whole deter width (all groups), then SiLU.
         ms = jnp.mean(jnp.square(x), axis=(0, x.ndim - 1), keepdims=True)
         x = nn.silu(x * jax.lax.rsqrt(ms + 1e-4) * per_group(self.dyn_norm_scale))
-        w2, b2 = self.dyn_gates_kernel, self.dyn_gates_bias
-        x = jnp.einsum("g...i,gio->g...o", x.astype(self.dtype), w2.astype(self.dtype))
-        x = x.astype(jnp.float32) + per_group(b2)
+        gates_in = x.astype(self.dtype)
+        x = plus(jnp.einsum("g...i,gio->g...o", gates_in, w_gates), 2)
+        x = x.astype(jnp.float32) + per_group(b_gates)
         reset, cand, update = jnp.split(x, 3, -1)
         reset = jax.nn.sigmoid(reset)
         cand = jnp.tanh(reset * cand)
         update = jax.nn.sigmoid(update - 1.0)
         new_g = update * cand + (1.0 - update) * deter_g
-        return self._ungroup(new_g), new_g
+        if offsets is None:
+            return self._ungroup(new_g), new_g
+        return self._ungroup(new_g), new_g, (deter_in, proj, gates_in)
 
     def _action_input(self, action: jax.Array) -> jax.Array:
         """The GRU's action input: the action bounded by a / max(1, |a|), projected."""
@@ -247,16 +262,18 @@ class RSSM(nn.Module):
         return RSSMState(deter, stoch, logits), deter_g
 
     def _obs_step(self, state, deter_g, action, embed, is_first, noise, action_in=None,
-                  weights=None):
+                  weights=None, offsets=None):
         """`action_in`: the action input already projected from the reset action (`observe`);
-        `action` may then be None. `weights`: `_gru_weights()`, computed once by the scan."""
+        `action` may then be None. `weights`: `_gru_weights()`, computed once by the scan.
+        `offsets`: see `_core`; the GRU matmuls' inputs are then returned third."""
         state, action = _reset((state, action), is_first)
         deter_g = jnp.where(is_first[..., None], 0.0, deter_g)  # (g, batch, size) vs (batch,)
-        deter, deter_g = self._core(state.deter, deter_g, state.stoch, action, action_in, weights)
+        deter, deter_g, *inputs = self._core(state.deter, deter_g, state.stoch, action,
+                                             action_in, weights, offsets)
         logits, probs = self._dist(jnp.concatenate([deter, embed], -1), self.post_hidden,
                                    self.post_out)
         stoch = _sample(probs, noise)
-        return RSSMState(deter, stoch, logits), deter_g
+        return (RSSMState(deter, stoch, logits), deter_g, *inputs)
 
     # ------------------------------------------------------------------ sequences
 
@@ -284,20 +301,15 @@ class RSSM(nn.Module):
         # of the scan (the action zeroed where is_first, as `_obs_step` resets it).
         action_in = self._action_input(_reset(action, is_first))
         xs = (jnp.swapaxes(embed, 0, 1), is_first.T, noise, jnp.swapaxes(action_in, 0, 1))
-
-        def step(mdl, carry, x, weights):
-            new = mdl._obs_step(*carry, None, x[0], x[1], x[2], x[3], weights)  # action: x[3]
-            return new, new[0]
-
-        # Differentiated, the scan would stack each step's intermediates for the backward pass,
-        # some sixty small writes per step on 16 rows (size1m), each an op of its own. Saving
-        # only the plain matmuls' outputs, the backward pass recomputes the rest inside its own
-        # fused ops: the update measured 3% faster at size1m and 5% at size12m.
-        step = nn.remat(step, prevent_cse=False,
-                        policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-        scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
-                       in_axes=(0, nn.broadcast), unroll=self.unroll)
-        (last, _), states = scan(self, (state, self._groups(state.deter)), xs, self._gru_weights())
+        start = (state, self._groups(state.deter))
+        if self.is_initializing():  # creates the parameters; nothing differentiates it
+            (last, _), states = _observe_scan(self, self._gru_weights(), None, xs, start)
+        else:
+            g, size = self.blocks, self.deter // self.blocks
+            offsets = (jnp.zeros((length, g, batch, size), self.dtype),
+                       jnp.zeros((length, batch, self.deter), self.dtype),
+                       jnp.zeros((length, g, batch, 3 * size), self.dtype))
+            (last, _), states = _observe_deferred(self, self._gru_weights(), offsets, xs, start)
         return last, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), states)
 
     def imagine(
@@ -357,6 +369,59 @@ class RSSM(nn.Module):
             return out
         swap = lambda x: jnp.swapaxes(x, 0, 1)
         return jax.tree.map(swap, out)
+
+
+def _observe_scan(mdl: RSSM, weights: tuple, offsets: tuple | None, xs: tuple, start: tuple):
+    """`RSSM.observe`'s scan of `_obs_step` from `start` (state, group-major deter) over the
+    time-major `xs` (embed, is_first, noise, action input). With `offsets` (time-major, see
+    `RSSM._core`) it also returns the GRU matmuls' stacked inputs, without gradient."""
+
+    def step(mdl, carry, x, weights):
+        new = mdl._obs_step(*carry, None, *x[:4], weights, x[4] if offsets else None)
+        out = new[0] if offsets is None else (new[0], sg(new[2]))
+        return new[:2], out
+
+    # Differentiated, the scan would stack each step's intermediates for the backward pass,
+    # some sixty small writes per step on 16 rows (size1m), each an op of its own. Saving
+    # only the plain matmuls' outputs, the backward pass recomputes the rest inside its own
+    # fused ops: the update measured 3% faster at size1m and 5% at size12m.
+    step = nn.remat(step, prevent_cse=False,
+                    policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=(0, nn.broadcast), unroll=mdl.unroll)
+    carry, out = scan(mdl, start, xs if offsets is None else xs + (offsets,), weights)
+    return (carry, out) if offsets is None else (carry, *out)
+
+
+def _observe_deferred_fwd(mdl, weights, offsets, xs, start):
+    (carry, states, inputs), vjp_fn = nn.vjp(_observe_scan, mdl, weights, offsets, xs, start)
+    return (carry, states), (vjp_fn, inputs, jax.tree.map(jnp.zeros_like, inputs))
+
+
+def _observe_deferred_bwd(res, cotangents):
+    """The backward scan leaves the GRU weights' gradient out (they were held constant); it is
+    the sum over steps of each matmul's input times its output's gradient (the offsets'
+    gradient), taken here once over all steps and rows: one matmul per weight instead of a
+    small matmul and an accumulation on every step."""
+    vjp_fn, (x_deter, x_shared, x_gates), zero_inputs = res
+    params_t, _, (g_deter, g_shared, g_gates), xs_t, start_t = vjp_fn(
+        (*cotangents, zero_inputs))
+    rows = lambda a: a.reshape(-1, a.shape[-1])
+    weights_t = (jnp.einsum("tg...i,tg...o->gio", x_deter, g_deter),
+                 rows(x_shared).T @ rows(g_shared),
+                 rows(g_shared).sum(0),
+                 jnp.einsum("tg...i,tg...o->gio", x_gates, g_gates),
+                 g_gates.sum((0,) + tuple(range(2, g_gates.ndim - 1))))
+    zero_offsets = jax.tree.map(jnp.zeros_like, (g_deter, g_shared, g_gates))
+    return params_t, weights_t, zero_offsets, xs_t, start_t
+
+
+# `RSSM.observe`'s scan with the GRU weights' gradient deferred to after the backward scan
+# (`_observe_deferred_bwd`). Per step on 16 rows (size1m), those weight gradients were small
+# matmuls plus adds into the running sums, each an op of its own.
+_observe_deferred = nn.custom_vjp(lambda *args: _observe_scan(*args)[:2],
+                                  forward_fn=_observe_deferred_fwd,
+                                  backward_fn=_observe_deferred_bwd)
 
 
 def kl_loss(post_logits: jax.Array, prior_logits: jax.Array, free_nats: float) -> tuple[jax.Array, jax.Array]:
