@@ -19,32 +19,41 @@ def rssm_and_params():
     return m, params
 
 
-def test_observe_equals_loop_of_obs_step(rssm_and_params):
-    m, params = rssm_and_params
-    B, T = 3, 6
+def _sequences(B=3, T=6):
+    """(embed, action, is_first, key) for B sequences of T steps: every sequence starts at t=0
+    and the second starts anew at t=3."""
     embed = jax.random.normal(jax.random.key(1), (B, T, 5))
     action = jax.random.normal(jax.random.key(2), (B, T, 2))
     is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 3].set(True)
-    key = jax.random.key(3)
-    _, states = m.apply(params, embed, action, is_first, key, method=RSSM.observe)
-    keys = jax.random.split(key, T)
-    state = m.apply(params, B, method=RSSM.initial)
+    return embed, action, is_first, jax.random.key(3)
+
+
+def _loop_of_obs_step(m, params, embed, action, is_first, key):
+    """The posterior states of a Python loop of `obs_step`, stacked (B, T, ...) as `observe`'s."""
+    B, T = is_first.shape
+    keys, state, steps = jax.random.split(key, T), m.apply(params, B, method=RSSM.initial), []
     for t in range(T):
         state = m.apply(params, state, action[:, t], embed[:, t], is_first[:, t], keys[t],
                         method=RSSM.obs_step)
-        np.testing.assert_allclose(states.deter[:, t], state.deter, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(states.stoch[:, t], state.stoch, atol=1e-6)
+        steps.append(state)
+    return jax.tree.map(lambda *x: jnp.stack(x, 1), *steps)
+
+
+def test_observe_equals_loop_of_obs_step(rssm_and_params):
+    m, params = rssm_and_params
+    embed, action, is_first, key = _sequences()
+    _, states = m.apply(params, embed, action, is_first, key, method=RSSM.observe)
+    looped = _loop_of_obs_step(m, params, embed, action, is_first, key)
+    np.testing.assert_allclose(states.deter, looped.deter, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(states.stoch, looped.stoch, atol=1e-6)
 
 
 def test_observe_gradient_equals_loop_of_obs_step(rssm_and_params):
     """`observe` defers its GRU weights' gradient to after the backward scan (one matmul over all
     steps); the gradients of every parameter and input match those of a loop of `obs_step`."""
     m, params = rssm_and_params
-    B, T = 3, 6
-    embed = jax.random.normal(jax.random.key(1), (B, T, 5))
-    action = jax.random.normal(jax.random.key(2), (B, T, 2))
-    is_first = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 3].set(True)
-    key = jax.random.key(3)
+    embed, action, is_first, key = _sequences()
+    B, T = is_first.shape
     weights = jax.random.normal(jax.random.key(4), (B, T, m.deter))
     targets = jax.random.normal(jax.random.key(5), (B, T, m.stoch, m.classes))
 
@@ -56,12 +65,7 @@ def test_observe_gradient_equals_loop_of_obs_step(rssm_and_params):
         return loss(m.apply(p, embed, action, is_first, key, method=RSSM.observe)[1])
 
     def looped(p, embed, action):
-        keys, state, steps = jax.random.split(key, T), m.apply(p, B, method=RSSM.initial), []
-        for t in range(T):
-            state = m.apply(p, state, action[:, t], embed[:, t], is_first[:, t], keys[t],
-                            method=RSSM.obs_step)
-            steps.append(state)
-        return loss(jax.tree.map(lambda *x: jnp.stack(x, 1), *steps))
+        return loss(_loop_of_obs_step(m, p, embed, action, is_first, key))
 
     got = jax.grad(scanned, argnums=(0, 1, 2))(params, embed, action)
     want = jax.grad(looped, argnums=(0, 1, 2))(params, embed, action)
@@ -70,6 +74,20 @@ def test_observe_gradient_equals_loop_of_obs_step(rssm_and_params):
     for (path, g), w in zip(flat_got, flat_want):
         np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-5, err_msg=jax.tree_util.keystr(path))
     assert np.abs(got[0]["params"]["dyn_gates_kernel"]).max() > 0  # the deferred ones too
+
+
+def test_observe_gradient_in_bfloat16():
+    """Computing in bfloat16 (DreamerV3's dtype on accelerators), the deferred gradient of the
+    GRU weights comes back in each parameter's own dtype, finite and not all zero."""
+    m = RSSM(deter=32, hidden=16, stoch=4, classes=3, blocks=4, dtype=jnp.bfloat16)
+    embed, action, is_first, key = _sequences()
+    params = m.init(key, embed, action, is_first, key)
+    grads = jax.grad(lambda p: m.apply(p, embed, action, is_first, key, method=RSSM.observe)[1]
+                     .deter.astype(jnp.float32).sum())(params)
+    for name in ("dyn_hidden_kernel", "dyn_hidden_bias", "dyn_gates_kernel", "dyn_gates_bias"):
+        g, p = grads["params"][name], params["params"][name]
+        assert g.dtype == p.dtype and g.shape == p.shape, name
+        assert np.isfinite(g).all() and np.abs(g).max() > 0, name
 
 
 def test_is_first_resets_the_state(rssm_and_params):

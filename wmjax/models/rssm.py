@@ -395,7 +395,7 @@ def _observe_scan(mdl: RSSM, weights: tuple, offsets: tuple | None, xs: tuple, s
 
 def _observe_deferred_fwd(mdl, weights, offsets, xs, start):
     (carry, states, inputs), vjp_fn = nn.vjp(_observe_scan, mdl, weights, offsets, xs, start)
-    return (carry, states), (vjp_fn, inputs, jax.tree.map(jnp.zeros_like, inputs))
+    return (carry, states), (vjp_fn, inputs, weights)
 
 
 def _observe_deferred_bwd(res, cotangents):
@@ -403,17 +403,18 @@ def _observe_deferred_bwd(res, cotangents):
     the sum over steps of each matmul's input times its output's gradient (the offsets'
     gradient), taken here once over all steps and rows: one matmul per weight instead of a
     small matmul and an accumulation on every step."""
-    vjp_fn, (x_deter, x_shared, x_gates), zero_inputs = res
-    params_t, _, (g_deter, g_shared, g_gates), xs_t, start_t = vjp_fn(
-        (*cotangents, zero_inputs))
+    vjp_fn, inputs, weights = res
+    params_t, _, offsets_t, xs_t, start_t = vjp_fn(
+        (*cotangents, jax.tree.map(jnp.zeros_like, inputs)))
+    (x_deter, x_shared, x_gates), (g_deter, g_shared, g_gates) = inputs, offsets_t
     rows = lambda a: a.reshape(-1, a.shape[-1])
     weights_t = (jnp.einsum("tg...i,tg...o->gio", x_deter, g_deter),
                  rows(x_shared).T @ rows(g_shared),
                  rows(g_shared).sum(0),
                  jnp.einsum("tg...i,tg...o->gio", x_gates, g_gates),
-                 g_gates.sum((0,) + tuple(range(2, g_gates.ndim - 1))))
-    zero_offsets = jax.tree.map(jnp.zeros_like, (g_deter, g_shared, g_gates))
-    return params_t, weights_t, zero_offsets, xs_t, start_t
+                 jnp.einsum("tg...o->go", g_gates))
+    weights_t = tuple(t.astype(w.dtype) for t, w in zip(weights_t, weights))  # float32 biases
+    return params_t, weights_t, jax.tree.map(jnp.zeros_like, offsets_t), xs_t, start_t
 
 
 # `RSSM.observe`'s scan with the GRU weights' gradient deferred to after the backward scan
