@@ -77,17 +77,19 @@ def test_observe_gradient_equals_loop_of_obs_step(rssm_and_params):
 
 
 def test_observe_gradient_in_bfloat16():
-    """Computing in bfloat16 (DreamerV3's dtype on accelerators), the deferred gradient of the
-    GRU weights comes back in each parameter's own dtype, finite and not all zero."""
+    """Computing in bfloat16 (DreamerV3's dtype on accelerators), the deferred weight gradients
+    come back in each parameter's own dtype, finite and not all zero."""
     m = RSSM(deter=32, hidden=16, stoch=4, classes=3, blocks=4, dtype=jnp.bfloat16)
     embed, action, is_first, key = _sequences()
     params = m.init(key, embed, action, is_first, key)
     grads = jax.grad(lambda p: m.apply(p, embed, action, is_first, key, method=RSSM.observe)[1]
                      .deter.astype(jnp.float32).sum())(params)
-    for name in ("dyn_hidden_kernel", "dyn_hidden_bias", "dyn_gates_kernel", "dyn_gates_bias"):
-        g, p = grads["params"][name], params["params"][name]
+    for (path, g), p in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(params)):
+        name = jax.tree_util.keystr(path)
         assert g.dtype == p.dtype and g.shape == p.shape, name
-        assert np.isfinite(g).all() and np.abs(g).max() > 0, name
+        assert np.isfinite(g).all(), name
+        if "kernel" in name and "prior" not in name:  # the prior is not read by `observe`
+            assert np.abs(g).max() > 0, name
 
 
 def test_is_first_resets_the_state(rssm_and_params):
@@ -304,9 +306,26 @@ def test_observe_keeps_few_intermediates_for_its_gradient(rssm_and_params):
     forward, _ = [eqn for eqn, _ in _walk(jaxpr) if eqn.primitive.name == "scan"]
     stacked = len(forward.outvars) - forward.params["num_carry"]
     # 3 state fields, 5 matmuls per step (deter, stoch and shared GRU inputs, the posterior's
-    # hidden and output layers), the GRU matmuls' 3 inputs (for their weights' gradient, taken
-    # after the scan) and the few values the recomputation starts from.
-    assert stacked <= 15, stacked
+    # hidden and output layers), the inputs of the GRU's 3 matmuls and of the 4 dense layers
+    # (for their weights' gradient, taken after the scan; 2 of those the remat would save
+    # anyway) and the few values the recomputation starts from.
+    assert stacked <= 16, stacked
+
+
+def test_observe_takes_weight_gradients_after_its_scan(rssm_and_params):
+    """Differentiated, `observe`'s backward scan computes no weight's gradient: every matmul
+    weight of a posterior step (the GRU's and the dense layers') gets its gradient from one
+    matmul over all steps after the scan (the fused loop measured x0.965 for the GRU's, x0.977
+    more for the dense layers'); per step on 16 rows each was a small matmul and an add."""
+    m, params = rssm_and_params
+    embed, action, is_first, key = _sequences()
+    kernels = {tuple(p.shape) for path, p in jax.tree_util.tree_leaves_with_path(params)
+               if "kernel" in jax.tree_util.keystr(path)}
+    grad = jax.grad(lambda p: m.apply(p, embed, action, is_first, key, method=RSSM.observe)[1]
+                    .deter.sum())
+    inside = [tuple(eqn.outvars[0].aval.shape) for eqn, in_scan in _walk(jax.make_jaxpr(grad)(
+        params).jaxpr) if in_scan and eqn.primitive.name == "dot_general"]
+    assert inside and not kernels & set(inside), kernels & set(inside)
 
 
 def test_scans_regroup_the_gru_weights_once(rssm_and_params):

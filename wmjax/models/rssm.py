@@ -70,13 +70,21 @@ class LatentLogits(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dense_out: jax.Array | None = None) -> jax.Array:
+        """`dense_out`: the flat (..., classes * stoch) output from `x` with the reordered
+        weights (`classes_major`), computed by the caller; the layer is then not applied."""
         n = self.stoch * self.classes
         kernel = self.param("kernel", dreamer_init(1.0), (x.shape[-1], n), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (n,), jnp.float32)
-        order = lambda p: jnp.swapaxes(p.reshape(*p.shape[:-1], self.stoch, self.classes), -1, -2)
-        y = dense(x, order(kernel).reshape(x.shape[-1], n), order(bias).reshape(n), self.dtype)
-        return y.reshape(*x.shape[:-1], self.classes, self.stoch)
+        if dense_out is None:
+            dense_out = dense(x, *self.classes_major(kernel, bias), self.dtype)
+        return dense_out.reshape(*x.shape[:-1], self.classes, self.stoch)
+
+    def classes_major(self, kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The parameters' columns permuted from (stoch, classes) to (classes, stoch) order."""
+        order = lambda p: jnp.swapaxes(p.reshape(*p.shape[:-1], self.stoch, self.classes),
+                                       -1, -2).reshape(p.shape)
+        return order(kernel), order(bias)
 
 
 class RSSM(nn.Module):
@@ -144,10 +152,31 @@ class RSSM(nn.Module):
         return (w1[:, :size], w_shared, self.dyn_hidden_bias.reshape(-1).astype(self.dtype),
                 self.dyn_gates_kernel.astype(self.dtype), self.dyn_gates_bias)
 
+    def _dense_weights(self) -> tuple[tuple[jax.Array, jax.Array], ...]:
+        """The (kernel, bias) of each dense layer a posterior step applies besides the GRU's, in
+        the order it applies them: the GRU's deter and stoch input projections, the posterior's
+        hidden layers and its output layer (classes-major, as `LatentLogits` multiplies)."""
+        linear = lambda layer: (layer.variables["params"]["Linear_0"]["kernel"],
+                                layer.variables["params"]["Linear_0"]["bias"])
+        out = self.post_out.variables["params"]
+        return (linear(self.in_deter), linear(self.in_stoch),
+                *(linear(layer) for layer in self.post_hidden),
+                self.post_out.classes_major(out["kernel"], out["bias"]))
+
+    def _layer(self, layer: nn.Module, x: jax.Array, deferred: tuple | None):
+        """`layer(x)`; with `deferred` = (kernel, bias, offset) its dense part is computed here
+        from those weights held constant plus the offset (see `_core`). Returns the output and
+        the dense part's input (None without `deferred`)."""
+        if deferred is None:
+            return layer(x), None
+        kernel, bias, offset = deferred
+        x = x.astype(self.dtype)
+        return layer(x, dense(x, sg(kernel), sg(bias), self.dtype) + offset), x
+
     def _core(
         self, deter: jax.Array, deter_g: jax.Array, stoch: jax.Array, action: jax.Array,
         action_in: jax.Array | None = None, weights: tuple | None = None,
-        offsets: tuple | None = None,
+        offsets: tuple | None = None, dense_deferred: tuple | None = None,
     ) -> tuple[jax.Array, ...]:
         """Block GRU: each of `blocks` groups sees its deter slice and all three input projections.
 
@@ -162,13 +191,16 @@ class RSSM(nn.Module):
         part, the gates) defer the weights' gradient to the caller: the weights are then held
         constant, the offsets are added to the matmuls' outputs (so their gradient is the
         outputs' gradient) and the matmuls' inputs are returned third (see `observe`).
+        `dense_deferred`, with `offsets`: the same for the deter and stoch input projections,
+        as (kernel, bias, offset) each (see `_layer`); their inputs follow the GRU's.
         """
         if action_in is None:
             action_in = self._action_input(action)
         stoch = stoch.reshape(*stoch.shape[:-2], -1)
-        proj = jnp.concatenate(
-            [self.in_deter(deter), self.in_stoch(stoch), action_in], -1
-        ).astype(self.dtype)
+        d_deter, d_stoch = (None, None) if dense_deferred is None else dense_deferred
+        (in_deter, x_deter), (in_stoch, x_stoch) = (self._layer(self.in_deter, deter, d_deter),
+                                                    self._layer(self.in_stoch, stoch, d_stoch))
+        proj = jnp.concatenate([in_deter, in_stoch, action_in], -1).astype(self.dtype)
         batch = deter.shape[:-1]
         per_group = lambda p: p.reshape((self.blocks,) + (1,) * len(batch) + p.shape[-1:])
         weights = self._gru_weights() if weights is None else weights
@@ -198,22 +230,28 @@ class RSSM(nn.Module):
         new_g = update * cand + (1.0 - update) * deter_g
         if offsets is None:
             return self._ungroup(new_g), new_g
-        return self._ungroup(new_g), new_g, (deter_in, proj, gates_in)
+        return self._ungroup(new_g), new_g, (deter_in, proj, gates_in) + (
+            () if dense_deferred is None else (x_deter, x_stoch))
 
     def _action_input(self, action: jax.Array) -> jax.Array:
         """The GRU's action input: the action bounded by a / max(1, |a|), projected."""
         return self.in_action(action / sg(jnp.maximum(1.0, jnp.abs(action))))
 
-    def _dist(self, x: jax.Array, hidden: list, out: nn.Module) -> tuple[jax.Array, jax.Array]:
+    def _dist(self, x: jax.Array, hidden: list, out: nn.Module,
+              deferred: tuple | None = None) -> tuple[jax.Array, ...]:
         """(log-probs (..., stoch, classes), probs (..., classes, stoch)) of the latents, with
         DreamerV3's 1% uniform mix. The softmax runs over classes on the second-minor axis
         (see `LatentLogits`); the log-probs are swapped to the state's layout, the probs stay
-        classes-major for `_sample`."""
-        for layer in hidden:
-            x = layer(x)
-        logits = out(x).astype(jnp.float32)  # (..., classes, stoch)
+        classes-major for `_sample`. `deferred`: (kernel, bias, offset) for each layer (see
+        `_layer`); the layers' inputs are then returned third."""
+        inputs = []
+        for i, layer in enumerate([*hidden, out]):
+            x, x_in = self._layer(layer, x, None if deferred is None else deferred[i])
+            inputs.append(x_in)
+        logits = x.astype(jnp.float32)  # (..., classes, stoch)
         logits_sc = jnp.swapaxes(unimix_logits(logits, self.unimix, -2), -1, -2)
-        return logits_sc, unimix_probs(logits, self.unimix, -2)
+        probs = unimix_probs(logits, self.unimix, -2)
+        return (logits_sc, probs) if deferred is None else (logits_sc, probs, tuple(inputs))
 
     def prior_logits(self, deter: jax.Array) -> jax.Array:
         return self._dist(deter, self.prior_hidden, self.prior_out)[0]
@@ -262,18 +300,25 @@ class RSSM(nn.Module):
         return RSSMState(deter, stoch, logits), deter_g
 
     def _obs_step(self, state, deter_g, action, embed, is_first, noise, action_in=None,
-                  weights=None, offsets=None):
+                  weights=None, deferred=None):
         """`action_in`: the action input already projected from the reset action (`observe`);
         `action` may then be None. `weights`: `_gru_weights()`, computed once by the scan.
-        `offsets`: see `_core`; the GRU matmuls' inputs are then returned third."""
+        `deferred`: (GRU offsets, dense layers' (kernel, bias, offset) in `_dense_weights`'
+        order) to defer their weights' gradient (see `_core`, `_layer`); the inputs of the
+        GRU's matmuls and of those layers are then returned third, in that order."""
         state, action = _reset((state, action), is_first)
         deter_g = jnp.where(is_first[..., None], 0.0, deter_g)  # (g, batch, size) vs (batch,)
+        offsets, dense_deferred = (None, None) if deferred is None else deferred
+        core_dense, dist_dense = ((None, None) if deferred is None
+                                  else (dense_deferred[:2], dense_deferred[2:]))
         deter, deter_g, *inputs = self._core(state.deter, deter_g, state.stoch, action,
-                                             action_in, weights, offsets)
-        logits, probs = self._dist(jnp.concatenate([deter, embed], -1), self.post_hidden,
-                                   self.post_out)
+                                             action_in, weights, offsets, core_dense)
+        logits, probs, *dist_inputs = self._dist(jnp.concatenate([deter, embed], -1),
+                                                 self.post_hidden, self.post_out, dist_dense)
         stoch = _sample(probs, noise)
-        return (RSSMState(deter, stoch, logits), deter_g, *inputs)
+        if deferred is None:
+            return RSSMState(deter, stoch, logits), deter_g
+        return RSSMState(deter, stoch, logits), deter_g, inputs[0] + dist_inputs[0]
 
     # ------------------------------------------------------------------ sequences
 
@@ -306,10 +351,12 @@ class RSSM(nn.Module):
             (last, _), states = _observe_scan(self, self._gru_weights(), None, xs, start)
         else:
             g, size = self.blocks, self.deter // self.blocks
-            offsets = (jnp.zeros((length, g, batch, size), self.dtype),
-                       jnp.zeros((length, batch, self.deter), self.dtype),
-                       jnp.zeros((length, g, batch, 3 * size), self.dtype))
-            (last, _), states = _observe_deferred(self, self._gru_weights(), offsets, xs, start)
+            dense_weights = self._dense_weights()
+            zeros = lambda *shape: jnp.zeros((length,) + shape, self.dtype)
+            offsets = ((zeros(g, batch, size), zeros(batch, self.deter), zeros(g, batch, 3 * size)),
+                       tuple(zeros(batch, kernel.shape[-1]) for kernel, _ in dense_weights))
+            (last, _), states = _observe_deferred(self, (self._gru_weights(), dense_weights),
+                                                  offsets, xs, start)
         return last, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), states)
 
     def imagine(
@@ -373,13 +420,19 @@ class RSSM(nn.Module):
 
 def _observe_scan(mdl: RSSM, weights: tuple, offsets: tuple | None, xs: tuple, start: tuple):
     """`RSSM.observe`'s scan of `_obs_step` from `start` (state, group-major deter) over the
-    time-major `xs` (embed, is_first, noise, action input). With `offsets` (time-major, see
-    `RSSM._core`) it also returns the GRU matmuls' stacked inputs, without gradient."""
+    time-major `xs` (embed, is_first, noise, action input), with the GRU's `weights`. With
+    `offsets` (time-major: the GRU's three, see `RSSM._core`, and one per dense layer), the
+    weights are (the GRU's, `RSSM._dense_weights()`), and it also returns the stacked inputs
+    of the GRU's matmuls and of those layers, without gradient."""
 
     def step(mdl, carry, x, weights):
-        new = mdl._obs_step(*carry, None, *x[:4], weights, x[4] if offsets else None)
-        out = new[0] if offsets is None else (new[0], sg(new[2]))
-        return new[:2], out
+        if offsets is None:
+            new = mdl._obs_step(*carry, None, *x[:4], weights)
+            return new, new[0]
+        (gru, dense), (gru_offsets, dense_offsets) = weights, x[4]
+        deferred = (gru_offsets, tuple((k, b, o) for (k, b), o in zip(dense, dense_offsets)))
+        new = mdl._obs_step(*carry, None, *x[:4], gru, deferred)
+        return new[:2], (new[0], sg(new[2]))
 
     # Differentiated, the scan would stack each step's intermediates for the backward pass,
     # some sixty small writes per step on 16 rows (size1m), each an op of its own. Saving
@@ -399,26 +452,29 @@ def _observe_deferred_fwd(mdl, weights, offsets, xs, start):
 
 
 def _observe_deferred_bwd(res, cotangents):
-    """The backward scan leaves the GRU weights' gradient out (they were held constant); it is
-    the sum over steps of each matmul's input times its output's gradient (the offsets'
-    gradient), taken here once over all steps and rows: one matmul per weight instead of a
-    small matmul and an accumulation on every step."""
+    """The backward scan leaves the gradient of the GRU's and the dense layers' weights out (they
+    were held constant); it is the sum over steps of each matmul's input times its output's
+    gradient (the offsets' gradient), taken here once over all steps and rows: one matmul per
+    weight instead of a small matmul and an accumulation on every step."""
     vjp_fn, inputs, weights = res
     params_t, _, offsets_t, xs_t, start_t = vjp_fn(
         (*cotangents, jax.tree.map(jnp.zeros_like, inputs)))
-    (x_deter, x_shared, x_gates), (g_deter, g_shared, g_gates) = inputs, offsets_t
+    (x_deter, x_shared, x_gates), x_dense = inputs[:3], inputs[3:]
+    (g_deter, g_shared, g_gates), g_dense = offsets_t
     rows = lambda a: a.reshape(-1, a.shape[-1])
-    weights_t = (jnp.einsum("tg...i,tg...o->gio", x_deter, g_deter),
-                 rows(x_shared).T @ rows(g_shared),
-                 rows(g_shared).sum(0),
-                 jnp.einsum("tg...i,tg...o->gio", x_gates, g_gates),
-                 jnp.einsum("tg...o->go", g_gates))
-    weights_t = tuple(t.astype(w.dtype) for t, w in zip(weights_t, weights))  # float32 biases
+    gru_t = (jnp.einsum("tg...i,tg...o->gio", x_deter, g_deter),
+             rows(x_shared).T @ rows(g_shared),
+             rows(g_shared).sum(0),
+             jnp.einsum("tg...i,tg...o->gio", x_gates, g_gates),
+             jnp.einsum("tg...o->go", g_gates))
+    dense_t = tuple((rows(x).T @ rows(g), rows(g).sum(0)) for x, g in zip(x_dense, g_dense))
+    # Each in its weight's dtype: the biases are float32 whatever the compute dtype.
+    weights_t = jax.tree.map(lambda t, w: t.astype(w.dtype), (gru_t, dense_t), weights)
     return params_t, weights_t, jax.tree.map(jnp.zeros_like, offsets_t), xs_t, start_t
 
 
-# `RSSM.observe`'s scan with the GRU weights' gradient deferred to after the backward scan
-# (`_observe_deferred_bwd`). Per step on 16 rows (size1m), those weight gradients were small
+# `RSSM.observe`'s scan with the gradient of the GRU's and the dense layers' weights deferred to
+# after the backward scan (`_observe_deferred_bwd`). Per step on 16 rows (size1m), those weight gradients were small
 # matmuls plus adds into the running sums, each an op of its own.
 _observe_deferred = nn.custom_vjp(lambda *args: _observe_scan(*args)[:2],
                                   forward_fn=_observe_deferred_fwd,
