@@ -37,3 +37,14 @@ def leaf_types(tree) -> list:
 
     return [(jax.tree_util.keystr(p), x.shape, x.dtype, x.weak_type)
             for p, x in jax.tree_util.tree_leaves_with_path(jax.eval_shape(lambda: tree))]
+
+
+def walk_jaxpr(jaxpr, inside_scan=False):
+    """Every equation of a jaxpr, nested ones included, with whether it is inside a scan."""
+    for eqn in jaxpr.eqns:
+        yield eqn, inside_scan
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else [value]:
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    yield from walk_jaxpr(sub, inside_scan or eqn.primitive.name == "scan")

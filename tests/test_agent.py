@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from programs import walk_jaxpr
 from wmjax.agents.dreamer import Batch, Dreamer
 from wmjax.agents.dreamer.agent import BEHAVIOUR, WORLD_MODEL
 from wmjax.config import DreamerConfig
@@ -169,6 +170,21 @@ def test_imagined_continuous_actions_are_scored_unclipped():
     assert actions.shape == (512, H + 1, 1)
     # std 1 around a mean near 0: a good share of the samples lies outside [-1, 1].
     assert float(jnp.mean(jnp.abs(actions) > 1.0)) > 0.1
+
+
+
+@pytest.mark.parametrize("env_name", ["CartPole-v1", "Pendulum-v1"])
+def test_imagination_draws_its_random_numbers_before_the_rollout(env_name):
+    """No random-number op runs inside the imagination's scan: the policy's noise, like the
+    latents', is drawn for every step before it (`RSSM.imagine(policy_noise=...)`)."""
+    agent = Dreamer(DreamerConfig.preset("tiny"), make_env(env_name).spec)
+    key = jax.random.key(0)
+    params = jax.eval_shape(agent.init, key).params
+    jaxpr = jax.make_jaxpr(agent.imagine)(params, agent.initial_carry(8).latent, key).jaxpr
+    assert [eqn for eqn, _ in walk_jaxpr(jaxpr) if eqn.primitive.name == "scan"]
+    inside = [eqn.primitive.name for eqn, in_scan in walk_jaxpr(jaxpr)
+              if in_scan and ("random" in eqn.primitive.name or "threefry" in eqn.primitive.name)]
+    assert not inside, inside
 
 
 def test_traced_tunables_equal_the_static_config():

@@ -210,6 +210,20 @@ def test_policy_distributions():
     assert float(wide.std[0, 0]) == pytest.approx(1.0, rel=1e-4)  # maxstd
 
 
+
+def test_policy_samples_from_noise_drawn_ahead():
+    """`sample_from(noise(key, shape))` is `sample(key)` (what lets the imagination draw the
+    policy's random numbers before its scan), and a categorical sample is still
+    `jax.random.categorical`'s."""
+    key = jax.random.key(0)
+    cat = Categorical(jax.random.normal(jax.random.key(1), (256, 5)))
+    np.testing.assert_array_equal(cat.sample(key), jax.random.categorical(key, cat.logits, -1))
+    np.testing.assert_array_equal(cat.sample_from(Categorical.noise(key, (256, 5))), cat.sample(key))
+    normal = BoundedNormal.from_raw(jax.random.normal(jax.random.key(2), (256, 6)))
+    np.testing.assert_array_equal(normal.sample_from(BoundedNormal.noise(key, (256, 3))),
+                                  normal.sample(key))
+    assert len(np.unique(np.asarray(cat.sample(key)))) == 5  # really random, over all classes
+
 @pytest.mark.parametrize("kernel", [(5, 5), (3, 5)])
 def test_conv_same_and_its_gradients_match_lax(kernel):
     """conv_same's written-out gradients equal autodiff's through lax.conv_general_dilated."""

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from programs import walk_jaxpr
 from wmjax.models import RSSM
-from wmjax.nn.dists import unimix_logits
+from wmjax.nn.dists import Categorical, unimix_logits
 from wmjax.nn.layers import Linear
 
 
@@ -90,6 +91,35 @@ def test_observe_gradient_in_bfloat16():
         assert np.isfinite(g).all(), name
         if "kernel" in name and "prior" not in name:  # the prior is not read by `observe`
             assert np.abs(g).max() > 0, name
+
+
+
+def _random_ops_in_scans(jaxpr) -> list[str]:
+    """The random-number primitives inside scans of a jaxpr."""
+    return [eqn.primitive.name for eqn, inside in walk_jaxpr(jaxpr)
+            if inside and ("random" in eqn.primitive.name or "threefry" in eqn.primitive.name)]
+
+
+def test_imagine_draws_the_policy_noise_before_its_scan(rssm_and_params):
+    """With `policy_noise` the policy's random numbers are drawn for all steps before the scan
+    (drawn inside, XLA's CPU backend runs a threefry loop on every step) and the rollout is
+    the keyed policy's, to the bit."""
+    m, params = rssm_and_params
+    start = m.apply(params, 7, method=RSSM.initial)
+    logits = lambda feat: 5.0 * feat[..., -2:]  # any function of the features
+    keyed = lambda feat, k: jax.nn.one_hot(Categorical(logits(feat)).sample(k), 2)
+    noised = lambda feat, g: jax.nn.one_hot(Categorical(logits(feat)).sample_from(g), 2)
+    kw = dict(policy_noise=lambda k: Categorical.noise(k, (7, 2)))
+
+    def rollout(p, policy, **kwargs):
+        return m.apply(p, start, policy, 5, jax.random.key(0), method=RSSM.imagine, **kwargs)
+
+    (traj, actions), (traj_n, actions_n) = rollout(params, keyed), rollout(params, noised, **kw)
+    np.testing.assert_array_equal(actions_n, actions)
+    np.testing.assert_array_equal(traj_n.deter, traj.deter)
+    assert 0 < float(actions[:, :, 0].mean()) < 1  # both actions taken
+    assert _random_ops_in_scans(jax.make_jaxpr(lambda p: rollout(p, keyed))(params).jaxpr)
+    assert not _random_ops_in_scans(jax.make_jaxpr(lambda p: rollout(p, noised, **kw))(params).jaxpr)
 
 
 def test_is_first_resets_the_state(rssm_and_params):
@@ -261,21 +291,10 @@ def test_imagine_writes_the_trajectory_without_copying_it(rssm_and_params):
     assert not built, built
 
 
-def _walk(jaxpr, inside_scan=False):
-    """Every equation of a jaxpr, nested ones included, with whether it is inside a scan."""
-    for eqn in jaxpr.eqns:
-        yield eqn, inside_scan
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else [value]:
-                sub = getattr(sub, "jaxpr", sub)
-                if hasattr(sub, "eqns"):
-                    yield from _walk(sub, inside_scan or eqn.primitive.name == "scan")
-
-
 def _dot_operand_shapes(jaxpr):
     """(operand shapes, inside a scan?) of every dot_general in a jaxpr, nested ones included."""
     return [(tuple(tuple(v.aval.shape) for v in eqn.invars), inside)
-            for eqn, inside in _walk(jaxpr) if eqn.primitive.name == "dot_general"]
+            for eqn, inside in walk_jaxpr(jaxpr) if eqn.primitive.name == "dot_general"]
 
 
 def test_observe_projects_the_actions_before_its_scan(rssm_and_params):
@@ -303,7 +322,7 @@ def test_observe_keeps_few_intermediates_for_its_gradient(rssm_and_params):
         return jnp.sum(post.deter) + jnp.sum(post.logits)
 
     jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
-    forward, _ = [eqn for eqn, _ in _walk(jaxpr) if eqn.primitive.name == "scan"]
+    forward, _ = [eqn for eqn, _ in walk_jaxpr(jaxpr) if eqn.primitive.name == "scan"]
     stacked = len(forward.outvars) - forward.params["num_carry"]
     # 3 state fields, 5 matmuls per step (deter, stoch and shared GRU inputs, the posterior's
     # hidden and output layers), the inputs of the GRU's 3 matmuls and of the 4 dense layers
@@ -323,8 +342,9 @@ def test_observe_takes_weight_gradients_after_its_scan(rssm_and_params):
                if "kernel" in jax.tree_util.keystr(path)}
     grad = jax.grad(lambda p: m.apply(p, embed, action, is_first, key, method=RSSM.observe)[1]
                     .deter.sum())
-    inside = [tuple(eqn.outvars[0].aval.shape) for eqn, in_scan in _walk(jax.make_jaxpr(grad)(
-        params).jaxpr) if in_scan and eqn.primitive.name == "dot_general"]
+    jaxpr = jax.make_jaxpr(grad)(params).jaxpr
+    inside = [tuple(eqn.outvars[0].aval.shape) for eqn, in_scan in walk_jaxpr(jaxpr)
+              if in_scan and eqn.primitive.name == "dot_general"]
     assert inside and not kernels & set(inside), kernels & set(inside)
 
 
@@ -346,6 +366,6 @@ def test_scans_regroup_the_gru_weights_once(rssm_and_params):
     kernel = params["params"]["dyn_hidden_kernel"].shape  # (blocks, size + 3 * hidden, size)
     shared = (kernel[0], kernel[1] - kernel[2], kernel[2])
     jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
-    regroups = [inside for eqn, inside in _walk(jaxpr) if eqn.primitive.name == "transpose"
+    regroups = [inside for eqn, inside in walk_jaxpr(jaxpr) if eqn.primitive.name == "transpose"
                 and tuple(eqn.invars[0].aval.shape) == shared]
     assert regroups and not any(regroups), regroups  # the forward's, the imagination's: outside

@@ -368,6 +368,7 @@ class RSSM(nn.Module):
         time_major: bool = False,
         features: bool = False,
         emit: Callable[[jax.Array], Any] | None = None,
+        policy_noise: Callable[[jax.Array], Any] | None = None,
     ) -> tuple[RSSMState | jax.Array, jax.Array] | tuple[RSSMState | jax.Array, jax.Array, Any]:
         """Roll the prior forward `horizon` steps from `state` (batch B) under `policy`.
 
@@ -382,10 +383,17 @@ class RSSM(nn.Module):
         no gradient read each step's features while they are in cache (for DreamerV3's frozen
         reward, continue and slow-critic heads the update measured 3-5% faster than reading the
         whole trajectory after the scan).
+        `policy_noise`, a function of a key to the random numbers one policy step takes: they
+        are then drawn for every step before the scan (one call, the same numbers as one per
+        key) and `policy` gets them in place of its key. Drawn inside the scan, XLA's CPU
+        backend runs a small threefry loop on every step.
         """
         keys = jax.random.split(key, horizon + 1)
         policy_keys, stoch_keys = jnp.swapaxes(jax.vmap(jax.random.split)(keys[:-1]), 0, 1)
         noise = self._noise(stoch_keys, state)
+        policy_xs, last_x = policy_keys, keys[-1]
+        if policy_noise is not None:
+            policy_xs, last_x = jax.vmap(policy_noise)(policy_keys), policy_noise(keys[-1])
 
         def outputs(state, key):
             feat = self.feat(state)
@@ -396,7 +404,7 @@ class RSSM(nn.Module):
         # The outputs are written into buffers of horizon + 1 steps carried by the scan, the
         # last state's after it: stacked by the scan, appending the last state would copy the
         # whole trajectory once more.
-        shapes = jax.eval_shape(outputs, state, keys[-1])[1]
+        shapes = jax.eval_shape(outputs, state, last_x)[1]
         buffers = jax.tree.map(lambda s: jnp.zeros((horizon + 1,) + s.shape, s.dtype), shapes)
         write = lambda bufs, out, t: jax.tree.map(
             lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, t, 0), bufs, out)
@@ -410,8 +418,8 @@ class RSSM(nn.Module):
         scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
                        in_axes=(0, nn.broadcast), unroll=self.unroll)
         start = (state, self._groups(state.deter), buffers, jnp.zeros((), jnp.int32))
-        (last, _, buffers, _), _ = scan(self, start, (policy_keys, noise), self._gru_weights())
-        out = write(buffers, outputs(last, keys[-1])[1], horizon)
+        (last, _, buffers, _), _ = scan(self, start, (policy_xs, noise), self._gru_weights())
+        out = write(buffers, outputs(last, last_x)[1], horizon)
         if time_major:
             return out
         swap = lambda x: jnp.swapaxes(x, 0, 1)

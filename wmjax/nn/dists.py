@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -192,8 +192,19 @@ def categorical_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
 class Categorical(NamedTuple):
     logits: jax.Array
 
+    @staticmethod
+    def noise(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
+        """The random numbers one sample takes, for logits of `shape`: Gumbel noise, as
+        `jax.random.categorical` draws it. Drawn ahead (e.g. before a scan), `sample_from`
+        then gives the same sample as `sample(key)`."""
+        return jax.random.gumbel(key, shape, dtype)
+
     def sample(self, key: jax.Array) -> jax.Array:
-        return jax.random.categorical(key, self.logits, -1)
+        return self.sample_from(self.noise(key, self.logits.shape, self.logits.dtype))
+
+    def sample_from(self, noise: jax.Array) -> jax.Array:
+        """The sample at `noise` (from `noise`): the Gumbel-max trick."""
+        return jnp.argmax(self.logits + noise.astype(self.logits.dtype), -1)
 
     def mode(self) -> jax.Array:
         return jnp.argmax(self.logits, -1)
@@ -221,8 +232,17 @@ class BoundedNormal(NamedTuple):
         x, s = jnp.split(raw.astype(jnp.float32), 2, -1)
         return cls(jnp.tanh(x), (maxstd - minstd) * jax.nn.sigmoid(s + 2.0) + minstd)
 
+    @staticmethod
+    def noise(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
+        """The random numbers one sample takes, for actions of `shape`: standard normal."""
+        return jax.random.normal(key, shape, dtype)
+
     def sample(self, key: jax.Array) -> jax.Array:
-        return self.mean_ + self.std * jax.random.normal(key, self.mean_.shape)
+        return self.sample_from(self.noise(key, self.mean_.shape))
+
+    def sample_from(self, noise: jax.Array) -> jax.Array:
+        """The sample at standard normal `noise` (from `noise`)."""
+        return self.mean_ + self.std * noise
 
     def mode(self) -> jax.Array:
         return self.mean_

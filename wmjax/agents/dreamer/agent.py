@@ -289,12 +289,16 @@ class Dreamer:
         state and returned third (`RSSM.imagine`).
         """
 
-        def policy(f, k):
-            sample = self._policy(params["actor"], f).sample(k)
+        def policy(f, noise):
+            sample = self._policy(params["actor"], f).sample_from(noise)
             return jax.nn.one_hot(sample, self.spec.num_actions) if self.spec.discrete else sample
 
+        # The policy's random numbers drawn before the rollout, as the RSSM's (`policy_noise`).
+        shape = (starts.deter.shape[0], self.spec.num_actions)
+        dist = Categorical if self.spec.discrete else BoundedNormal
         return self._apply(params, "rssm", starts, policy, self.config.imag_horizon, key,
-                           time_major, features=True, emit=emit, method=RSSM.imagine)
+                           time_major, features=True, emit=emit,
+                           policy_noise=lambda k: dist.noise(k, shape), method=RSSM.imagine)
 
     def observe(self, params: dict, obs: Any, action: jax.Array, is_first: jax.Array,
                 key: jax.Array) -> tuple[RSSMState, RSSMState, jax.Array, jax.Array]:
