@@ -7,7 +7,8 @@ since the machine's speed drifts between rounds. Each row also gives the update'
 so a set that changes the arithmetic shows as a different loss.
 
 The sets are XLA's library-fusion choices on CPU: its default, YNNPACK fusions off, YNNPACK for
-single dots only, YNNPACK for dots and elementwise ops, and XNNPACK off.
+single dots only, YNNPACK for dots and elementwise ops, XNNPACK off, and the HLO scheduler
+that minimises memory instead of the one that orders ops for concurrency.
 
     python benchmarks/xla_options.py                       # size1m on CartPole-v1
     python benchmarks/xla_options.py --only default ynn_dot --rounds 20
@@ -34,6 +35,7 @@ OPTION_SETS = {
     "ynn_dot": {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
     "ynn_dot_eltwise": {_YNN: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
     "no_xnnpack": {"xla_cpu_use_xnnpack": False},
+    "memory_scheduler": {"xla_cpu_enable_concurrency_optimized_scheduler": False},
 }
 
 
