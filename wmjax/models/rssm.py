@@ -308,13 +308,12 @@ class RSSM(nn.Module):
         GRU's matmuls and of those layers are then returned third, in that order."""
         state, action = _reset((state, action), is_first)
         deter_g = jnp.where(is_first[..., None], 0.0, deter_g)  # (g, batch, size) vs (batch,)
-        offsets, dense_deferred = (None, None) if deferred is None else deferred
-        core_dense, dist_dense = ((None, None) if deferred is None
-                                  else (dense_deferred[:2], dense_deferred[2:]))
-        deter, deter_g, *inputs = self._core(state.deter, deter_g, state.stoch, action,
-                                             action_in, weights, offsets, core_dense)
+        offsets, dense = (None, None) if deferred is None else deferred
+        deter, deter_g, *inputs = self._core(state.deter, deter_g, state.stoch, action, action_in,
+                                             weights, offsets, dense and dense[:2])
         logits, probs, *dist_inputs = self._dist(jnp.concatenate([deter, embed], -1),
-                                                 self.post_hidden, self.post_out, dist_dense)
+                                                 self.post_hidden, self.post_out,
+                                                 dense and dense[2:])
         stoch = _sample(probs, noise)
         if deferred is None:
             return RSSMState(deter, stoch, logits), deter_g
@@ -482,8 +481,8 @@ def _observe_deferred_bwd(res, cotangents):
 
 
 # `RSSM.observe`'s scan with the gradient of the GRU's and the dense layers' weights deferred to
-# after the backward scan (`_observe_deferred_bwd`). Per step on 16 rows (size1m), those weight gradients were small
-# matmuls plus adds into the running sums, each an op of its own.
+# after the backward scan (`_observe_deferred_bwd`). Per step on 16 rows (size1m), those weight
+# gradients were small matmuls plus adds into the running sums, each an op of its own.
 _observe_deferred = nn.custom_vjp(lambda *args: _observe_scan(*args)[:2],
                                   forward_fn=_observe_deferred_fwd,
                                   backward_fn=_observe_deferred_bwd)
