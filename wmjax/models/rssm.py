@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from wmjax.nn.dists import (categorical_kl, inverse_cdf_index, straight_through_probs, unimix_logits,
                             unimix_probs)
-from wmjax.nn.layers import NormAct, dense, dreamer_init
+from wmjax.nn.layers import NormAct, contract, dense, dreamer_init
 
 sg = jax.lax.stop_gradient
 
@@ -214,14 +214,14 @@ class RSSM(nn.Module):
         # is then regrouped: as a per-group einsum, XLA's CPU backend laid its output out
         # transposed and the update measured 5-10% slower.
         deter_in = deter_g.astype(self.dtype)
-        shared = proj @ w_shared + o_shared + b_shared
-        x = jnp.einsum("g...i,gio->g...o", deter_in, w_deter) + o_deter
+        shared = contract("...i,io->...o", proj, w_shared, self.dtype) + o_shared + b_shared
+        x = contract("g...i,gio->g...o", deter_in, w_deter, self.dtype) + o_deter
         x = (x + self._groups(shared)).astype(jnp.float32)
         # RMSNorm over the whole deter width (all groups), then SiLU.
         ms = jnp.mean(jnp.square(x), axis=(0, x.ndim - 1), keepdims=True)
         x = nn.silu(x * jax.lax.rsqrt(ms + 1e-4) * per_group(self.dyn_norm_scale))
         gates_in = x.astype(self.dtype)
-        x = jnp.einsum("g...i,gio->g...o", gates_in, w_gates) + o_gates
+        x = contract("g...i,gio->g...o", gates_in, w_gates, self.dtype) + o_gates
         x = x.astype(jnp.float32) + per_group(b_gates)
         reset, cand, update = jnp.split(x, 3, -1)
         reset = jax.nn.sigmoid(reset)
@@ -470,12 +470,14 @@ def _observe_deferred_bwd(res, cotangents):
     (x_deter, x_shared, x_gates), x_dense = inputs[:3], inputs[3:]
     (g_deter, g_shared, g_gates), g_dense = offsets_t
     rows = lambda a: a.reshape(-1, a.shape[-1])
-    gru_t = (jnp.einsum("tg...i,tg...o->gio", x_deter, g_deter),
-             rows(x_shared).T @ rows(g_shared),
+    dtype = x_shared.dtype  # the compute dtype; the sums in float32 (`contract`)
+    gru_t = (contract("tg...i,tg...o->gio", x_deter, g_deter, dtype),
+             contract("ni,no->io", rows(x_shared), rows(g_shared), dtype),
              rows(g_shared).sum(0),
-             jnp.einsum("tg...i,tg...o->gio", x_gates, g_gates),
+             contract("tg...i,tg...o->gio", x_gates, g_gates, dtype),
              jnp.einsum("tg...o->go", g_gates))
-    dense_t = tuple((rows(x).T @ rows(g), rows(g).sum(0)) for x, g in zip(x_dense, g_dense))
+    dense_t = tuple((contract("ni,no->io", rows(x), rows(g), dtype), rows(g).sum(0))
+                    for x, g in zip(x_dense, g_dense))
     # Each in its weight's dtype: the biases are float32 whatever the compute dtype.
     weights_t = jax.tree.map(lambda t, w: t.astype(w.dtype), (gru_t, dense_t), weights)
     return params_t, weights_t, jax.tree.map(jnp.zeros_like, offsets_t), xs_t, start_t
