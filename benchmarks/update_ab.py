@@ -23,6 +23,11 @@ target is about, compared within rounds. The metrics compared are those of each 
 full chunk.
 
     python benchmarks/update_ab.py --base HEAD~3 --loop --rounds 20
+
+`--base-set NAME=VALUE` changes a setting for the base only (on top of `--set`), so one
+revision can be timed against itself under two settings, e.g. bfloat16 against float32:
+
+    python benchmarks/update_ab.py --base HEAD --set compute_dtype=bfloat16 --base-set compute_dtype=float32
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from benchmarks.throughput import (  # noqa: E402
     _fixed_batch, add_comparison_args, comparison_setup, make_loop, print_comparison_header,
     round_robin, timed_how, timed_update, warm_loop, write_comparison)
 from wmjax.agents.dreamer import Dreamer  # noqa: E402
+from wmjax.cli import parse_override  # noqa: E402
 from wmjax.config import TrainConfig  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
@@ -106,8 +112,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--envs", type=int, default=16, help="with --loop: envs per seed (default 16)")
     ap.add_argument("--min-updates", type=int, default=4,
                     help="with --loop: updates per seed in a chunk (default 4)")
+    ap.add_argument("--base-set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a config setting for the base only, on top of --set (repeatable)")
     args = ap.parse_args(argv)
     overrides, config, spec = comparison_setup(ap, args)
+    try:
+        base_overrides = {**overrides, **dict(parse_override(s) for s in args.base_set)}
+    except ValueError as e:
+        ap.error(str(e))
     label = args.base or args.base_dir
     if args.loop and (args.seeds < 1 or args.envs < 1 or args.min_updates < 1
                       or args.train_ratio <= 0):
@@ -124,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
             del sys.modules[name]  # an earlier call's base, from another folder
         try:
             old = importlib.import_module(BASE_NAME)
-            old_agent = old.Dreamer(old.DreamerConfig.preset(args.preset, **overrides),
+            old_agent = old.Dreamer(old.DreamerConfig.preset(args.preset, **base_overrides),
                                     old.make_env(args.env).spec)
         except (TypeError, ValueError) as e:
             ap.error(f"the base ({label}) cannot build this agent: {e}")
@@ -172,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"tree / base, median of the rounds' ratios: x{statistics.median(ratios):.3f} "
           f"(rounds: {min(ratios):.2f}-{max(ratios):.2f})")
     print(f"metrics: largest relative difference {gap:.2e} ({gap_name})")
-    return write_comparison(args, rows, base=label, seeds=args.seeds, loop=args.loop,
+    return write_comparison(args, rows, base=label, base_set=args.base_set, seeds=args.seeds,
+                            loop=args.loop,
                             ratio=statistics.median(ratios),
                             ratios=ratios, metric_gap=gap, metric_gap_name=gap_name)
 

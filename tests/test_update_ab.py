@@ -24,6 +24,16 @@ def test_base_folder_is_timed_against_the_tree(tmp_path):
     assert plain["metric_gap"] == 0.0 and json.load(open(out))["seeds"] == 0
 
 
+def test_base_set_changes_the_base_only(tmp_path):
+    """--base-set gives the base its own setting on top of --set: the same code then differs
+    in the metrics that setting moves; a malformed setting is refused."""
+    out = tmp_path / "ab.json"
+    result = main(["--base-dir", ROOT, "--preset", "tiny", "--rounds", "1", "--seeds", "0",
+                   "--set", "actent=0.001", "--base-set", "actent=0.5", "--out", str(out)])
+    assert result["metric_gap"] > 0 and json.load(open(out))["base_set"] == ["actent=0.5"]
+    with pytest.raises(SystemExit):
+        main(["--base-dir", ROOT, "--preset", "tiny", "--base-set", "actent"])
+
 def test_loop_chunks_are_timed_against_the_tree(tmp_path):
     """--loop builds both fused training loops and times their chunks: the same code on both
     sides gives the same first chunk, and each row reports its env steps/s."""
