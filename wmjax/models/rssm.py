@@ -197,7 +197,7 @@ class RSSM(nn.Module):
         if action_in is None:
             action_in = self._action_input(action)
         stoch = stoch.reshape(*stoch.shape[:-2], -1)
-        d_deter, d_stoch = (None, None) if dense_deferred is None else dense_deferred
+        d_deter, d_stoch = dense_deferred or (None, None)
         (in_deter, x_deter), (in_stoch, x_stoch) = (self._layer(self.in_deter, deter, d_deter),
                                                     self._layer(self.in_stoch, stoch, d_stoch))
         proj = jnp.concatenate([in_deter, in_stoch, action_in], -1).astype(self.dtype)
