@@ -187,6 +187,24 @@ def test_imagination_draws_its_random_numbers_before_the_rollout(env_name):
     assert not inside, inside
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "float32"])
+def test_matmul_precision_sets_every_update_matmuls_operands(precision):
+    """`matmul_precision="bfloat16"` gives every matmul of an update, forward and gradient,
+    bfloat16 operands summed in float32 while the compute dtype stays float32 (the CPU's AMX
+    path); "float32" leaves them all float32."""
+    agent = Dreamer(DreamerConfig.preset("tiny", compute_dtype="float32",
+                                         matmul_precision=precision), make_env("CartPole-v1").spec)
+    key = jax.random.key(0)
+    state = jax.eval_shape(agent.init, key)
+    batch = _batch(agent.spec, agent.config.batch_size, agent.config.batch_length, key)
+    jaxpr = jax.make_jaxpr(agent.update)(state, batch, key).jaxpr
+    dots = [eqn for eqn, _ in walk_jaxpr(jaxpr) if eqn.primitive.name == "dot_general"]
+    assert len(dots) > 50  # the model's and the gradient's
+    operands = {str(v.aval.dtype) for eqn in dots for v in eqn.invars}
+    assert operands == {precision}
+    assert {str(eqn.outvars[0].aval.dtype) for eqn in dots} == {"float32"}
+
+
 def test_traced_tunables_equal_the_static_config():
     """A tunable given per state (how a vmapped grid runs) acts exactly like the config value."""
     agent, update = _agent("CartPole-v1")  # config lr=1e-3, actent=3e-4

@@ -58,6 +58,24 @@ def test_compute_dtype_auto_is_float32_on_cpu_bfloat16_on_accelerators():
     assert DreamerConfig(compute_dtype="bfloat16").resolved_dtype("cpu") == "bfloat16"
 
 
+def test_matmul_precision_auto_is_bfloat16_on_cpus_with_amx(monkeypatch):
+    import wmjax.machine
+
+    c = DreamerConfig()
+    assert c.matmul_precision == "auto"
+    for amx, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(wmjax.machine, "cpu_has_amx", lambda: amx)
+        assert c.resolved_matmul_precision("cpu") == want
+    assert c.resolved_matmul_precision("gpu") == "float32"  # computes in bfloat16 there anyway
+    assert DreamerConfig(matmul_precision="bfloat16").resolved_matmul_precision("gpu") == "bfloat16"
+    with pytest.raises(ValueError, match="matmul_precision.*allowed"):
+        DreamerConfig(matmul_precision="tf32")
+    # A run's config saved before the field existed multiplied in float32 and resumes so.
+    data = TrainConfig().to_dict()
+    del data["agent"]["matmul_precision"]
+    assert TrainConfig.from_dict(data).agent.matmul_precision == "float32"
+
+
 def test_config_round_trips_through_dict_and_names_unknown_fields():
     config = TrainConfig(env="Acrobot-v1", seeds=3, agent=DreamerConfig.preset("tiny", lr=1e-3))
     assert TrainConfig.from_dict(config.to_dict()) == config

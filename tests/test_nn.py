@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from programs import walk_jaxpr
 from wmjax.agents.dreamer.losses import lambda_return
 from wmjax.models.rssm import kl_loss
 from wmjax.nn import (BoundedNormal, Categorical, MLP, TwoHot, softmax_xent, symexp, symlog,
@@ -212,20 +213,58 @@ def test_policy_distributions():
 
 
 
+def _dots(fn, *args):
+    return [e for e, _ in walk_jaxpr(jax.make_jaxpr(fn)(*args).jaxpr)
+            if e.primitive.name == "dot_general"]
+
+
 def test_contract_sums_low_precision_in_float32():
     """`contract` (every matmul of the model) multiplies bfloat16 operands with float32 sums and
-    returns bfloat16 (on a CPU with AMX the fast path: 3-5x a bfloat16 result's speed); in
-    float32 it is the plain product."""
+    returns bfloat16 (on a CPU with AMX the fast path: 3-5x a bfloat16 result's speed), in its
+    gradient's two matmuls too; in float32 it is the plain product."""
     a = jax.random.normal(jax.random.key(0), (8, 300))
     b = jax.random.normal(jax.random.key(1), (300, 5))
     np.testing.assert_array_equal(contract("ni,io->no", a, b, jnp.float32), a @ b)
-    jaxpr = jax.make_jaxpr(lambda a, b: contract("ni,io->no", a, b, jnp.bfloat16))(a, b).jaxpr
-    (dot,) = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
-    assert dot.params["preferred_element_type"] == jnp.float32
-    assert [v.aval.dtype for v in dot.invars] == [jnp.bfloat16] * 2
+    assert len(_dots(lambda a, b: contract("ni,io->no", a, b, jnp.float32), a, b)) == 1
+    loss = lambda a, b: contract("ni,io->no", a, b, jnp.bfloat16).astype(jnp.float32).sum()
+    dots = _dots(jax.grad(loss, (0, 1)), a, b)
+    assert len(dots) == 3  # the product and its gradient's two
+    for dot in dots:
+        assert dot.params["preferred_element_type"] == jnp.float32
+        assert [v.aval.dtype for v in dot.invars] == [jnp.bfloat16] * 2
     out = contract("ni,io->no", a, b, jnp.bfloat16)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(out.astype(jnp.float32), a @ b, rtol=0.05, atol=0.3)
+
+
+@pytest.mark.parametrize("spec, a_shape, b_shape", [
+    ("ni,io->no", (8, 300), (300, 5)),
+    ("no,io->ni", (9, 4), (3, 4)),  # XLA folds the transposes into a dot it cannot run in bf16
+    ("ni,no->io", (9, 4), (9, 3)),
+    ("g...i,gio->g...o", (3, 5, 7, 4), (3, 4, 6)),
+    ("tg...i,tg...o->gio", (2, 3, 5, 4), (2, 3, 5, 6)),
+])
+def test_contract_at_bfloat16_matmul_precision(spec, a_shape, b_shape):
+    """Under `jax.default_matmul_precision("bfloat16")` (`DreamerConfig.matmul_precision`) a
+    float32 `contract` multiplies bfloat16 operands, forward and backward, and returns float32;
+    its value and gradient are the float32 ones to bfloat16's precision; and XLA's CPU backend
+    runs each (some arrangements of a bfloat16 dot fail there at run time)."""
+    a = jax.random.normal(jax.random.key(0), a_shape)
+    b = jax.random.normal(jax.random.key(1), b_shape)
+    loss = lambda a, b: jnp.square(contract(spec, a, b, jnp.float32)).sum()
+    exact = lambda a, b: jnp.square(jnp.einsum(spec, a, b)).sum()
+    with jax.default_matmul_precision("bfloat16"):
+        dots = _dots(jax.value_and_grad(loss, (0, 1)), a, b)
+        value, grads = jax.jit(jax.value_and_grad(loss, (0, 1)))(a, b)
+    assert len(dots) == 3
+    assert all([v.aval.dtype for v in d.invars] == [jnp.bfloat16] * 2 for d in dots)
+    want_value, want_grads = jax.value_and_grad(exact, (0, 1))(a, b)
+    np.testing.assert_allclose(value, want_value, rtol=0.02)
+    for got, want in zip(grads, want_grads):
+        assert got.dtype == jnp.float32 and got.shape == want.shape
+        assert float(jnp.abs(got - want).max() / jnp.abs(want).max()) < 0.02
+    assert float(jnp.abs(value - want_value)) > 0  # bfloat16 operands round: not float32's value
+
 
 def test_policy_samples_from_noise_drawn_ahead():
     """`sample_from(noise(key, shape))` is `sample(key)` (what lets the imagination draw the

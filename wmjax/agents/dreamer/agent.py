@@ -16,6 +16,8 @@ loss does (DreamerV3's `repval_grad`).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Any, Callable, NamedTuple
 
 import chex
@@ -101,6 +103,20 @@ def _continue_stats(cont: jax.Array, is_terminal: jax.Array) -> dict:
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def _at_matmul_precision(method: Callable) -> Callable:
+    """`method` traced under the agent's matmul precision (`DreamerConfig.matmul_precision`):
+    with "bfloat16", `jax.default_matmul_precision("bfloat16")`, which `wmjax.nn.layers.contract`
+    reads; with "float32", JAX's own setting is left alone."""
+
+    @functools.wraps(method)
+    def traced(self, *args, **kwargs):
+        with (jax.default_matmul_precision("bfloat16") if self.matmul_precision == "bfloat16"
+              else contextlib.nullcontext()):
+            return method(self, *args, **kwargs)
+
+    return traced
+
+
 class Dreamer:
     metric_names = METRICS
     ratio_metrics = RATIO_METRICS
@@ -109,6 +125,7 @@ class Dreamer:
         self.config = c = config
         self.spec = spec
         self.dtype = dtype = _DTYPES[c.resolved_dtype()]
+        self.matmul_precision = c.resolved_matmul_precision()
         self.image = not spec.is_dict and len(spec.obs_shape) == 3  # (H, W, C) uint8 images
         if spec.is_dict:  # image keys through the CNN, vector keys through the MLP
             split_keys(spec.obs_shapes)  # raises early on keys DreamerV3 cannot stack
@@ -227,6 +244,7 @@ class Dreamer:
 
     # ------------------------------------------------------------------ act
 
+    @_at_matmul_precision
     def act(
         self,
         state: AgentState,
@@ -255,6 +273,7 @@ class Dreamer:
 
     # ------------------------------------------------------------------ update
 
+    @_at_matmul_precision
     def update(self, state: AgentState, batch: Batch, key: jax.Array) -> tuple[AgentState, dict]:
         """One gradient step on a replayed batch; returns the new state and scalar metrics."""
         c = self.config
@@ -277,6 +296,7 @@ class Dreamer:
             raise AssertionError(f"update's metrics {sorted(metrics)} differ from METRICS")
         return AgentState(params, slow, opt_state, retnorm, state.step + 1, state.hyper), metrics
 
+    @_at_matmul_precision
     def imagine(self, params: dict, starts: RSSMState, key: jax.Array,
                 time_major: bool = False, emit: Callable[[jax.Array], Any] | None = None):
         """Roll the world model forward `imag_horizon` steps from `starts` (batch N) under the actor.
@@ -300,6 +320,7 @@ class Dreamer:
                            time_major, features=True, emit=emit,
                            policy_noise=lambda k: dist.noise(k, shape), method=RSSM.imagine)
 
+    @_at_matmul_precision
     def observe(self, params: dict, obs: Any, action: jax.Array, is_first: jax.Array,
                 key: jax.Array) -> tuple[RSSMState, RSSMState, jax.Array, jax.Array]:
         """The world model's posterior over replayed windows (B, T) of records, as training
@@ -312,11 +333,13 @@ class Dreamer:
                                                is_first.at[:, 0].set(True), key)
         return last, post, prior_logits, self._apply(params, "rssm", post, method=RSSM.feat)
 
+    @_at_matmul_precision
     def decode(self, params: dict, feat: jax.Array) -> Any:
         """The decoder's prediction from RSSM features, in observation units (pixels 0..255,
         vectors un-symlogged; a dict of them for dict observations)."""
         return self.decoder.to_obs(self._apply(params, "decoder", feat))
 
+    @_at_matmul_precision
     def heads(self, params: dict, feat: jax.Array) -> dict[str, jax.Array]:
         """What the heads say about RSSM features, in their own units: the expected `reward`,
         the `cont` probability (the discount folded in) and the critic's `value`. For
@@ -325,6 +348,7 @@ class Dreamer:
                 "cont": jax.nn.sigmoid(self._apply(params, "cont", feat)[..., 0]),
                 "value": self.twohot.mean(self._apply(params, "critic", feat))}
 
+    @_at_matmul_precision
     def open_loop(self, params: dict, batch: Batch, context: int, key: jax.Array) -> jax.Array:
         """DreamerV3's open-loop report: observe the first `context` steps of each sequence, then
         predict the rest from the prior alone under the recorded actions (the mode of each
@@ -349,6 +373,7 @@ class Dreamer:
         feat = self._apply(params, "rssm", states, method=RSSM.feat)
         return self.decode(params, feat)
 
+    @_at_matmul_precision
     def loss(
         self, params: dict, slow_critic: Any, retnorm: RetNormState, hyper: dict, batch: Batch,
         key: jax.Array,
