@@ -398,7 +398,8 @@ def test_fork_without_a_change_continues_bit_exactly(reference, tmp_path):
     assert main(["train", "--fork", ref_dir, "--fork-chunk", "12", "--logdir", dst, "--quiet"]) == 0
     assert _rows(dst) == _rows(ref_dir)
     fork = json.load(open(os.path.join(dst, "fork.json")))
-    assert fork == dict(source=os.path.abspath(ref_dir), chunk=12, env_steps=12 * 128, tunables={})
+    assert fork == dict(source=os.path.abspath(ref_dir), chunk=12, env_steps=12 * 128, tunables={},
+                        settings={})
     assert _snapshot(ref_dir) == before
 
 
@@ -430,6 +431,22 @@ def test_fork_sets_tunables_from_its_checkpoint_on(reference, tmp_path):
     assert max(moved) > 0.0
 
 
+def test_fork_may_change_the_matmul_precision(reference, tmp_path):
+    """`matmul_precision` changes the compiled program, not the state's layout: a fork may set
+    it, says so in fork.json and config.json, and trains on from the source's checkpoint."""
+    from wmjax.cli import main
+
+    ref_dir, _ = reference
+    dst = str(tmp_path / "precision")
+    other = "float32" if CONFIG.agent.resolved_matmul_precision() == "bfloat16" else "bfloat16"
+    assert main(["train", "--fork", ref_dir, "--fork-chunk", "12", "--logdir", dst, "--steps",
+                 str(13 * 128), "--set", f"matmul_precision={other}", "--quiet"]) == 0
+    fork = json.load(open(os.path.join(dst, "fork.json")))
+    assert fork["tunables"] == {} and fork["settings"] == {"matmul_precision": other}
+    assert json.load(open(os.path.join(dst, "config.json")))["agent"]["matmul_precision"] == other
+    assert [r["env_step"] for r in _rows(dst) if r["seed"] == 0] == [128 * c for c in range(1, 14)]
+
+
 def test_fork_refusals_name_the_problem_and_write_nothing(reference, tmp_path, capsys):
     from wmjax.cli import main
 
@@ -437,7 +454,7 @@ def test_fork_refusals_name_the_problem_and_write_nothing(reference, tmp_path, c
     before = _snapshot(ref_dir)
     dst = str(tmp_path / "never")
     cases = [
-        (["--set", "units=48"], "a fork changes tunables only; ['units']"),
+        (["--set", "units=48"], "a fork changes tunables and matmul_precision only; ['units']"),
         (["--env", "Acrobot-v1"], "env: 'CartPole-v1' != 'Acrobot-v1'"),
         (["--fork-chunk", "8"], "no checkpoint 8 in .*saved: [12, 16]"),
         (["--resume", ref_dir], "give one of them"),

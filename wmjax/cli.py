@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "match its config (except --steps, which may extend it)")
     t.add_argument("--fork", metavar="SRC",
                    help="start the new run in --logdir from the newest checkpoint of run SRC (or "
-                        "--fork-chunk), with the tunables given by --set changed, e.g. --set "
-                        "reward_scale=10; other flags must match SRC's config, except --steps")
+                        "--fork-chunk), with the tunables (or matmul_precision) given by --set "
+                        "changed, e.g. --set reward_scale=10; other flags must match SRC's "
+                        "config, except --steps")
     t.add_argument("--fork-chunk", type=int, metavar="N", help="with --fork: SRC's checkpoint N")
     t.add_argument("--checkpoint-every", type=int, default=10,
                    help="checkpoint every N chunks and at the end (0: only at the end)")
@@ -236,8 +237,9 @@ def _fork(args: argparse.Namespace) -> str:
     ignore = ("steps",) + tuple(f"agent.{name}" for name in tunables)
     diffs = load_config(args.fork).differences(requested, ignore=ignore)
     if diffs:
-        raise ValueError(f"--fork keeps {args.fork}'s config except --steps and tunables set with "
-                         f"--set; these differ (saved != requested): {'; '.join(diffs)}")
+        raise ValueError(f"--fork keeps {args.fork}'s config except --steps and the tunables and "
+                         f"matmul_precision set with --set; these differ (saved != requested): "
+                         f"{'; '.join(diffs)}")
     fork(args.fork, args.logdir, tunables, chunk=args.fork_chunk, steps=args.steps)
     return args.logdir
 

@@ -276,28 +276,37 @@ def set_tunables(state: Any, values: dict[str, float]) -> Any:
     return state._replace(agent=state.agent._replace(hyper=hyper))
 
 
-def fork(src: str, dst: str, tunables: dict[str, float], chunk: int | None = None,
+# Static agent settings a fork may change besides the tunables: they change the compiled
+# program, not the state's layout, so a checkpoint restores into the new program.
+FORKABLE_SETTINGS = ("matmul_precision",)
+
+
+def fork(src: str, dst: str, tunables: dict[str, Any], chunk: int | None = None,
          steps: int | None = None) -> TrainConfig:
     """Start run folder `dst` from checkpoint `chunk` (default: the newest) of run `src`, with
     the given tunables (names in TUNABLES) set to new values for every seed: a branch that tests
-    a change from a trained state, with src's replay, optimizer and return statistics. Returns
-    dst's config; `train(config, dst, resume=True)` continues it. dst's metrics.jsonl begins
-    with src's rows up to that checkpoint, and fork.json names the source, the checkpoint and
-    the change. Nothing in src is written, and dst is written only once the checkpoint has
-    been read."""
+    a change from a trained state, with src's replay, optimizer and return statistics. The
+    settings in FORKABLE_SETTINGS may be given too (e.g. `matmul_precision`, to go on with
+    faster matmuls). Returns dst's config; `train(config, dst, resume=True)` continues it.
+    dst's metrics.jsonl begins with src's rows up to that checkpoint, and fork.json names the
+    source, the checkpoint and the change. Nothing in src is written, and dst is written only
+    once the checkpoint has been read."""
     from wmjax.agents.dreamer import TUNABLES
 
-    unknown = sorted(set(tunables) - set(TUNABLES))
+    unknown = sorted(set(tunables) - set(TUNABLES) - set(FORKABLE_SETTINGS))
     if unknown:
-        raise ValueError(f"a fork changes tunables only; {unknown} would change the compiled "
-                         f"program or the state's layout. Tunables: {', '.join(TUNABLES)}")
+        raise ValueError(f"a fork changes tunables and {', '.join(FORKABLE_SETTINGS)} only; "
+                         f"{unknown} would change the state's layout. Tunables: "
+                         f"{', '.join(TUNABLES)}")
+    settings = {k: v for k, v in tunables.items() if k in FORKABLE_SETTINGS}
+    tunables = {k: v for k, v in tunables.items() if k not in FORKABLE_SETTINGS}
     if holds_run(dst):
         raise RunDirError(f"{dst} already holds a run; fork into a new folder")
     config = load_config(src)
     # The fork's values replace src's scheduled changes of the same tunables (which a resume
     # would otherwise make again); its other scheduled changes stay.
     config = config.replace(steps=config.steps if steps is None else steps,
-                            agent=config.agent.replace(**tunables),
+                            agent=config.agent.replace(**tunables, **settings),
                             tunable_schedule=tuple(e for e in config.tunable_schedule
                                                    if e[1] not in tunables))
     if not os.path.isdir(checkpoint_dir(src)):
@@ -318,7 +327,8 @@ def fork(src: str, dst: str, tunables: dict[str, float], chunk: int | None = Non
         write_json(os.path.join(dst, HYPER_FILE),
                    {**saved_hyper, **_hyper_lists(tunables, config.seeds)})
     write_json(os.path.join(dst, FORK_FILE), dict(source=os.path.abspath(src), chunk=done,
-                                                  env_steps=env_steps, tunables=tunables))
+                                                  env_steps=env_steps, tunables=tunables,
+                                                  settings=settings))
     writer = Checkpointer(dst)
     writer.save(done, state)
     writer.close()
