@@ -3,8 +3,9 @@
 For each (preset, train ratio, seeds): env steps/s and updates/s of the fused loop (replay
 already holding enough data, so every timed chunk trains), the time of one bare jitted update of
 the same model over the same seeds, as the loop runs it (so the loop's overhead shows as a
-ratio), and the update's achieved GFLOP/s beside this machine's float32 matmul peak measured in
-the same run. Each timed chunk is followed at once by as many bare updates, timed, and the
+ratio), and the update's achieved GFLOP/s beside this machine's matmul peak measured in the
+same run, for the dtype the update's matmuls multiply in (float32, or bfloat16 operands with
+float32 sums under `matmul_precision`; both peaks are printed). Each timed chunk is followed at once by as many bare updates, timed, and the
 overhead is the median of those pairs' ratios: this machine's speed drifts by 10% or more within
 minutes, and a loop and an update timed apart would show that drift as overhead.
 
@@ -131,11 +132,17 @@ def write_comparison(args, rows: list[dict], **extra) -> dict:
     return result
 
 
-def matmul_peak(n: int = 2048) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
+def matmul_peak(n: int = 2048, operands=jnp.float32) -> float:
+    """GFLOP/s of an n-square matmul of `operands`, summed in float32."""
+    a = jnp.ones((n, n), operands)
+    f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
     t, _ = _timed(f, a, repeats=5)
     return 2 * n**3 / t / 1e9
+
+
+def matmul_operands(agent: Dreamer) -> str:
+    """The dtype the agent's matmuls multiply in (`DreamerConfig.matmul_precision`)."""
+    return "bfloat16" if agent.matmul_precision == "bfloat16" else jnp.dtype(agent.dtype).name
 
 
 def _flops(cost) -> float:
@@ -316,10 +323,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.env != "CartPole-v1" and "host" in args.loops:
         ap.error(f"--loops host steps gymnasium CartPole only; with --env {args.env} use fused loops")
 
-    peak = matmul_peak()
+    peaks = {name: matmul_peak(operands=dtype) for name, dtype in
+             (("float32", jnp.float32), ("bfloat16", jnp.bfloat16))}
     machine = describe_machine()
     print(f"machine: {machine['cpu']} (features {machine['cpu_features']}), {machine['cores']} "
-          f"cores, jax {machine['jax']} ({machine['backend']}); float32 matmul peak {peak:.1f} GFLOP/s")
+          f"cores, jax {machine['jax']} ({machine['backend']}); matmul peak {peaks['float32']:.1f} "
+          f"GFLOP/s in float32, {peaks['bfloat16']:.1f} with bfloat16 operands (float32 sums)")
     print("reference (official DreamerV3, size1m f32, CartPole, ratio 32, this machine): "
           "1.39 updates/s, 45 env steps/s, ~19 GFLOP/update (~14% of peak), loop bodies counted once")
     print(f"env: {args.env}")
@@ -332,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     for preset in args.presets:
         agent_cfg = DreamerConfig.preset(preset, **overrides)
         agent = Dreamer(agent_cfg, spec)
+        operands = matmul_operands(agent)
+        peak = peaks.get(operands, peaks["float32"])  # "% peak": of the matmuls' own dtype
+        print(f"{preset}: matmul operands {operands}, % peak of {peak:.1f} GFLOP/s")
         gflop, gflop_all = update_gflop(agent)
         # One bare update per seed count, compiled once and shared by its rows; rows with more
         # seeds give the GFLOP/s of a single-seed update, timed here.
@@ -352,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
                     fused_rate = r["env_steps_per_s"] if kind == "fused" else fused_rate
                     row = dict(env=args.env, preset=preset, overrides=overrides, train_ratio=ratio, seeds=seeds,
                                envs=args.envs, loop=kind, **r,
+                               matmul_operands=operands,
                                gflop_per_update=gflop, update_gflops=achieved, peak_gflops=peak,
                                pct_of_peak=100 * achieved / peak,
                                gflop_per_update_all_steps=gflop_all, pct_of_peak_all_steps=pct_all,
@@ -365,8 +378,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"{gflop:9.2f} {achieved:8.1f} {100 * achieved / peak:5.1f}% | {gflop_all:7.2f} "
                           f"{pct_all:6.1f}%{vs}", flush=True)
                     # after every row, so a stopped run keeps its rows
-                    write_json(args.out, dict(peak_gflops=peak, jax=jax.__version__,
-                                              machine=machine, rows=rows))
+                    write_json(args.out, dict(peak_gflops=peaks["float32"], peaks_gflops=peaks,
+                                              jax=jax.__version__, machine=machine, rows=rows))
     print(f"wrote {args.out}")
 
 
