@@ -42,25 +42,25 @@ def contract(spec: str, a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
     returned in `dtype`. In float32 that is the plain einsum. bfloat16 operands take the CPU's
     fast path (a Xeon with AMX: 2,048-square matmuls at 1,231 GFLOP/s, against 238 with a
     bfloat16 result and 268 in float32) and their sums round once, not at every step; the
-    gradient's two matmuls are given bfloat16 operands as well (`_low_contract`)."""
-    low = jnp.dtype(matmul_dtype(dtype))
-    if low != jnp.bfloat16:
-        return jnp.einsum(spec, a.astype(low), b.astype(low),
+    gradient's two matmuls are given bfloat16 operands as well (`_bf16_contract`)."""
+    if jnp.dtype(matmul_dtype(dtype)) != jnp.bfloat16:
+        return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
                           preferred_element_type=jnp.float32).astype(dtype)
-    dtypes = (low, jnp.dtype(a.dtype), jnp.dtype(b.dtype))
-    return _low_contract(_explicit_spec(spec, a.ndim, b.ndim), dtypes, a, b).astype(dtype)
+    spec = _explicit_spec(spec, a.ndim, b.ndim)
+    return _bf16_contract(spec, (jnp.dtype(a.dtype), jnp.dtype(b.dtype)), a, b).astype(dtype)
 
 
 def _explicit_spec(spec: str, a_ndim: int, b_ndim: int) -> tuple[str, str, str]:
-    """`spec`'s operand and output subscripts with any `...` spelled out in unused letters, so
-    that the gradient's einsums can be written by exchanging them."""
-    (a, b), out = spec.replace(" ", "").split("->")[0].split(","), spec.split("->")[1].strip()
+    """`spec`'s operand and output subscripts with any `...` spelled out in unused letters (the
+    ellipsis's axes aligned from the right, as numpy broadcasts), so that the gradient's
+    products can be written by exchanging them."""
+    inputs, out = spec.replace(" ", "").split("->")
+    a, b = inputs.split(",")
     unused = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in spec]
-    ellipsis = max(n - len(t) + 3 for t, n in ((a, a_ndim), (b, b_ndim)) if "..." in t) \
-        if "..." in a + b else 0
-    fill = lambda t, n: t.replace("...", "".join(unused[ellipsis - (n - len(t) + 3):ellipsis]))
-    a, b = fill(a, a_ndim), fill(b, b_ndim)
-    out = out.replace("...", "".join(unused[:ellipsis]))
+    ranks = [n - len(t) + 3 for t, n in ((a, a_ndim), (b, b_ndim)) if "..." in t]
+    width = max(ranks, default=0)
+    fill = lambda t, n: t.replace("...", "".join(unused[width - (n - len(t) + 3):width]))
+    a, b, out = fill(a, a_ndim), fill(b, b_ndim), out.replace("...", "".join(unused[:width]))
     for x, others in ((a, b + out), (b, a + out)):
         if not set(x) <= set(others):
             raise ValueError(f"contract: {spec!r} sums an index over one operand alone")
@@ -68,28 +68,25 @@ def _explicit_spec(spec: str, a_ndim: int, b_ndim: int) -> tuple[str, str, str]:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _low_contract(spec, dtypes, a, b):
-    """The einsum of `a` and `b` in `dtypes[0]` (lower than float32), summed in float32. JAX would
-    derive its gradient's matmuls from the float32 output gradient, which XLA then runs in
-    float32 (off AMX): here they take the output gradient in `dtypes[0]` too."""
-    (sa, sb, so), low = spec, dtypes[0]
-    return _batched_matmul(sa, sb, so, a.astype(low), b.astype(low))
+def _bf16_contract(spec, dtypes, a, b):
+    """The product `spec` of `a` and `b` rounded to bfloat16, summed in float32. JAX would derive
+    its gradient's matmuls from the float32 output gradient, which XLA then multiplies in
+    float32 (off AMX); here they take the output gradient in bfloat16 too. `dtypes`: a's and
+    b's own, for their gradients."""
+    return _batched_matmul(*spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
 
 
-def _low_contract_fwd(spec, dtypes, a, b):
-    low = dtypes[0]
-    return _low_contract(spec, dtypes, a, b), (a.astype(low), b.astype(low))
+def _bf16_contract_fwd(spec, dtypes, a, b):
+    return _bf16_contract(spec, dtypes, a, b), (a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
 
 
-def _low_contract_bwd(spec, dtypes, res, g):
-    (sa, sb, so), (low, a_dtype, b_dtype), (a, b) = spec, dtypes, res
-    g = g.astype(low)
-    da = _batched_matmul(so, sb, sa, g, b)
-    db = _batched_matmul(sa, so, sb, a, g)
-    return da.astype(a_dtype), db.astype(b_dtype)
+def _bf16_contract_bwd(spec, dtypes, res, g):
+    (sa, sb, so), (a, b), g = spec, res, g.astype(jnp.bfloat16)
+    da, db = _batched_matmul(so, sb, sa, g, b), _batched_matmul(sa, so, sb, a, g)
+    return da.astype(dtypes[0]), db.astype(dtypes[1])
 
 
-_low_contract.defvjp(_low_contract_fwd, _low_contract_bwd)
+_bf16_contract.defvjp(_bf16_contract_fwd, _bf16_contract_bwd)
 
 
 def _batched_matmul(sx: str, sy: str, so: str, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -98,7 +95,7 @@ def _batched_matmul(sx: str, sy: str, so: str, x: jax.Array, y: jax.Array) -> ja
     other arrangement (e.g. a summed axis first) on a generic kernel that has no bfloat16 x
     bfloat16 -> float32 case and fails at run time. Of x @ y and (y @ x) transposed, the one
     that moves fewer elements is taken: a weight gradient over 16,384 imagined rows transposes
-    the 64-wide output gradient, not the 640-wide input."""
+    the narrow output gradient, not the 640-wide features."""
     size = dict(zip(sx, x.shape)) | dict(zip(sy, y.shape))
     count = lambda cs: int(np.prod([size[c] for c in cs], dtype=np.int64))
     batch = [c for c in so if c in sx and c in sy]
@@ -106,10 +103,10 @@ def _batched_matmul(sx: str, sy: str, so: str, x: jax.Array, y: jax.Array) -> ja
 
     def plan(sl, sr):  # the transposes for sl @ sr, and the elements they move
         free_l, free_r = [c for c in sl if c not in sr], [c for c in sr if c not in sl]
-        perms = ([sl.index(c) for c in batch + free_l + summed],
-                 [sr.index(c) for c in batch + summed + free_r])
         order = batch + free_l + free_r
-        perms += ([order.index(c) for c in so],)
+        perms = ([sl.index(c) for c in batch + free_l + summed],
+                 [sr.index(c) for c in batch + summed + free_r],
+                 [order.index(c) for c in so])
         moved = sum(n for p, n in zip(perms, (count(sl), count(sr), count(so))) if p != sorted(p))
         return moved, perms, (free_l, free_r, order)
 
@@ -117,14 +114,15 @@ def _batched_matmul(sx: str, sy: str, so: str, x: jax.Array, y: jax.Array) -> ja
     (l, sl), (r, sr) = ((y, sy), (x, sx)) if swap else ((x, sx), (y, sy))
     _, (perm_l, perm_r, perm_out), (free_l, free_r, order) = plan(sl, sr)
     # A transpose is copied behind a barrier, which keeps XLA from folding it into the dot.
-    moved = lambda a, perm: a if perm == sorted(perm) else jax.lax.optimization_barrier(
+    transposed = lambda a, perm: a if perm == sorted(perm) else jax.lax.optimization_barrier(
         a.transpose(perm))
-    l = moved(l, perm_l).reshape(count(batch), count(free_l), count(summed))
-    r = moved(r, perm_r).reshape(count(batch), count(summed), count(free_r))
+    l = transposed(l, perm_l).reshape(count(batch), count(free_l), count(summed))
+    r = transposed(r, perm_r).reshape(count(batch), count(summed), count(free_r))
     out = jax.lax.dot_general(l, r, (((2,), (1,)), ((0,), (0,))),
                               preferred_element_type=jnp.float32)
     out = out.reshape([size[c] for c in order])
-    return out if perm_out == sorted(perm_out) else jax.lax.optimization_barrier(out).transpose(perm_out)
+    return out if perm_out == sorted(perm_out) else jax.lax.optimization_barrier(out).transpose(
+        perm_out)
 
 
 def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Any) -> jax.Array:
