@@ -77,7 +77,7 @@ def test_continue_metrics_sum_the_head_at_terminal_records(setup):
     # The metrics came from update(one, batch, key 3); the loss observes with the first split.
     key_obs = jax.random.split(jax.random.key(3))[0]
     feat = agent.observe(one.params, batch.obs, batch.action, batch.is_first, key_obs)[3]
-    cont = np.asarray(jax.nn.sigmoid(agent.cont.apply({"params": one.params["cont"]}, feat)[..., 0]))
+    cont = np.asarray(agent.heads(one.params, feat)["cont"])  # at the agent's matmul precision
     np.testing.assert_allclose(float(metrics["cont/terminal_sum"]), (cont * term).sum(), rtol=1e-4)
     np.testing.assert_allclose(float(metrics["cont/nonterminal_sum"]), (cont * (1 - term)).sum(),
                                rtol=1e-4)

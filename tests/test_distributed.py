@@ -45,6 +45,9 @@ def test_mesh_places_seeds_then_data(runs):
 
 def test_sharded_equals_unsharded(runs):
     (_, ref, ref_rows), (_, got, got_rows) = runs
+    # bfloat16 matmul operands (`matmul_precision`, the default on CPUs with AMX) round each
+    # product's inputs to 8 bits, so another summation order shows ten times more.
+    tol = 1e-4 if TINY.agent.resolved_matmul_precision() == "float32" else 1e-3
     # The same env streams: identical replay contents, returns and update counts.
     for name in ("obs", "action", "reward", "is_first"):
         np.testing.assert_array_equal(np.asarray(ref.replay.data[name]), np.asarray(got.replay.data[name]))
@@ -53,15 +56,15 @@ def test_sharded_equals_unsharded(runs):
             assert (ra["env_step"], ra["updates"], ra["episode_return"]) == \
                    (rb["env_step"], rb["updates"], rb["episode_return"])
             if ra["chunk_updates"]:
-                np.testing.assert_allclose(rb["loss/world_model"], ra["loss/world_model"], rtol=1e-4)
-                np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=1e-3)
+                np.testing.assert_allclose(rb["loss/world_model"], ra["loss/world_model"], rtol=tol)
+                np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=10 * tol)
     assert ref_rows[-1][0]["chunk_updates"] > 0
     # The world model, trained on the data-parallel batch with the all-reduced gradient, matches.
     # (The actor and critic start from zero-init outputs, where LaProp's eps=1e-20 turns float
     # rounding of near-zero gradients into +-lr steps, so only their losses are compared.)
     for group in WORLD_MODEL:
         for x, y in zip(jax.tree.leaves(ref.agent.params[group]), jax.tree.leaves(got.agent.params[group])):
-            np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-4)
+            np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=tol)
 
 
 def test_mesh_errors_name_the_problem():
