@@ -5,9 +5,10 @@ already holding enough data, so every timed chunk trains), the time of one bare 
 the same model over the same seeds, as the loop runs it (so the loop's overhead shows as a
 ratio), and the update's achieved GFLOP/s beside this machine's matmul peak measured in the
 same run, for the dtype the update's matmuls multiply in (float32, or bfloat16 operands with
-float32 sums under `matmul_precision`; both peaks are printed). Each timed chunk is followed at once by as many bare updates, timed, and the
-overhead is the median of those pairs' ratios: this machine's speed drifts by 10% or more within
-minutes, and a loop and an update timed apart would show that drift as overhead.
+float32 sums under `matmul_precision`; both peaks are printed). Each timed chunk is followed at
+once by as many bare updates, timed, and the overhead is the median of those pairs' ratios: this
+machine's speed drifts by 10% or more within minutes, and a loop and an update timed apart would
+show that drift as overhead.
 
 FLOPs are counted two ways. `GFLOP/upd` is XLA's cost analysis of the compiled single-seed update,
 as asked for and as the official DreamerV3 reference was measured; XLA counts the body of a
