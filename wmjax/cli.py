@@ -224,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
 def _fork(args: argparse.Namespace) -> str:
     """`train --fork SRC --logdir DST --set NAME=VALUE`: fork SRC into DST (wmjax.run.fork), which
     `train` then resumes. Returns DST."""
-    from wmjax.run import fork, load_config
+    from wmjax.run import FORKABLE_SETTINGS, fork, load_config
 
     if args.resume:
         raise ValueError("--fork starts a new run from another's checkpoint and --resume "
@@ -238,8 +238,8 @@ def _fork(args: argparse.Namespace) -> str:
     diffs = load_config(args.fork).differences(requested, ignore=ignore)
     if diffs:
         raise ValueError(f"--fork keeps {args.fork}'s config except --steps and the tunables and "
-                         f"matmul_precision set with --set; these differ (saved != requested): "
-                         f"{'; '.join(diffs)}")
+                         f"{', '.join(FORKABLE_SETTINGS)} set with --set; these differ (saved != "
+                         f"requested): {'; '.join(diffs)}")
     fork(args.fork, args.logdir, tunables, chunk=args.fork_chunk, steps=args.steps)
     return args.logdir
 
