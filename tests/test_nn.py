@@ -11,7 +11,7 @@ from wmjax.models.rssm import kl_loss
 from wmjax.nn import (BoundedNormal, Categorical, MLP, TwoHot, softmax_xent, symexp, symlog,
                       twohot_bins, unimix_logits)
 from wmjax.nn.dists import inverse_cdf_index, straight_through_probs, unimix_probs
-from wmjax.nn.layers import contract
+from wmjax.nn.layers import bits_dtype, concat_bits, contract
 
 
 def test_symlog_symexp_are_inverse():
@@ -235,6 +235,18 @@ def test_contract_sums_low_precision_in_float32():
     out = contract("ni,io->no", a, b, jnp.bfloat16)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(out.astype(jnp.float32), a @ b, rtol=0.05, atol=0.3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_concat_bits_concatenates_as_jnp(dtype):
+    """`concat_bits` equals `jnp.concatenate`, and for bfloat16 compiles to no conversion
+    (XLA's CPU backend concatenates bfloat16 through float32)."""
+    parts = [jax.random.normal(jax.random.key(i), (5, n)).astype(dtype) for i, n in enumerate((3, 4))]
+    joined = jax.jit(concat_bits)(parts)
+    assert joined.dtype == dtype and bits_dtype(dtype) == (jnp.uint16 if dtype == jnp.bfloat16 else dtype)
+    np.testing.assert_array_equal(joined, jnp.concatenate(parts, -1))
+    hlo = jax.jit(concat_bits).lower(parts).compile().as_text()
+    assert " convert(" not in hlo
 
 
 @pytest.mark.parametrize("spec, a_shape, b_shape", [

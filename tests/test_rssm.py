@@ -291,6 +291,37 @@ def test_imagine_writes_the_trajectory_without_copying_it(rssm_and_params):
     assert not built, built
 
 
+def test_imagine_gives_bfloat16_features_without_float32_round_trips(rssm_and_params):
+    """`feat_dtype=bfloat16` (for readers that are all bfloat16-operand matmuls): the same
+    rollout, the policy and `emit` get the features rounded to bfloat16, and the compiled
+    rollout neither converts them nor the trajectory (XLA's CPU backend writes a bfloat16 buffer,
+    and concatenates bfloat16, through float32 unless they are moved as their bits)."""
+    m, params = rssm_and_params
+    start = m.apply(params, 7, method=RSSM.initial)
+    seen = []
+    policy = lambda feat, k: seen.append(feat.dtype) or jax.nn.one_hot(
+        jax.random.randint(k, feat.shape[:-1], 0, 2), 2)
+    emit = lambda f: {"f": f, "dtype_ok": jnp.full(f.shape[:-1], f.dtype == jnp.bfloat16)}
+
+    def rollout(p, s, k, dtype):
+        return m.apply(p, s, policy, 5, k, True, features=True, emit=emit, feat_dtype=dtype,
+                       method=RSSM.imagine)
+
+    feat, actions, emitted = rollout(params, start, jax.random.key(0), None)
+    feat_b, actions_b, emitted_b = rollout(params, start, jax.random.key(0), jnp.bfloat16)
+    assert feat_b.dtype == jnp.bfloat16 and set(seen) == {jnp.dtype("float32"), jnp.dtype("bfloat16")}
+    np.testing.assert_array_equal(feat_b, feat.astype(jnp.bfloat16))
+    np.testing.assert_array_equal(emitted_b["f"], feat_b)
+    assert bool(emitted_b["dtype_ok"].all()) and not bool(emitted["dtype_ok"].any())
+    np.testing.assert_array_equal(actions_b, actions)
+    hlo = jax.jit(rollout, static_argnums=3).lower(
+        params, start, jax.random.key(0), jnp.bfloat16).compile().as_text()
+    width = m.deter + m.stoch * m.classes
+    round_trips = [line for line in hlo.splitlines() if re.search(
+        rf"= f32\[(6,)?7,{width}\]\S* (convert|concatenate)\(", line)]
+    assert not round_trips, round_trips
+
+
 def _dot_operand_shapes(jaxpr):
     """(operand shapes, inside a scan?) of every dot_general in a jaxpr, nested ones included."""
     return [(tuple(tuple(v.aval.shape) for v in eqn.invars), inside)

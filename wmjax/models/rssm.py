@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from wmjax.nn.dists import (categorical_kl, inverse_cdf_index, straight_through_probs, unimix_logits,
                             unimix_probs)
-from wmjax.nn.layers import NormAct, contract, dense, dreamer_init
+from wmjax.nn.layers import NormAct, bits_dtype, concat_bits, contract, dense, dreamer_init
 
 sg = jax.lax.stop_gradient
 
@@ -125,10 +125,14 @@ class RSSM(nn.Module):
     def initial(self, batch: int) -> RSSMState:
         return RSSMState.zeros(batch, self.deter, self.stoch, self.classes)
 
-    def feat(self, state: RSSMState) -> jax.Array:
-        """Features every head reads: concat(deter, flatten(stoch))."""
+    def feat(self, state: RSSMState, dtype: Any = None) -> jax.Array:
+        """Features every head reads: concat(deter, flatten(stoch)), in `dtype` (default the
+        state's float32). Converted before the concatenation, the deter's conversion is the
+        one the GRU's input layer makes too (the compiler makes it once)."""
         stoch = state.stoch.reshape(*state.stoch.shape[:-2], -1)
-        return jnp.concatenate([state.deter, stoch], -1)
+        if dtype is None:
+            return jnp.concatenate([state.deter, stoch], -1)
+        return concat_bits([state.deter.astype(dtype), stoch.astype(dtype)], -1)
 
     def _groups(self, deter: jax.Array) -> jax.Array:
         """(..., deter) -> (blocks, ..., deter // blocks): the block GRU's group-major layout."""
@@ -368,6 +372,7 @@ class RSSM(nn.Module):
         features: bool = False,
         emit: Callable[[jax.Array], Any] | None = None,
         policy_noise: Callable[[jax.Array], Any] | None = None,
+        feat_dtype: Any = None,
     ) -> tuple[RSSMState | jax.Array, jax.Array] | tuple[RSSMState | jax.Array, jax.Array, Any]:
         """Roll the prior forward `horizon` steps from `state` (batch B) under `policy`.
 
@@ -386,6 +391,10 @@ class RSSM(nn.Module):
         are then drawn for every step before the scan (one call, the same numbers as one per
         key) and `policy` gets them in place of its key. Drawn inside the scan, XLA's CPU
         backend runs a small threefry loop on every step.
+        `feat_dtype` (default: `feat`'s float32): the dtype the policy, `emit` and the returned
+        features get the features in. A caller whose every reader of them is a matmul with
+        bfloat16 operands passes bfloat16: the same results, without converting the features
+        at every step and the whole trajectory after the scan, and half its memory to write.
         """
         keys = jax.random.split(key, horizon + 1)
         policy_keys, stoch_keys = jnp.swapaxes(jax.vmap(jax.random.split)(keys[:-1]), 0, 1)
@@ -395,18 +404,22 @@ class RSSM(nn.Module):
             policy_xs, last_x = jax.vmap(policy_noise)(policy_keys), policy_noise(keys[-1])
 
         def outputs(state, key):
-            feat = self.feat(state)
+            feat = self.feat(state, feat_dtype)
             action = policy(feat, key)
             return action, (feat if features else state, action) + (
                 (emit(feat),) if emit is not None else ())
 
         # The outputs are written into buffers of horizon + 1 steps carried by the scan, the
         # last state's after it: stacked by the scan, appending the last state would copy the
-        # whole trajectory once more.
+        # whole trajectory once more. bfloat16 outputs are kept as their bits (`bits_dtype`):
+        # XLA's CPU backend writes a step into a bfloat16 buffer by converting all of it to
+        # float32 and back.
         shapes = jax.eval_shape(outputs, state, last_x)[1]
-        buffers = jax.tree.map(lambda s: jnp.zeros((horizon + 1,) + s.shape, s.dtype), shapes)
+        buffers = jax.tree.map(
+            lambda s: jnp.zeros((horizon + 1,) + s.shape, bits_dtype(s.dtype)), shapes)
         write = lambda bufs, out, t: jax.tree.map(
-            lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, t, 0), bufs, out)
+            lambda b, o: jax.lax.dynamic_update_index_in_dim(
+                b, jax.lax.bitcast_convert_type(o, b.dtype), t, 0), bufs, out)
 
         def step(mdl, carry, x, weights):
             state, deter_g, bufs, t = carry
@@ -419,6 +432,7 @@ class RSSM(nn.Module):
         start = (state, self._groups(state.deter), buffers, jnp.zeros((), jnp.int32))
         (last, _, buffers, _), _ = scan(self, start, (policy_xs, noise), self._gru_weights())
         out = write(buffers, outputs(last, last_x)[1], horizon)
+        out = jax.tree.map(lambda b, s: jax.lax.bitcast_convert_type(b, s.dtype), out, shapes)
         if time_major:
             return out
         swap = lambda x: jnp.swapaxes(x, 0, 1)

@@ -50,6 +50,25 @@ def contract(spec: str, a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
     return _bf16_contract(spec, (jnp.dtype(a.dtype), jnp.dtype(b.dtype)), a, b).astype(dtype)
 
 
+def bits_dtype(dtype: Any) -> Any:
+    """The dtype an array of `dtype` is best moved around in on XLA's CPU backend: uint16 for
+    bfloat16 (the same bits, `jax.lax.bitcast_convert_type`), else `dtype`. That backend
+    concatenates bfloat16 arrays, and writes a slice into one, by converting all of them to
+    float32 and back; on their bits both are plain copies."""
+    return jnp.uint16 if jnp.dtype(dtype) == jnp.bfloat16 else dtype
+
+
+def concat_bits(parts: list[jax.Array], axis: int = -1) -> jax.Array:
+    """`jnp.concatenate(parts, axis)`, for bfloat16 parts through their bits (`bits_dtype`)."""
+    dtype = jnp.result_type(*parts)
+    bits = bits_dtype(dtype)
+    if bits == dtype:
+        return jnp.concatenate(parts, axis)
+    joined = jnp.concatenate([jax.lax.bitcast_convert_type(p.astype(dtype), bits)
+                              for p in parts], axis)
+    return jax.lax.bitcast_convert_type(joined, dtype)
+
+
 def _explicit_spec(spec: str, a_ndim: int, b_ndim: int) -> tuple[str, str, str]:
     """`spec`'s operand and output subscripts with any `...` spelled out in unused letters (the
     ellipsis's axes aligned from the right, as numpy broadcasts), so that the gradient's
@@ -134,14 +153,16 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Any) -> jax.A
 
 
 def shared_dense(x: jax.Array, layers: list[tuple[jax.Array, jax.Array]],
-                 given: list[jax.Array | None] | None = None) -> list[jax.Array]:
+                 given: list[jax.Array | None] | None = None, dtype: Any = None) -> list[jax.Array]:
     """Several dense layers (kernel, bias) reading the same `x`, computed and differentiated as
     one: a single matmul for the outputs not `given`, a single one for all kernels' gradients
     and a single one for x's. On CPU the weight gradient of a narrow layer over many rows (a
     640 x 64 kernel over 17,408 imagined states) ran at a third of the matmul peak; two of them
     side by side as one matmul took 14.9 ms against 11.1 for one alone. A `given` output is
     one already computed from `x` with these parameters (e.g. inside a scan): it is used, not
-    recomputed, and still differentiated as the layer. Computes in x's dtype."""
+    recomputed, and still differentiated as the layer. Computes in `dtype` (default x's): x
+    may come in the matmul's operand dtype already (e.g. bfloat16 features) while the layers
+    compute in float32."""
     given = [None] * len(layers) if given is None else list(given)
     if len(given) != len(layers):
         raise ValueError(f"shared_dense: {len(layers)} layers but {len(given)} given outputs")
@@ -149,37 +170,38 @@ def shared_dense(x: jax.Array, layers: list[tuple[jax.Array, jax.Array]],
         chex.assert_shape(kernel, (x.shape[-1], None))
         if y is not None:
             chex.assert_shape(y, x.shape[:-1] + kernel.shape[-1:])
-    return list(_shared_dense(x, tuple(layers), tuple(given)))
+    dtype = jnp.dtype(x.dtype if dtype is None else dtype)
+    return list(_shared_dense(dtype, x, tuple(layers), tuple(given)))
 
 
 def _split_columns(y: jax.Array, widths: list[int]) -> list[jax.Array]:
     return jnp.split(y, list(np.cumsum(widths)[:-1]), -1)
 
 
-@jax.custom_vjp
-def _shared_dense(x, layers, given):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _shared_dense(dtype, x, layers, given):
     todo = [i for i, y in enumerate(given) if y is None]
-    outs = list(given)
+    outs = [None if y is None else y.astype(dtype) for y in given]
     if todo:
         kernel = jnp.concatenate([layers[i][0] for i in todo], -1)
         bias = jnp.concatenate([layers[i][1] for i in todo], -1)
-        y = dense(x, kernel, bias, x.dtype)
+        y = dense(x, kernel, bias, dtype)
         for i, part in zip(todo, _split_columns(y, [layers[i][0].shape[-1] for i in todo])):
             outs[i] = part
     return tuple(outs)
 
 
-def _shared_dense_fwd(x, layers, given):
-    return _shared_dense(x, layers, given), (x, layers, given)
+def _shared_dense_fwd(dtype, x, layers, given):
+    return _shared_dense(dtype, x, layers, given), (x, layers, given)
 
 
-def _shared_dense_bwd(res, gs):
+def _shared_dense_bwd(dtype, res, gs):
     x, layers, given = res
-    g = jnp.concatenate(gs, -1)
+    g = jnp.concatenate(gs, -1).astype(dtype)
     g = g.reshape(-1, g.shape[-1])
     kernel = jnp.concatenate([k for k, _ in layers], -1)
-    dx = contract("no,io->ni", g, kernel, g.dtype).reshape(x.shape).astype(x.dtype)
-    dkernel = contract("ni,no->io", x.reshape(-1, x.shape[-1]), g, g.dtype)
+    dx = contract("no,io->ni", g, kernel, dtype).reshape(x.shape).astype(x.dtype)
+    dkernel = contract("ni,no->io", x.reshape(-1, x.shape[-1]), g, dtype)
     widths = [k.shape[-1] for k, _ in layers]
     dlayers = tuple((dk.astype(k.dtype), db.astype(b.dtype)) for (k, b), dk, db in
                     zip(layers, _split_columns(dkernel, widths), _split_columns(g.sum(0), widths)))

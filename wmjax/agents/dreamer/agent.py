@@ -40,7 +40,7 @@ from wmjax.models.heads import (
 from wmjax.models.rssm import RSSM, RSSMState, kl_loss
 from wmjax.nn.dists import (BoundedNormal, Categorical, TwoHot, softmax_xent, twohot_bins,
                             unimix_logits)
-from wmjax.nn.layers import MLP, shared_dense
+from wmjax.nn.layers import MLP, matmul_dtype, shared_dense
 
 sg = jax.lax.stop_gradient
 
@@ -298,7 +298,8 @@ class Dreamer:
 
     @_at_matmul_precision
     def imagine(self, params: dict, starts: RSSMState, key: jax.Array,
-                time_major: bool = False, emit: Callable[[jax.Array], Any] | None = None):
+                time_major: bool = False, emit: Callable[[jax.Array], Any] | None = None,
+                feat_dtype: Any = None):
         """Roll the world model forward `imag_horizon` steps from `starts` (batch N) under the actor.
 
         Returns features (N, H + 1, feat) and actions (N, H + 1, A), or (H + 1, N, ...) with
@@ -306,7 +307,8 @@ class Dreamer:
         actions, the raw unclipped samples for continuous ones (REINFORCE scores the sample
         that was drawn; the RSSM bounds its action input by a / max(1, |a|), as DreamerV3).
         `emit` (a function of one step's features) is computed inside the rollout at every
-        state and returned third (`RSSM.imagine`).
+        state and returned third (`RSSM.imagine`). `feat_dtype`: the features' dtype for the
+        policy, `emit` and the result (default float32; see `RSSM.imagine`).
         """
 
         def policy(f, noise):
@@ -318,7 +320,8 @@ class Dreamer:
         dist = Categorical if self.spec.discrete else BoundedNormal
         return self._apply(params, "rssm", starts, policy, self.config.imag_horizon, key,
                            time_major, features=True, emit=emit,
-                           policy_noise=lambda k: dist.noise(k, shape), method=RSSM.imagine)
+                           policy_noise=lambda k: dist.noise(k, shape), feat_dtype=feat_dtype,
+                           method=RSSM.imagine)
 
     @_at_matmul_precision
     def observe(self, params: dict, obs: Any, action: jax.Array, is_first: jax.Array,
@@ -416,17 +419,19 @@ class Dreamer:
                     self._slow_value(slow_critic, f),
                     self.actor.first_layer(frozen["actor"], f))
 
+        # Every reader of the imagined features is a matmul, so they come in its operands' dtype.
         img_feat, img_action, (img_rew, img_con, slow_value, rollout_first) = self.imagine(
-            frozen, starts, jax.random.fold_in(key_img, 1), time_major=True, emit=frozen_heads)
+            frozen, starts, jax.random.fold_in(key_img, 1), time_major=True, emit=frozen_heads,
+            feat_dtype=matmul_dtype(self.dtype))
         img_feat = sg(img_feat)
 
         # ---- actor-critic on the imagined trajectories
         # The actor's and the critic's first layers read the same features: one weight-gradient
         # matmul for both (`shared_dense`), and the actor's output is the rollout's.
         actor_first, critic_first = shared_dense(
-            img_feat.astype(self.dtype),
+            img_feat,
             [self.actor.first_params(params["actor"]), self.critic.first_params(params["critic"])],
-            [sg(rollout_first), None])
+            [sg(rollout_first), None], dtype=self.dtype)
         critic_logits = self._apply(params, "critic", img_feat, critic_first)
         # The value readout and the critic's loss share one logsumexp over the bins (the value
         # takes no gradient): over every imagined state, each pass over the bins counts.
