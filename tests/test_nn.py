@@ -389,3 +389,17 @@ def test_mlps_sharing_an_input_compute_their_first_layers_as_one(layers):
         shared(pa, pb, x, given[..., :-1])
     with pytest.raises(ValueError, match="2 layers but 1 given"):
         shared_dense(x, [a.first_params(pa), b.first_params(pb)], [None])
+    # Under bfloat16 matmul operands x may come in bfloat16 already (the agent's imagined
+    # features): with `dtype` float32 the outputs and the kernels' gradients are those from the
+    # float32 x, which the matmuls round to bfloat16 themselves.
+    layers = [a.first_params(pa), b.first_params(pb)]
+    loss = lambda layers, x, dtype=None: sum(jnp.sin(y).sum() for y in shared_dense(
+        x, layers, dtype=dtype))
+    with jax.default_matmul_precision("bfloat16"):
+        outs = shared_dense(x.astype(jnp.bfloat16), layers, dtype=jnp.float32)
+        assert all(y.dtype == jnp.float32 for y in outs)
+        for y, want in zip(outs, shared_dense(x, layers)):
+            np.testing.assert_array_equal(y, want)
+        for u, v in zip(jax.tree.leaves(jax.grad(loss)(layers, x.astype(jnp.bfloat16), jnp.float32)),
+                        jax.tree.leaves(jax.grad(loss)(layers, x))):
+            np.testing.assert_array_equal(u, v)
