@@ -55,7 +55,8 @@ def bits_dtype(dtype: Any) -> Any:
     bfloat16 (the same bits, `jax.lax.bitcast_convert_type`), else `dtype`. That backend
     concatenates bfloat16 arrays, and writes a slice into one, by converting all of them to
     float32 and back; on their bits both are plain copies."""
-    return jnp.uint16 if jnp.dtype(dtype) == jnp.bfloat16 else dtype
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.uint16) if dtype == jnp.bfloat16 else dtype
 
 
 def concat_bits(parts: list[jax.Array], axis: int = -1) -> jax.Array:
