@@ -12,11 +12,15 @@ prints, and saves as `per_bin`, both learners' mean training return per tenth of
     python benchmarks/ladder.py --rung cartpole --steps 2048 --preset tiny  # a smoke test
     python benchmarks/ladder.py --rung breakout --seeds 1 --seed 1        # one more seed, in
                                               # runs/ladder_seed1 and benchmarks/results/ladder_seed1
+    python benchmarks/ladder.py --rung breakout --seeds 1 --only ppo      # PPO alone, e.g. in a
+                                              # second process while DreamerV3 trains
 
 Runs that use less than the published protocol (model size, train ratio, steps) are labelled
 "reduced budget" in the JSON and on the plot. The DreamerV3 run is checkpointed (run folder
 `LOGDIR/RUNG/dreamer`), so `--resume` continues a long rung after an interruption; it reuses
 the PPO result saved in `LOGDIR/RUNG/ppo.json` when that was made with the same settings.
+`--only dreamer` or `--only ppo` trains one learner and stops; once both have finished, the
+rung's command with `--resume` (and without `--only`) joins the two and writes the results.
 """
 from __future__ import annotations
 
@@ -130,16 +134,21 @@ def final_value(steps: np.ndarray, mean: np.ndarray, last: int = 3) -> float | N
     return float(np.mean(mean[-last:])) if len(mean) else None
 
 
+def _shown(value: float | None) -> str:
+    return "no finished episode" if value is None else f"{value:.1f}"
+
+
 def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float | None,
              overrides: dict, logdir: str, out: str, resume: bool,
              ppo_config: PPOConfig | None = None, envs: int = 16, chunk_steps: int | None = None,
              replay_size: int | None = None, eval_episodes: int = 32, seed: int = 0,
-             schedule: tuple = ()) -> dict:
+             schedule: tuple = (), only: str | None = None) -> dict:
     """Train DreamerV3 and the PPO baseline (`ppo_config`, default the rung's preset) on one
-    rung; write RUNG.json and RUNG.png to `out`; return the JSON's contents. `seed` is both
-    learners' base seed (TrainConfig.seed, train_ppo's seed), so a rung can add seeds one run
-    at a time: `seeds=1, seed=1` is a second seed, not a repeat of the first. `schedule`:
-    DreamerV3's TrainConfig.tunable_schedule, (env_step, name, value) entries."""
+    rung; write RUNG.json and RUNG.png to `out`; return the JSON's contents. `only` ("dreamer"
+    or "ppo") trains that learner alone and returns its summary without writing results.
+    `seed` is both learners' base seed (TrainConfig.seed, train_ppo's seed), so a rung can add
+    seeds one run at a time: `seeds=1, seed=1` is a second seed, not a repeat of the first.
+    `schedule`: DreamerV3's TrainConfig.tunable_schedule, (env_step, name, value) entries."""
     env, budget, default_ratio = RUNGS[rung]
     steps = steps or budget
     ratio = ratio or default_ratio
@@ -150,20 +159,30 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                          chunk_steps=chunk_steps or min(2048 if steps <= 100_000 else 16_384, steps),
                          agent=agent, tunable_schedule=tuple(schedule))
     run_dir = os.path.join(logdir, rung, "dreamer")
+    ppo_env = PPO_ENVS.get(env, env)
+    ppo_config = ppo_config or PPOConfig.preset(PPO_RUNG_PRESETS[rung])
+    ppo_path = os.path.join(logdir, rung, "ppo.json")
+    label = f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){f' from seed {seed}' if seed else ''})"
+    if only == "ppo":  # e.g. beside a long DreamerV3 run; the joined command reuses the file
+        ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes, ppo_path, resume, seed)
+        p_steps, p_mean, _, _ = ppo_curve(ppo)
+        print(f"{label}: PPO {_shown(final_value(p_steps, p_mean))} in {ppo['wall_s'] / 60:.1f} min, "
+              f"saved in {ppo_path}; run the rung without --only, with --resume, to join it")
+        return dict(rung=rung, env=env, steps=steps, seeds=seeds, seed=seed, ppo_path=ppo_path,
+                    ppo=dict(env=ppo_env, final=final_value(p_steps, p_mean), wall_s=ppo["wall_s"]))
     train(config, run_dir, resume=resume and holds_run(run_dir), checkpoint_every=5)
     d_rows = read_metrics(run_dir)
     dreamer_wall = training_wall_time(d_rows)  # summed over every resume of a long rung
     d_steps, d_mean, d_low, d_high = curve(d_rows)
+    if only == "dreamer":
+        print(f"{label}: DreamerV3 {_shown(final_value(d_steps, d_mean))} in {dreamer_wall / 60:.1f} "
+              f"min, in {run_dir}; run the rung without --only, with --resume, to join PPO")
+        return dict(rung=rung, env=env, steps=steps, seeds=seeds, seed=seed,
+                    dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
+                                 run_dir=run_dir))
     frozen = seed_returns(run_dir, eval_episodes) if eval_episodes else None
-    ppo_env = PPO_ENVS.get(env, env)
-    ppo_config = ppo_config or PPOConfig.preset(PPO_RUNG_PRESETS[rung])
-    ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes,
-                        os.path.join(logdir, rung, "ppo.json"), resume, seed)
-    p_returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
-    p_steps = np.asarray(ppo["env_steps"])
-    keep = ~np.all(np.isnan(p_returns), 0)
-    p_mean = np.nanmean(p_returns[:, keep], 0)
-    p_low, p_high = np.nanmin(p_returns[:, keep], 0), np.nanmax(p_returns[:, keep], 0)
+    ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes, ppo_path, resume, seed)
+    p_steps, p_mean, p_low, p_high = ppo_curve(ppo)
     reduced = preset != PUBLISHED["preset"] or ratio < PUBLISHED["train_ratio"]
     result = dict(
         rung=rung, env=env, steps=steps, seeds=seeds, seed=seed, preset=preset, train_ratio=ratio,
@@ -172,9 +191,9 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
                      final_policy=frozen_record(frozen, eval_episodes),
                      machines=read_machines(run_dir)),
-        ppo=dict(env=ppo_env, final=final_value(p_steps[keep], p_mean), wall_s=ppo["wall_s"],
+        ppo=dict(env=ppo_env, final=final_value(p_steps, p_mean), wall_s=ppo["wall_s"],
                  config=asdict(ppo_config), final_policy=frozen_record(ppo["final_policy"], eval_episodes),
-                 curve=[[int(s), float(m)] for s, m in zip(p_steps[keep], p_mean)],
+                 curve=[[int(s), float(m)] for s, m in zip(p_steps, p_mean)],
                  machine=ppo.get("machine")),  # None in files from before it was recorded
         references=REFERENCES.get(env, {}),
     )
@@ -191,11 +210,10 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{rung}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    plot_rung(result, (d_steps, d_mean, d_low, d_high), (p_steps[keep], p_mean, p_low, p_high),
+    plot_rung(result, (d_steps, d_mean, d_low, d_high), (p_steps, p_mean, p_low, p_high),
               os.path.join(out, f"{rung}.png"))
     d, p = result["dreamer"]["final"], result["ppo"]["final"]
-    print(f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){f' from seed {seed}' if seed else ''}"
-          f"{', reduced budget' if reduced else ''}): "
+    print(f"{label[:-1]}{', reduced budget' if reduced else ''}): "
           f"DreamerV3 {d:.1f} in {dreamer_wall / 60:.1f} min, PPO {p:.1f} in {ppo['wall_s'] / 60:.1f} min; "
           f"references {result['references']}")
     print(f"Mean training return per {every:,d} steps (over the episodes that ended in each):")
@@ -212,6 +230,16 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
         print(achievements_table({"DreamerV3": result["dreamer"]["achievements"],
                                   "PPO": result["ppo"]["achievements"]}))
     return result
+
+
+def ppo_curve(ppo: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """PPO's learning curve from `train_ppo`'s result: (env steps, mean, low, high) over seeds,
+    at the log points where at least one seed finished an episode."""
+    returns = np.array([[np.nan if v is None else v for v in row] for row in ppo["returns"]])
+    keep = ~np.all(np.isnan(returns), 0)
+    returns = returns[:, keep]
+    return (np.asarray(ppo["env_steps"])[keep], np.nanmean(returns, 0), np.nanmin(returns, 0),
+            np.nanmax(returns, 0))
 
 
 def crafter_fields(rows: list[dict], seeds: int) -> dict:
@@ -317,6 +345,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="default: benchmarks/results/ladder, or "
                                                 "benchmarks/results/ladder_seedS with --seed S > 0")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--only", choices=("dreamer", "ppo"), default=None,
+                    help="train one learner and stop before the results (e.g. PPO in a second "
+                         "process beside a long DreamerV3 run); the full command with --resume "
+                         "then reuses both")
     args = ap.parse_args(argv)
     if args.eval_episodes < 0:
         ap.error(f"--eval-episodes {args.eval_episodes}; allowed: >= 0")
@@ -339,7 +371,7 @@ def main(argv=None) -> dict:
         ap.error(str(e))
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
                     logdir, out, args.resume, ppo, args.envs, args.chunk_steps,
-                    args.replay_size, args.eval_episodes, args.seed, schedule)
+                    args.replay_size, args.eval_episodes, args.seed, schedule, args.only)
 
 
 if __name__ == "__main__":

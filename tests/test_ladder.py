@@ -24,8 +24,20 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
             "--replay-size", "1024", "--set", "warmup=10", "--eval-episodes", "3",
             "--set-from", "384:actent=1e-3",
             "--logdir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
-    result = main(argv)
+    # Each learner alone (as two processes would run them side by side), then the rung joined.
+    dreamer_only = main(argv + ["--only", "dreamer"])
+    assert not os.path.exists(tmp_path / "runs" / "cartpole" / "ppo.json")
+    ppo_only = main(argv + ["--only", "ppo"])
+    assert os.path.exists(ppo_only["ppo_path"]) and not os.path.exists(tmp_path / "out")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("PPO trained again on a resume with the same settings")
+
+    monkeypatch.setattr(ladder, "train_ppo", no_training)
+    result = main(argv + ["--resume"])
     saved = json.load(open(tmp_path / "out" / "cartpole.json"))
+    assert saved["ppo"]["final"] == ppo_only["ppo"]["final"]
+    assert saved["dreamer"]["final"] == dreamer_only["dreamer"]["final"]
     config = json.load(open(tmp_path / "runs" / "cartpole" / "dreamer" / "config.json"))
     assert saved["tunable_schedule"] == config["tunable_schedule"] == [[384, "actent", 0.001]]
     assert saved["reduced_budget"] and saved["steps"] == 512 and saved["seeds"] == 2
@@ -64,10 +76,6 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
     assert ppo_frozen["episodes"] == 3 and len(ppo_frozen["returns"]) == 2
     assert all(r >= 8 for r in ppo_frozen["returns"])
     # --resume reuses the saved PPO result when its settings match, and only then.
-    def no_training(*args, **kwargs):
-        raise AssertionError("PPO trained again on a resume with the same settings")
-
-    monkeypatch.setattr(ladder, "train_ppo", no_training)
     again = main(argv + ["--resume"])
     assert again["ppo"] == result["ppo"]
     assert again["dreamer"]["machines"] == saved["dreamer"]["machines"]  # nothing left to run
