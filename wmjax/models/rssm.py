@@ -22,7 +22,8 @@ import jax.numpy as jnp
 
 from wmjax.nn.dists import (categorical_kl, inverse_cdf_index, straight_through_probs, unimix_logits,
                             unimix_probs)
-from wmjax.nn.layers import NormAct, bits_dtype, concat_bits, contract, dense, dreamer_init
+from wmjax.nn.layers import (SAVE_MATMULS, NormAct, bits_dtype, concat_bits, contract, dense,
+                             dreamer_init)
 
 sg = jax.lax.stop_gradient
 
@@ -461,7 +462,9 @@ def _observe_scan(mdl: RSSM, weights: tuple, offsets: tuple | None, xs: tuple, s
     # ops: the update measured 3% faster at size1m and 5% at size12m. The block GRU's batched
     # (per-group) matmuls are saved too: recomputed, they read their weights once more on
     # every step, 8 MB at size12m (Craftax-Classic's update x0.95; size1m's unchanged).
-    step = nn.remat(step, prevent_cse=False, policy=jax.checkpoint_policies.dots_saveable)
+    # `SAVE_MATMULS` saves `contract`'s bfloat16 products as well, which `dots_saveable` alone
+    # would recompute (a custom_vjp is no dot to it).
+    step = nn.remat(step, prevent_cse=False, policy=SAVE_MATMULS)
     scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=(0, nn.broadcast), unroll=mdl.unroll)
     carry, out = scan(mdl, start, xs if offsets is None else xs + (offsets,), weights)

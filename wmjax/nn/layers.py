@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 
 def dreamer_init(outscale: float = 1.0, batch_axis: tuple[int, ...] = ()) -> nn.initializers.Initializer:
@@ -47,7 +48,17 @@ def contract(spec: str, a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
         return jnp.einsum(spec, a.astype(dtype), b.astype(dtype),
                           preferred_element_type=jnp.float32).astype(dtype)
     spec = _explicit_spec(spec, a.ndim, b.ndim)
-    return _bf16_contract(spec, (jnp.dtype(a.dtype), jnp.dtype(b.dtype)), a, b).astype(dtype)
+    out = _bf16_contract(spec, (jnp.dtype(a.dtype), jnp.dtype(b.dtype)), a, b)
+    # A custom_vjp is no dot to a remat policy (`dots_saveable`): named, it can be saved as one.
+    return checkpoint_name(out, CONTRACT_NAME).astype(dtype)
+
+
+# The name of `contract`'s bfloat16 products for remat policies (`SAVE_MATMULS`).
+CONTRACT_NAME = "wmjax_contract"
+# A remat policy that saves every matmul's output, `contract`'s bfloat16 ones included.
+SAVE_MATMULS = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_saveable,
+    jax.checkpoint_policies.save_only_these_names(CONTRACT_NAME))
 
 
 def bits_dtype(dtype: Any) -> Any:
