@@ -11,7 +11,7 @@ from wmjax.models.rssm import kl_loss
 from wmjax.nn import (BoundedNormal, Categorical, MLP, TwoHot, softmax_xent, symexp, symlog,
                       twohot_bins, unimix_logits)
 from wmjax.nn.dists import inverse_cdf_index, straight_through_probs, unimix_probs
-from wmjax.nn.layers import bits_dtype, concat_bits, contract
+from wmjax.nn.layers import SAVE_MATMULS, bits_dtype, concat_bits, contract
 
 
 def test_symlog_symexp_are_inverse():
@@ -216,6 +216,25 @@ def test_policy_distributions():
 def _dots(fn, *args):
     return [e for e, _ in walk_jaxpr(jax.make_jaxpr(fn)(*args).jaxpr)
             if e.primitive.name == "dot_general"]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_save_matmuls_keeps_every_matmul_under_remat(precision):
+    """Under `jax.checkpoint` with `SAVE_MATMULS` the gradient recomputes no matmul, whether
+    they are plain dots (float32) or `contract`'s bfloat16 custom_vjp, which `dots_saveable`
+    does not count as a dot and so recomputes."""
+    mlp = MLP(layers=2, units=16, out=3)
+    x = jax.random.normal(jax.random.key(0), (4, 8))
+    params = mlp.init(jax.random.key(1), x)
+    loss = lambda p: jnp.sum(mlp.apply(p, x) ** 2)
+    counts = {}
+    for name, policy in (("plain", None), ("save", SAVE_MATMULS),
+                         ("dots", jax.checkpoint_policies.dots_saveable)):
+        fn = loss if policy is None else jax.checkpoint(loss, policy=policy)
+        with jax.default_matmul_precision(precision):
+            counts[name] = len(_dots(jax.grad(fn), params))
+    assert counts["save"] == counts["plain"] >= 8  # 3 layers, their weights' and inputs' gradients
+    assert counts["dots"] == counts["plain"] + (3 if precision == "bfloat16" else 0)
 
 
 def test_contract_sums_low_precision_in_float32():
