@@ -162,7 +162,10 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     ppo_env = PPO_ENVS.get(env, env)
     ppo_config = ppo_config or PPOConfig.preset(PPO_RUNG_PRESETS[rung])
     ppo_path = os.path.join(logdir, rung, "ppo.json")
-    label = f"{rung} ({env}, {steps:,d} steps, {seeds} seed(s){f' from seed {seed}' if seed else ''})"
+    if only not in (None, "dreamer", "ppo"):
+        raise ValueError(f"run_rung: only={only!r}; allowed: None, 'dreamer', 'ppo'")
+    about = f"{env}, {steps:,d} steps, {seeds} seed(s){f' from seed {seed}' if seed else ''}"
+    label = f"{rung} ({about})"
     if only == "ppo":  # e.g. beside a long DreamerV3 run; the joined command reuses the file
         ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes, ppo_path, resume, seed)
         p_steps, p_mean, _, _ = ppo_curve(ppo)
@@ -213,7 +216,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     plot_rung(result, (d_steps, d_mean, d_low, d_high), (p_steps, p_mean, p_low, p_high),
               os.path.join(out, f"{rung}.png"))
     d, p = result["dreamer"]["final"], result["ppo"]["final"]
-    print(f"{label[:-1]}{', reduced budget' if reduced else ''}): "
+    print(f"{rung} ({about}{', reduced budget' if reduced else ''}): "
           f"DreamerV3 {d:.1f} in {dreamer_wall / 60:.1f} min, PPO {p:.1f} in {ppo['wall_s'] / 60:.1f} min; "
           f"references {result['references']}")
     print(f"Mean training return per {every:,d} steps (over the episodes that ended in each):")

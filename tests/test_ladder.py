@@ -29,6 +29,9 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "runs" / "cartpole" / "ppo.json")
     ppo_only = main(argv + ["--only", "ppo"])
     assert os.path.exists(ppo_only["ppo_path"]) and not os.path.exists(tmp_path / "out")
+    with pytest.raises(ValueError, match="only='both'; allowed"):
+        ladder.run_rung("cartpole", 1, 512, "tiny", None, {}, str(tmp_path), str(tmp_path),
+                        False, only="both")
 
     def no_training(*args, **kwargs):
         raise AssertionError("PPO trained again on a resume with the same settings")
