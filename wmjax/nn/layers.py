@@ -38,6 +38,14 @@ def matmul_dtype(dtype: Any) -> Any:
     return dtype
 
 
+# The name of `contract`'s bfloat16 products for remat policies (`SAVE_MATMULS`).
+CONTRACT_NAME = "wmjax_contract"
+# A remat policy that saves every matmul's output, `contract`'s bfloat16 ones included.
+SAVE_MATMULS = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_saveable,
+    jax.checkpoint_policies.save_only_these_names(CONTRACT_NAME))
+
+
 def contract(spec: str, a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
     """`jnp.einsum(spec, a, b)` with the operands in `matmul_dtype(dtype)`, summed in float32 and
     returned in `dtype`. In float32 that is the plain einsum. bfloat16 operands take the CPU's
@@ -51,14 +59,6 @@ def contract(spec: str, a: jax.Array, b: jax.Array, dtype: Any) -> jax.Array:
     out = _bf16_contract(spec, (jnp.dtype(a.dtype), jnp.dtype(b.dtype)), a, b)
     # A custom_vjp is no dot to a remat policy (`dots_saveable`): named, it can be saved as one.
     return checkpoint_name(out, CONTRACT_NAME).astype(dtype)
-
-
-# The name of `contract`'s bfloat16 products for remat policies (`SAVE_MATMULS`).
-CONTRACT_NAME = "wmjax_contract"
-# A remat policy that saves every matmul's output, `contract`'s bfloat16 ones included.
-SAVE_MATMULS = jax.checkpoint_policies.save_from_both_policies(
-    jax.checkpoint_policies.dots_saveable,
-    jax.checkpoint_policies.save_only_these_names(CONTRACT_NAME))
 
 
 def bits_dtype(dtype: Any) -> Any:
