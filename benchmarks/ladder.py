@@ -166,29 +166,29 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
         raise ValueError(f"run_rung: only={only!r}; allowed: None, 'dreamer', 'ppo'")
     about = f"{env}, {steps:,d} steps, {seeds} seed(s){f' from seed {seed}' if seed else ''}"
     label = f"{rung} ({about})"
+    head = dict(rung=rung, env=env, steps=steps, seeds=seeds, seed=seed)
     if only == "ppo":  # e.g. beside a long DreamerV3 run; the joined command reuses the file
         ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes, ppo_path, resume, seed)
-        p_steps, p_mean, _, _ = ppo_curve(ppo)
-        print(f"{label}: PPO {_shown(final_value(p_steps, p_mean))} in {ppo['wall_s'] / 60:.1f} min, "
+        final = final_value(*ppo_curve(ppo)[:2])
+        print(f"{label}: PPO {_shown(final)} in {ppo['wall_s'] / 60:.1f} min, "
               f"saved in {ppo_path}; run the rung without --only, with --resume, to join it")
-        return dict(rung=rung, env=env, steps=steps, seeds=seeds, seed=seed, ppo_path=ppo_path,
-                    ppo=dict(env=ppo_env, final=final_value(p_steps, p_mean), wall_s=ppo["wall_s"]))
+        return head | dict(ppo_path=ppo_path,
+                           ppo=dict(env=ppo_env, final=final, wall_s=ppo["wall_s"]))
     train(config, run_dir, resume=resume and holds_run(run_dir), checkpoint_every=5)
     d_rows = read_metrics(run_dir)
     dreamer_wall = training_wall_time(d_rows)  # summed over every resume of a long rung
     d_steps, d_mean, d_low, d_high = curve(d_rows)
     if only == "dreamer":
-        print(f"{label}: DreamerV3 {_shown(final_value(d_steps, d_mean))} in {dreamer_wall / 60:.1f} "
+        final = final_value(d_steps, d_mean)
+        print(f"{label}: DreamerV3 {_shown(final)} in {dreamer_wall / 60:.1f} "
               f"min, in {run_dir}; run the rung without --only, with --resume, to join PPO")
-        return dict(rung=rung, env=env, steps=steps, seeds=seeds, seed=seed,
-                    dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
-                                 run_dir=run_dir))
+        return head | dict(dreamer=dict(final=final, wall_s=dreamer_wall, run_dir=run_dir))
     frozen = seed_returns(run_dir, eval_episodes) if eval_episodes else None
     ppo = _ppo_baseline(ppo_env, steps, seeds, ppo_config, eval_episodes, ppo_path, resume, seed)
     p_steps, p_mean, p_low, p_high = ppo_curve(ppo)
     reduced = preset != PUBLISHED["preset"] or ratio < PUBLISHED["train_ratio"]
-    result = dict(
-        rung=rung, env=env, steps=steps, seeds=seeds, seed=seed, preset=preset, train_ratio=ratio,
+    result = head | dict(
+        preset=preset, train_ratio=ratio,
         overrides=overrides, reduced_budget=reduced,
         dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
