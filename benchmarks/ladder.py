@@ -142,13 +142,14 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
              overrides: dict, logdir: str, out: str, resume: bool,
              ppo_config: PPOConfig | None = None, envs: int = 16, chunk_steps: int | None = None,
              replay_size: int | None = None, eval_episodes: int = 32, seed: int = 0,
-             schedule: tuple = (), only: str | None = None) -> dict:
+             schedule: tuple = (), only: str | None = None, replay_online: bool = False) -> dict:
     """Train DreamerV3 and the PPO baseline (`ppo_config`, default the rung's preset) on one
     rung; write RUNG.json and RUNG.png to `out`; return the JSON's contents. `only` ("dreamer"
     or "ppo") trains that learner alone and returns its summary without writing results.
     `seed` is both learners' base seed (TrainConfig.seed, train_ppo's seed), so a rung can add
     seeds one run at a time: `seeds=1, seed=1` is a second seed, not a repeat of the first.
-    `schedule`: DreamerV3's TrainConfig.tunable_schedule, (env_step, name, value) entries."""
+    `schedule`: DreamerV3's TrainConfig.tunable_schedule, (env_step, name, value) entries.
+    `replay_online`: TrainConfig.replay_online (DreamerV3's online queue)."""
     env, budget, default_ratio = RUNGS[rung]
     steps = steps or budget
     ratio = ratio or default_ratio
@@ -157,7 +158,8 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                          train_ratio=ratio,
                          replay_size=replay_size or max(steps, envs * (agent.batch_length + 1)),
                          chunk_steps=chunk_steps or min(2048 if steps <= 100_000 else 16_384, steps),
-                         agent=agent, tunable_schedule=tuple(schedule))
+                         replay_online=replay_online, agent=agent,
+                         tunable_schedule=tuple(schedule))
     run_dir = os.path.join(logdir, rung, "dreamer")
     ppo_env = PPO_ENVS.get(env, env)
     ppo_config = ppo_config or PPOConfig.preset(PPO_RUNG_PRESETS[rung])
@@ -188,7 +190,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     p_steps, p_mean, p_low, p_high = ppo_curve(ppo)
     reduced = preset != PUBLISHED["preset"] or ratio < PUBLISHED["train_ratio"]
     result = head | dict(
-        preset=preset, train_ratio=ratio,
+        preset=preset, train_ratio=ratio, replay_online=replay_online,
         overrides=overrides, reduced_budget=reduced,
         dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
@@ -336,6 +338,8 @@ def main(argv=None) -> dict:
                     help="env steps per compiled chunk (default: 2048, 16384 above 100k steps)")
     ap.add_argument("--replay-size", type=int, default=None,
                     help="replay capacity per seed (default: the whole run)")
+    ap.add_argument("--replay-online", action="store_true",
+                    help="DreamerV3's online replay queue (TrainConfig.replay_online)")
     ap.add_argument("--ppo-preset", default=None, choices=sorted(PPO_PRESETS),
                     help="PPO's settings (default: the rung's: " + ", ".join(
                         f"{r} {p}" for r, p in PPO_RUNG_PRESETS.items()) + ")")
@@ -374,7 +378,8 @@ def main(argv=None) -> dict:
         ap.error(str(e))
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
                     logdir, out, args.resume, ppo, args.envs, args.chunk_steps,
-                    args.replay_size, args.eval_episodes, args.seed, schedule, args.only)
+                    args.replay_size, args.eval_episodes, args.seed, schedule, args.only,
+                    args.replay_online)
 
 
 if __name__ == "__main__":

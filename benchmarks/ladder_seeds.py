@@ -25,7 +25,10 @@ from benchmarks.ladder import frozen_record, plot_rung  # noqa: E402
 from wmjax.plots import achievements_table, bins_table  # noqa: E402
 
 # Fields that must agree for results to be seeds of one experiment.
-SAME = ("rung", "env", "steps", "preset", "train_ratio", "overrides", "tunable_schedule")
+SAME = ("rung", "env", "steps", "preset", "train_ratio", "replay_online", "overrides",
+        "tunable_schedule")
+# What a field means when a result lacks it (written before the field existed).
+ABSENT = {"replay_online": False}
 LEARNERS = {"dreamer": "DreamerV3", "ppo": "PPO"}
 
 
@@ -44,10 +47,10 @@ def combine(results: list[dict], sources: list[str] | None = None) -> dict:
     first = results[0]
     for result, source in zip(results[1:], sources[1:]):
         for field in SAME:
-            if result.get(field) != first.get(field):
-                raise ValueError(f"{source} has {field}={result.get(field)!r} where {sources[0]} "
-                                 f"has {first.get(field)!r}; allowed: seeds of one rung with "
-                                 f"the same settings")
+            if _field(result, field) != _field(first, field):
+                raise ValueError(f"{source} has {field}={_field(result, field)!r} where "
+                                 f"{sources[0]} has {_field(first, field)!r}; allowed: seeds of "
+                                 f"one rung with the same settings")
         if result["ppo"].get("config") != first["ppo"].get("config"):
             raise ValueError(f"{source} ran PPO with other settings than {sources[0]}")
         if result["per_bin"]["every"] != first["per_bin"]["every"]:
@@ -61,7 +64,8 @@ def combine(results: list[dict], sources: list[str] | None = None) -> dict:
                                  f"seed once (ladder.py --seed sets a run's first seed)")
             seen[s] = source
     weights = np.array([r["seeds"] for r in results], float)
-    out = {field: first[field] for field in SAME if field in first}
+    out = {field: _field(first, field) for field in SAME
+           if field in first or field in ABSENT}
     out.update(seeds=int(weights.sum()), seed_ids=[s for r in results for s in seed_ids(r)],
                reduced_budget=any(r["reduced_budget"] for r in results),
                references=first.get("references", {}), sources=list(sources))
@@ -91,6 +95,11 @@ def combine(results: list[dict], sources: list[str] | None = None) -> dict:
                   for values in zip(*(r["per_bin"][learner] for r in results))]
         for learner in LEARNERS})
     return out
+
+
+def _field(result: dict, field: str):
+    """A result's `field`, or what its absence means (ABSENT), or None."""
+    return result.get(field, ABSENT.get(field))
 
 
 def _weighted(values, weights) -> float | None:

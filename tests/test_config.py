@@ -87,6 +87,13 @@ def test_config_round_trips_through_dict_and_names_unknown_fields():
     program = config.replace(seeds=4, seed_ids=[0, 1, 0, 1])
     assert program.seed_ids == (0, 1, 0, 1)
     assert TrainConfig.from_dict(json.loads(json.dumps(program.to_dict()))) == program
+    # A run saved before replay_online existed had no online queue and resumes without it.
+    online = config.replace(replay_online=True)
+    assert TrainConfig.from_dict(online.to_dict()).replay_online is True
+    del data["agent"]["learning_rate"], data["replay_online"]
+    assert TrainConfig.from_dict(data).replay_online is False
+    with pytest.raises(ValueError, match="replay_online.*True or False"):
+        config.replace(replay_online="yes")
     other = config.replace(train_ratio=64.0, agent=config.agent.replace(lr=2e-3))
     assert config.differences(other) == ["agent.lr: 0.001 != 0.002", "train_ratio: 32.0 != 64.0"]
 
@@ -100,11 +107,13 @@ def test_cli_flags_reach_the_train_config():
     from wmjax.cli import build_config, build_parser
 
     args = build_parser().parse_args(["train", "--env", "Acrobot-v1", "--replay-obs-dtype",
-                                      "bfloat16", "--steps", "4096", "--set", "lr=1e-4"])
+                                      "bfloat16", "--steps", "4096", "--set", "lr=1e-4",
+                                      "--replay-online"])
     config = build_config(args)
-    assert (config.env, config.replay_obs_dtype, config.steps, config.agent.lr) == \
-        ("Acrobot-v1", "bfloat16", 4096, 1e-4)
-    assert build_config(build_parser().parse_args(["train"])).replay_obs_dtype == "float32"
+    assert (config.env, config.replay_obs_dtype, config.steps, config.agent.lr,
+            config.replay_online) == ("Acrobot-v1", "bfloat16", 4096, 1e-4, True)
+    default = build_config(build_parser().parse_args(["train"]))
+    assert (default.replay_obs_dtype, default.replay_online) == ("float32", False)
     with pytest.raises(SystemExit):  # argparse names the allowed choices
         build_parser().parse_args(["train", "--replay-obs-dtype", "int8"])
 

@@ -244,6 +244,11 @@ class TrainConfig:
     # How replay stores floating-point observations; "float16"/"bfloat16" halve its memory (a
     # 1M-step Craftax-Classic-Symbolic replay is 5.4 GB per seed in float32). Images stay uint8.
     replay_obs_dtype: str = "float32"
+    # DreamerV3's online queue (its replay.online, on there): each new non-overlapping window of
+    # every env is served once, in the first rows of a batch, before uniform sampling fills the
+    # rest (wmjax.replay.sample_online). Off by default here: every published wmjax figure was
+    # measured without it, and runs saved before it existed resume without it.
+    replay_online: bool = False
     agent: DreamerConfig = field(default_factory=DreamerConfig)
     # Tunables changed during the run: (env_step, name, value) entries, each applied for every
     # seed from the first chunk that starts at or after env_step (chunk boundaries are
@@ -263,6 +268,8 @@ class TrainConfig:
                    "seed_ids", ids, f"None or {self.seeds} integers >= 0, one per member (seeds)")
             object.__setattr__(self, "seed_ids", tuple(ids))  # a JSON list becomes a tuple
         _check(self.train_ratio > 0, "train_ratio", self.train_ratio, "> 0")
+        _check(isinstance(self.replay_online, bool), "replay_online", self.replay_online,
+               "True or False")
         _check(self.replay_obs_dtype in REPLAY_OBS_DTYPES, "replay_obs_dtype",
                self.replay_obs_dtype, f"one of {', '.join(REPLAY_OBS_DTYPES)}")
         _check(isinstance(self.agent, DreamerConfig), "agent", type(self.agent).__name__,

@@ -73,9 +73,9 @@ def state_shardings(state: Any, mesh: Mesh, num_envs: int) -> Any:
         value = getattr(state, name)
         if name in ENV_BATCHED:
             fields[name] = jax.tree.map(env_axis, value)
-        elif name == "replay":
-            fields[name] = value._replace(data=jax.tree.map(lambda _: per_env, value.data),
-                                          pos=seeds_only, count=seeds_only)
+        elif name == "replay":  # its rows over data; its counters (pos, count, ...) over seeds
+            fields[name] = jax.tree.map(lambda _: seeds_only, value)._replace(
+                data=jax.tree.map(lambda _: per_env, value.data))
         else:
             fields[name] = jax.tree.map(lambda _: seeds_only, value)
     return type(state)(**fields)

@@ -32,7 +32,7 @@ class TrainState(NamedTuple):
     env_state: EnvState  # batched over envs
     timestep: Timestep  # the newest record of every env, acted on next
     carry: Carry
-    replay: rb.ReplayState
+    replay: rb.ReplayState | rb.OnlineReplayState  # the latter with TrainConfig.replay_online
     key: jax.Array
     env_steps: jax.Array  # env steps taken by this seed, over all its envs
     updates: jax.Array
@@ -97,18 +97,18 @@ def make_train(config: TrainConfig, env: EnvAdapter | None = None, devices: int 
     ratio = ratio_fraction(config.train_ratio)
     mesh = None if devices is None else distributed.make_mesh(devices, config.seeds, E, B)
 
-    def sample_batch(replay, key) -> Batch:
-        batch = Batch(**rb.sample(replay, key, B, T))
-        if mesh is not None:  # data-parallel updates: the batch axis is split over "data"
-            batch = jax.lax.with_sharding_constraint(batch, distributed.batch_sharding(mesh))
-        return batch
+    def place_batch(batch: Batch) -> Batch:
+        if mesh is None:
+            return batch
+        # data-parallel updates: the batch axis is split over "data"
+        return jax.lax.with_sharding_constraint(batch, distributed.batch_sharding(mesh))
 
     def init_one(key: jax.Array, hyper: dict | None = None) -> TrainState:
         k_agent, k_env, k_loop = jax.random.split(key, 3)
         env_state, timestep = env.reset_batch(k_env, E)
         return initial_state(config, agent, k_agent, k_loop, hyper, env_state, timestep)
 
-    agent_step = make_agent_step(config, agent, sample_batch)
+    agent_step = make_agent_step(config, agent, place_batch)
 
     def iteration(state: TrainState, _):
         key, k_act, k_env, k_update = jax.random.split(state.key, 4)
@@ -208,36 +208,48 @@ def initial_state(config: TrainConfig, agent: Dreamer, k_agent: jax.Array, k_loo
         example["obs"])
     zero = jnp.zeros((), jnp.int32)
     return TrainState(agent.init(k_agent, hyper), env_state, timestep, carry,
-                      rb.init(example, E, config.replay_size // E), k_loop, zero, zero, zero)
+                      rb.init(example, E, config.replay_size // E, config.replay_online),
+                      k_loop, zero, zero, zero)
 
 
-def make_agent_step(config: TrainConfig, agent: Dreamer, sample_batch: Callable | None = None):
+def make_agent_step(config: TrainConfig, agent: Dreamer,
+                    place_batch: Callable[[Batch], Batch] | None = None):
     """The agent's side of one vector step, shared by the fused loop and the host loop:
     act on `state.timestep`, write that record (with the action) to replay, and run the updates
     that keep the train ratio exact. Returns `(state, action, n_updates, metric_sums)`; the
-    caller steps the envs with `action` and stores the next timestep.
+    caller steps the envs with `action` and stores the next timestep. `place_batch` may place
+    each replayed batch on devices (a sharding constraint).
 
     Updates start once replay holds one batch of windows. The ratio is kept with an integer
     credit of replayed steps (units of 1/denominator), so any ratio and env count are exact.
+    With `config.replay_online` each batch first takes the online queue's unserved windows.
     """
     c = config.agent
     E, B, T = config.num_envs, c.batch_size, c.batch_length
     ratio = ratio_fraction(config.train_ratio)
     credit_per_step = E * ratio.numerator  # per vector step, in units of 1/ratio_den replayed steps
     credit_per_update = ratio.denominator * B * T
-    sample_batch = sample_batch or (lambda replay, key: Batch(**rb.sample(replay, key, B, T)))
+    place_batch = place_batch or (lambda batch: batch)
 
     def update_many(agent_state, replay, key, n):
-        """Run n updates (n traced), returning metric sums."""
+        """Run n updates (n traced), returning the agent state, metric sums and the online
+        queue's served count (None without the queue). Only that count is carried through the
+        loop, not the replay's arrays."""
         zeros = {k: jnp.zeros((), jnp.float32) for k in agent.metric_names}
+        served = replay.served if config.replay_online else None
 
         def body(i, carry):
-            state, sums = carry
+            state, sums, served = carry
             k_sample, k_update = jax.random.split(jax.random.fold_in(key, i))
-            state, metrics = agent.update(state, sample_batch(replay, k_sample), k_update)
-            return state, jax.tree.map(jnp.add, sums, metrics)
+            if config.replay_online:
+                data, queue = rb.sample_online(replay._replace(served=served), k_sample, B, T)
+                served = queue.served
+            else:
+                data = rb.sample(replay, k_sample, B, T)
+            state, metrics = agent.update(state, place_batch(Batch(**data)), k_update)
+            return state, jax.tree.map(jnp.add, sums, metrics), served
 
-        return jax.lax.fori_loop(0, n, body, (agent_state, zeros))
+        return jax.lax.fori_loop(0, n, body, (agent_state, zeros, served))
 
     def agent_step(state: TrainState, k_act: jax.Array, k_update: jax.Array):
         ts = state.timestep
@@ -246,7 +258,9 @@ def make_agent_step(config: TrainConfig, agent: Dreamer, sample_batch: Callable 
         ready = jnp.logical_and(rb.can_sample(replay, T), replay.count * E >= B * T)
         credit = state.credit + jnp.where(ready, credit_per_step, 0)
         n = credit // credit_per_update
-        agent_state, sums = update_many(state.agent, replay, k_update, n)
+        agent_state, sums, served = update_many(state.agent, replay, k_update, n)
+        if config.replay_online:
+            replay = replay._replace(served=served)
         state = state._replace(agent=agent_state, carry=carry, replay=replay,
                                env_steps=state.env_steps + E, updates=state.updates + n,
                                credit=credit - n * credit_per_update)
