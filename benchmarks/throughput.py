@@ -33,6 +33,7 @@ it into N XLA devices (they share its cores, so this shows sharding overhead, no
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -272,7 +273,7 @@ def warm_loop(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: int, min
 
 def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: int,
                     min_updates: int, kind: str = "fused", timed_chunks: int = 3,
-                    env: str = "CartPole-v1", *, bare) -> dict:
+                    env: str = "CartPole-v1", *, bare, train_config=TrainConfig) -> dict:
     """Env steps/s and updates/s of `timed_chunks` chunks of at least `min_updates` updates per
     seed, from the median chunk (this machine's speed drifts by 5-10% between runs).
 
@@ -280,7 +281,7 @@ def loop_throughput(agent_cfg: DreamerConfig, ratio: float, seeds: int, envs: in
     the loop's overhead is the median of the chunk / bare ratios, each pair seconds apart, so
     a drift of the machine's speed does not pass for overhead."""
     chunk, steps, updates, first_chunk, _ = warm_loop(agent_cfg, ratio, seeds, envs, min_updates,
-                                                      kind, env)
+                                                      kind, env, train_config=train_config)
     # Each chunk followed at once by as many bare updates.
     timed = round_robin({"chunk": chunk, "bare": lambda: bare(updates)}, timed_chunks)
     times, bare_times = timed["chunk"], timed["bare"]
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="split the CPU into this many XLA devices (for the fusedN variants)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="agent config overrides for every preset, e.g. imag_starts=256")
+    ap.add_argument("--replay-online", action="store_true",
+                    help="the loops with DreamerV3's online replay queue (TrainConfig.replay_online)")
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
     args = ap.parse_args(argv)
     if args.timed_chunks < 1 or args.min_updates < 1:
@@ -357,14 +360,16 @@ def main(argv: list[str] | None = None) -> None:
                 fused_rate = None
                 for kind in args.loops:
                     r = loop_throughput(agent_cfg, ratio, seeds, args.envs, args.min_updates, kind,
-                                        args.timed_chunks, args.env, bare=bare)
+                                        args.timed_chunks, args.env, bare=bare,
+                                        train_config=functools.partial(
+                                            TrainConfig, replay_online=args.replay_online))
                     bare_t, overhead = r["bare_update_s"], r["loop_overhead"]
                     update_t = bare_t if seeds == 1 else single_t
                     achieved = gflop / update_t
                     pct_all = 100 * gflop_all / update_t / peak
                     fused_rate = r["env_steps_per_s"] if kind == "fused" else fused_rate
                     row = dict(env=args.env, preset=preset, overrides=overrides, train_ratio=ratio, seeds=seeds,
-                               envs=args.envs, loop=kind, **r,
+                               envs=args.envs, loop=kind, replay_online=args.replay_online, **r,
                                matmul_operands=operands,
                                gflop_per_update=gflop, update_gflops=achieved, peak_gflops=peak,
                                pct_of_peak=100 * achieved / peak,
