@@ -91,14 +91,14 @@ def sample_online(state: OnlineReplayState, key: jax.Array, batch: int, length: 
     served is skipped."""
     if not isinstance(state, OnlineReplayState):
         raise TypeError("sample_online needs a replay made with init(..., online=True)")
-    num_envs = _num_envs(state)
+    num_envs, cap = _num_envs(state), capacity(state)
     complete = num_envs * (state.written // length)  # windows ready, over all envs
     first_kept = (state.written - state.count + length - 1) // length  # per env, not overwritten
     served = jnp.maximum(state.served, num_envs * first_kept)
     n = jnp.clip(complete - served, 0, batch)
     window = served + jnp.arange(batch)
-    start = (window // num_envs) * length % capacity(state)  # where each window begins in the ring
-    online_idx = (start[:, None] + jnp.arange(length)[None, :]) % capacity(state)
+    start = (window // num_envs) * length % cap  # where each window begins in the ring
+    online_idx = (start[:, None] + jnp.arange(length)[None, :]) % cap
     env, idx = _uniform_windows(state, key, batch, length)
     online = jnp.arange(batch) < n
     env = jnp.where(online, window % num_envs, env)
