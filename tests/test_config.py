@@ -58,14 +58,17 @@ def test_compute_dtype_auto_is_float32_on_cpu_bfloat16_on_accelerators():
     assert DreamerConfig(compute_dtype="bfloat16").resolved_dtype("cpu") == "bfloat16"
 
 
-def test_matmul_precision_auto_is_bfloat16_on_cpus_with_amx(monkeypatch):
+def test_matmul_precision_auto_is_bfloat16_on_cpus_with_fast_bfloat16(monkeypatch):
     import wmjax.machine
 
     c = DreamerConfig()
     assert c.matmul_precision == "auto"
-    for amx, want in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(wmjax.machine, "cpu_has_amx", lambda: amx)
-        assert c.resolved_matmul_precision("cpu") == want
+    flags = {"amx": "fpu avx512f amx_bf16 amx_tile", "zen4": "fpu avx512f avx512_bf16",
+             "avx512": "fpu avx512f avx512_vnni", "avx2": "fpu avx2 fma"}
+    for cpu, want in (("amx", "bfloat16"), ("zen4", "bfloat16"), ("avx512", "float32"),
+                      ("avx2", "float32")):
+        monkeypatch.setattr(wmjax.machine, "_cpuinfo_line", lambda *_, f=flags[cpu]: f"flags\t: {f}\n")
+        assert c.resolved_matmul_precision("cpu") == want, cpu
     assert c.resolved_matmul_precision("gpu") == "float32"  # computes in bfloat16 there anyway
     assert DreamerConfig(matmul_precision="bfloat16").resolved_matmul_precision("gpu") == "bfloat16"
     with pytest.raises(ValueError, match="matmul_precision.*allowed"):

@@ -86,8 +86,8 @@ class DreamerConfig:
     compute_dtype: str = "auto"
     # The matmuls' operands when computing in float32: "bfloat16" multiplies bfloat16 operands
     # and sums in float32 (JAX's `default_matmul_precision("bfloat16")`; everything else stays
-    # float32); "auto" picks it on CPUs with AMX, where such matmuls run 3-5x faster, and
-    # "float32" elsewhere. Config files saved before this field read as "float32".
+    # float32); "auto" picks it on CPUs with AMX or AVX-512 BF16, where such matmuls run 2-5x
+    # faster (`wmjax.machine.cpu_has_bf16_matmul`), and "float32" elsewhere. Config files saved before this field read as "float32".
     matmul_precision: str = "auto"
     # world-model and actor-critic loss scales
     rec_scale: float = 1.0
@@ -204,10 +204,10 @@ class DreamerConfig:
             return self.matmul_precision
         import jax
 
-        from wmjax.machine import cpu_has_amx
+        from wmjax.machine import cpu_has_bf16_matmul
 
         backend = jax.default_backend() if backend is None else backend
-        return "bfloat16" if backend == "cpu" and cpu_has_amx() else "float32"
+        return "bfloat16" if backend == "cpu" and cpu_has_bf16_matmul() else "float32"
 
     @property
     def gamma(self) -> float:
