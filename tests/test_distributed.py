@@ -45,8 +45,9 @@ def test_mesh_places_seeds_then_data(runs):
 
 def test_sharded_equals_unsharded(runs):
     (_, ref, ref_rows), (_, got, got_rows) = runs
-    # bfloat16 matmul operands (`matmul_precision`, the default on CPUs with AMX or AVX-512 BF16) round each
-    # product's inputs to 8 bits, so another summation order shows ten times more.
+    # bfloat16 matmul operands (`matmul_precision`, the default on CPUs with AMX or AVX-512
+    # BF16) round each product's inputs to 8 bits, so another summation order shows ten times
+    # more.
     tol = 1e-4 if TINY.agent.resolved_matmul_precision() == "float32" else 1e-3
     # The same env streams: identical replay contents, returns and update counts.
     for name in ("obs", "action", "reward", "is_first"):

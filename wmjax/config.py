@@ -87,7 +87,8 @@ class DreamerConfig:
     # The matmuls' operands when computing in float32: "bfloat16" multiplies bfloat16 operands
     # and sums in float32 (JAX's `default_matmul_precision("bfloat16")`; everything else stays
     # float32); "auto" picks it on CPUs with AMX or AVX-512 BF16, where such matmuls run 2-5x
-    # faster (`wmjax.machine.cpu_has_bf16_matmul`), and "float32" elsewhere. Config files saved before this field read as "float32".
+    # faster (`wmjax.machine.cpu_has_bf16_matmul`), and "float32" elsewhere. Config files
+    # saved before this field read as "float32".
     matmul_precision: str = "auto"
     # world-model and actor-critic loss scales
     rec_scale: float = 1.0

@@ -28,8 +28,8 @@ def _cpuinfo_line(*prefixes: str) -> str:
 
 
 # The CPU flags on which XLA multiplies bfloat16 operands into float32 sums faster than float32
-# ones: AMX's tiles (Intel Xeon since Sapphire Rapids) and AVX-512's bfloat16 dot product
-# (AMD Zen 4 and later, Intel Cooper Lake).
+# ones: AMX's tiles (measured on an Intel Xeon) and AVX-512's bfloat16 dot product (measured
+# on an AMD EPYC).
 BF16_MATMUL_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
