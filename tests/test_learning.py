@@ -131,6 +131,19 @@ def test_binned_means_weigh_episodes_and_average_seeds():
         binned(rows, 0)
 
 
+def test_trailing_mean_averages_the_points_in_each_window_without_looking_ahead():
+    from wmjax.plots import trailing_mean
+
+    # Windows of 15 steps ending at each point: {0}, {0, 10}, {10, 20}, {40}.
+    smooth = trailing_mean([0, 10, 20, 40], [1.0, 3.0, 5.0, 7.0], 15)
+    np.testing.assert_allclose(smooth, [1.0, 2.0, 4.0, 7.0])
+    assert trailing_mean([], [], 10).shape == (0,)
+    with pytest.raises(ValueError, match="width must be positive"):
+        trailing_mean([0, 1], [1.0, 2.0], 0)
+    with pytest.raises(ValueError, match="ascending"):
+        trailing_mean([1, 0], [1.0, 2.0], 5)
+
+
 def test_cli_table_prints_the_mean_return_per_bin(tmp_path, capsys):
     from wmjax.run import write_jsonl
 

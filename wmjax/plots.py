@@ -47,6 +47,24 @@ def curve(rows: list[dict], metric: str = "episode_return") -> tuple[np.ndarray,
     return steps, mean, low, high
 
 
+def trailing_mean(steps, values, width: float) -> np.ndarray:
+    """Each point's mean over the points logged in the `width` env steps up to it (steps in
+    `(s - width, s]`, `steps` ascending): smooths curves logged at uneven rates (PPO per update,
+    DreamerV3 per chunk) on one step scale, without looking ahead."""
+    steps, values = np.asarray(steps), np.asarray(values, dtype=np.float64)
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    if steps.shape != values.shape or steps.ndim != 1:
+        raise ValueError(f"steps and values must be 1-D and alike, got {steps.shape} and "
+                         f"{values.shape}")
+    if np.any(np.diff(steps) < 0):
+        raise ValueError("steps must be ascending")
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    start = np.searchsorted(steps, steps - width, side="right")
+    end = np.arange(1, len(steps) + 1)
+    return (sums[end] - sums[start]) / (end - start)
+
+
 def binned(rows: list[dict], every: int, metric: str = "episode_return",
            bins: int | None = None) -> list[float | None]:
     """The mean of `metric` in each bin of `every` env steps, from 0 to the last logged step.
