@@ -292,18 +292,14 @@ def plot_rung(result, dreamer, ppo, path):
     spread, and its trailing mean over a fiftieth of the budget drawn bold (PPO logs every
     update, so its raw curve would hide DreamerV3's); frozen plays as stars and the references
     as horizontal lines, saved as a PNG at `path`."""
-    from wmjax.plots import _pyplot, trailing_mean
+    from wmjax.plots import _pyplot, draw_curve
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    width = result["steps"] / 50
     for name, label, (s, m, lo, hi) in (
             ("dreamer", f"wmjax DreamerV3 ({result['preset']}, ratio {result['train_ratio']:g})",
              dreamer), ("ppo", "PPO baseline", ppo)):
-        smooth = trailing_mean(s, m, width) if len(s) else m
-        (line,) = ax.plot(s, smooth, lw=1.8, label=f"{label}, mean over {width:,.0f} steps")
-        ax.plot(s, m, color=line.get_color(), lw=0.6, alpha=0.35)
-        ax.fill_between(s, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
+        line = draw_curve(ax, (s, m, lo, hi), label, smooth=result["steps"] / 50)
         frozen = result[name].get("final_policy")
         if frozen:  # at the last step, each seed's final policy played frozen
             x = s[-1] if len(s) else result["steps"]

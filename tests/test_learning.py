@@ -83,6 +83,15 @@ def test_cli_eval_and_plot(run_dir, tmp_path, capsys):
         path = os.path.join(out, name)
         assert os.path.getsize(path) > 10_000, name
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # --smooth draws a trailing mean over the logged curve: another picture.
+    smooth = str(tmp_path / "smooth")
+    assert main(["plot", run_dir, "--out", smooth, "--smooth", "2000", "--no-openloop"]) == 0
+    drawn = open(os.path.join(smooth, "curves.png"), "rb").read()
+    assert drawn[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn != open(os.path.join(out, "curves.png"), "rb").read()
+    capsys.readouterr()
+    assert main(["plot", run_dir, "--out", smooth, "--smooth", "-1"]) == 2
+    assert "smooth must be 0" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "holds no run" in capsys.readouterr().err
 

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", default=None, help="folder for the PNGs (default: the first run dir)")
     p.add_argument("--metric", default="episode_return")
+    p.add_argument("--smooth", type=float, default=0, metavar="STEPS",
+                   help="draw each curve as its mean over the trailing STEPS env steps, the "
+                        "logged curve faint behind it (default 0: as logged)")
     p.add_argument("--no-openloop", action="store_true", help="only the learning curves")
     p.add_argument("--seed-index", type=int, default=0)
 
@@ -339,7 +342,7 @@ def _plot(args: argparse.Namespace) -> int:
     from wmjax.plots import plot_curves, plot_openloop
 
     out = args.out or args.run_dirs[0]
-    path = plot_curves(args.run_dirs, os.path.join(out, "curves.png"), args.metric)
+    path = plot_curves(args.run_dirs, os.path.join(out, "curves.png"), args.metric, args.smooth)
     print(f"wrote {path}")
     if not args.no_openloop:
         for run_dir in args.run_dirs:

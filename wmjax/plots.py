@@ -150,7 +150,30 @@ def achievements_table(learners: dict[str, list[dict | None]]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(run_dirs: Sequence[str], path: str, metric: str = "episode_return") -> str:
+def draw_curve(ax, curve_: tuple[np.ndarray, ...], label: str, smooth: float = 0):
+    """One learner's (steps, mean, low, high) on `ax`: the mean with its spread shaded, or with
+    `smooth` > 0 its `trailing_mean` over that many env steps drawn bold and the mean as logged
+    faint behind it. Returns the main line."""
+    steps, mean, low, high = curve_
+    if smooth > 0 and len(steps):
+        (line,) = ax.plot(steps, trailing_mean(steps, mean, smooth), lw=1.8,
+                          label=f"{label}, mean over {smooth:,.0f} steps")
+        ax.plot(steps, mean, color=line.get_color(), lw=0.6, alpha=0.35)
+        alpha = 0.12
+    else:
+        (line,) = ax.plot(steps, mean, label=label)
+        alpha = 0.2
+    ax.fill_between(steps, low, high, color=line.get_color(), alpha=alpha, linewidth=0)
+    return line
+
+
+def plot_curves(run_dirs: Sequence[str], path: str, metric: str = "episode_return",
+                smooth: float = 0) -> str:
+    """The runs' `metric` against env steps (mean over seeds, shaded min to max), as a PNG at
+    `path`; `smooth` > 0 draws each as its trailing mean over that many env steps."""
+    if smooth < 0:
+        raise ValueError(f"smooth must be 0 (as logged) or a positive number of env steps, "
+                         f"got {smooth}")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plotted = 0
@@ -161,8 +184,7 @@ def plot_curves(run_dirs: Sequence[str], path: str, metric: str = "episode_retur
             continue
         seeds = len({r["seed"] for r in rows})
         label = f"{os.path.basename(os.path.normpath(run_dir))} ({seeds} seed{'s' * (seeds > 1)})"
-        (line,) = ax.plot(steps, mean, label=label)
-        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        draw_curve(ax, (steps, mean, low, high), label, smooth)
         plotted += 1
     if not plotted:
         plt.close(fig)
