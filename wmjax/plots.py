@@ -150,11 +150,11 @@ def achievements_table(learners: dict[str, list[dict | None]]) -> str:
     return "\n".join(lines)
 
 
-def draw_curve(ax, curve_: tuple[np.ndarray, ...], label: str, smooth: float = 0):
+def draw_curve(ax, points: tuple[np.ndarray, ...], label: str, smooth: float = 0):
     """One learner's (steps, mean, low, high) on `ax`: the mean with its spread shaded, or with
     `smooth` > 0 its `trailing_mean` over that many env steps drawn bold and the mean as logged
     faint behind it. Returns the main line."""
-    steps, mean, low, high = curve_
+    steps, mean, low, high = points
     if smooth > 0 and len(steps):
         (line,) = ax.plot(steps, trailing_mean(steps, mean, smooth), lw=1.8,
                           label=f"{label}, mean over {smooth:,.0f} steps")
