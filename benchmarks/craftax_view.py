@@ -16,6 +16,7 @@ steps, reading the game state before every step, and reports:
 
     python benchmarks/craftax_view.py runs/ladder/craftax/dreamer
     python benchmarks/craftax_view.py runs/ladder/craftax/dreamer --out benchmarks/results/craftax_view.json
+    python benchmarks/craftax_view.py --random   # the baseline: uniform random actions, no model
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from wmjax.envs.craftax import GRID, MOB_CHANNELS, achievement_names, split_symbolic  # noqa: E402
-from wmjax.policy import load_policy, record_rollout  # noqa: E402
+from wmjax.envs import make_env  # noqa: E402
+from wmjax.policy import Policy, load_policy, record_rollout  # noqa: E402
 from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
@@ -47,6 +49,17 @@ def probe(inner) -> dict:
     return dict(health=inner.player_health, food=inner.player_food, drink=inner.player_drink,
                 energy=inner.player_energy, asleep=inner.is_sleeping, zombie=nearest,
                 achievements=inner.achievements)
+
+
+def random_policy(env_name: str) -> Policy:
+    """Uniform random actions on `env_name`, as a Policy that `record_rollout` can play (it has
+    no agent, so there is no world model to read)."""
+    env = make_env(env_name)
+
+    def act(carry, obs, is_first, key):
+        return jax.random.randint(key, is_first.shape, 0, env.spec.num_actions), carry
+
+    return Policy(act, lambda n: jnp.zeros((n,)), None, None, env, None, 0, "random")
 
 
 def cause_of_death(rec: dict, t: int, e: int) -> str:
@@ -133,39 +146,49 @@ def reward_view(rec: dict, predicted: np.ndarray, envs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dir", nargs="?", help="a run folder (omit with --random)")
+    ap.add_argument("--random", action="store_true",
+                    help="play uniform random actions instead of a trained agent")
+    ap.add_argument("--env", default=ENVS[0], choices=ENVS, help="the env for --random")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--envs", type=int, default=64)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
-    policy = load_policy(args.run_dir, args.seed, "train")
-    if policy.config.env not in ENVS:
+    if args.random == (args.run_dir is not None):
+        ap.error("give a run folder, or --random for the random-action baseline (not both)")
+    policy = random_policy(args.env) if args.random else load_policy(args.run_dir, args.seed, "train")
+    if not args.random and policy.config.env not in ENVS:
         ap.error(f"{args.run_dir} trained on {policy.config.env}; this diagnosis reads the "
                  f"states and observations of {' or '.join(ENVS)}")
+    source = f"random actions on {args.env}" if args.random else f"{args.run_dir} (checkpoint {policy.chunk})"
     rec = record_rollout(policy, args.envs, args.steps, jax.random.key(args.seed), probe)
     causes, lengths, returns = episodes(rec)
     adjacent = rec["zombie"] <= 1
     deaths = sum(v for k, v in causes.items() if k != "time limit")
     result = dict(
-        run_dir=args.run_dir, seed=args.seed, checkpoint=policy.chunk, episodes=len(lengths),
+        run_dir=args.run_dir, env=policy.env.spec.name, seed=args.seed,
+        checkpoint=None if args.random else policy.chunk, episodes=len(lengths),
         mean_return=float(np.mean(returns)) if returns else None,
         mean_length=float(np.mean(lengths)) if lengths else None,
         causes=dict(causes.most_common()),
         share_of_deaths={k: round(v / deaths, 3) for k, v in causes.most_common() if k != "time limit"},
         asleep=float(rec["asleep"].mean()), zombie_adjacent=float(adjacent.mean()),
         strikes_when_adjacent=float((rec["action"][adjacent] == DO).mean()) if adjacent.any() else None,
-        world_model=world_model_view(policy, rec))
+        world_model=None if args.random else world_model_view(policy, rec))
     if not lengths:
-        print(f"{args.run_dir} (checkpoint {policy.chunk}): no episode finished in {args.steps} "
-              "steps; pass more --steps")
+        print(f"{source}: no episode finished in {args.steps} steps; pass more --steps")
     else:
-        print(f"{args.run_dir} (checkpoint {policy.chunk}): {len(lengths)} episodes, mean return "
+        print(f"{source}: {len(lengths)} episodes, mean return "
               f"{result['mean_return']:.2f}, mean length {result['mean_length']:.0f}")
     print("how episodes ended:", result["causes"])
     print(f"steps asleep {100 * result['asleep']:.1f}%, with a zombie adjacent "
           f"{100 * result['zombie_adjacent']:.1f}%, striking when one is adjacent "
           f"{100 * (result['strikes_when_adjacent'] or 0):.1f}%")
+    if args.random:
+        if args.out:
+            write_json(args.out, result)
+        return result
     wm = dict(result["world_model"])
     rewards = wm.pop("reward head")
     print("world model:", wm)

@@ -197,6 +197,21 @@ def test_craftax_view_reads_the_reward_head_at_each_unlock():
     assert view["elsewhere predicted above 0.5"] == pytest.approx(1 / 5)
 
 
+def test_craftax_view_random_baseline():
+    """`--random` plays uniform random actions with no run folder: its episodes get causes and
+    it strikes an adjacent zombie about 1 step in 17; a run folder and --random together, or
+    neither, are refused."""
+    from benchmarks.craftax_view import main
+
+    out = main(["--random", "--envs", "8", "--steps", "400"])
+    assert out["episodes"] > 0 and out["world_model"] is None and out["checkpoint"] is None
+    assert sum(out["causes"].values()) == out["episodes"]
+    assert 0.0 <= out["strikes_when_adjacent"] < 0.3  # one action of 17; a policy could be near 1
+    for argv in ([], ["somewhere", "--random"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+
+
 @pytest.mark.parametrize("name", [SYMBOLIC, GRID])
 def test_craftax_view_on_a_trained_run(tmp_path, name):
     """The diagnosis end to end on a tiny Craftax run (flat or grid observations): every finished
