@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         asleep=float(rec["asleep"].mean()), zombie_adjacent=float(adjacent.mean()),
         strikes_when_adjacent=float((rec["action"][adjacent] == DO).mean()) if adjacent.any() else None,
         world_model=None if args.random else world_model_view(policy, rec))
+    if args.out:
+        write_json(args.out, result)
     if not lengths:
         print(f"{source}: no episode finished in {args.steps} steps; pass more --steps")
     else:
@@ -186,8 +188,6 @@ def main(argv: list[str] | None = None) -> dict:
           f"{100 * result['zombie_adjacent']:.1f}%, striking when one is adjacent "
           f"{100 * (result['strikes_when_adjacent'] or 0):.1f}%")
     if args.random:
-        if args.out:
-            write_json(args.out, result)
         return result
     wm = dict(result["world_model"])
     rewards = wm.pop("reward head")
@@ -198,8 +198,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  elsewhere: predicted {rewards['elsewhere predicted']:.4f}, true "
           f"{rewards['elsewhere true']:.4f}, predicted above 0.5 on "
           f"{100 * rewards['elsewhere predicted above 0.5']:.2f}% of records")
-    if args.out:
-        write_json(args.out, result)
     return result
 
 
