@@ -24,6 +24,7 @@ import argparse
 import collections
 import os
 import sys
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from wmjax.envs.craftax import GRID, MOB_CHANNELS, achievement_names, split_symbolic  # noqa: E402
 from wmjax.envs import make_env  # noqa: E402
-from wmjax.policy import Policy, load_policy, record_rollout  # noqa: E402
+from wmjax.policy import load_policy, record_rollout, record_steps  # noqa: E402
 from wmjax.run import write_json  # noqa: E402
 from wmjax.startup import start_command  # noqa: E402
 
@@ -51,15 +52,10 @@ def probe(inner) -> dict:
                 achievements=inner.achievements)
 
 
-def random_policy(env_name: str) -> Policy:
-    """Uniform random actions on `env_name`, as a Policy that `record_rollout` can play (it has
-    no agent, so there is no world model to read)."""
-    env = make_env(env_name)
-
-    def act(carry, obs, is_first, key):
-        return jax.random.randint(key, is_first.shape, 0, env.spec.num_actions), carry
-
-    return Policy(act, lambda n: jnp.zeros((n,)), None, None, env, None, 0, "random")
+def random_act(num_actions: int) -> Callable:
+    """Uniform random actions, as an `act(carry, obs, is_first, key)` that keeps no carry."""
+    return lambda carry, obs, is_first, key: (
+        jax.random.randint(key, is_first.shape, 0, num_actions), carry)
 
 
 def cause_of_death(rec: dict, t: int, e: int) -> str:
@@ -157,17 +153,25 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.random == (args.run_dir is not None):
         ap.error("give a run folder, or --random for the random-action baseline (not both)")
-    policy = random_policy(args.env) if args.random else load_policy(args.run_dir, args.seed, "train")
-    if not args.random and policy.config.env not in ENVS:
-        ap.error(f"{args.run_dir} trained on {policy.config.env}; this diagnosis reads the "
-                 f"states and observations of {' or '.join(ENVS)}")
-    source = f"random actions on {args.env}" if args.random else f"{args.run_dir} (checkpoint {policy.chunk})"
-    rec = record_rollout(policy, args.envs, args.steps, jax.random.key(args.seed), probe)
+    key = jax.random.key(args.seed)
+    if args.random:
+        policy, env = None, make_env(args.env)
+        rec = record_steps(env, random_act(env.spec.num_actions), None, args.envs, args.steps, key,
+                           probe)
+        source = f"random actions on {args.env}"
+    else:
+        policy = load_policy(args.run_dir, args.seed, "train")
+        env = policy.env
+        if policy.config.env not in ENVS:
+            ap.error(f"{args.run_dir} trained on {policy.config.env}; this diagnosis reads the "
+                     f"states and observations of {' or '.join(ENVS)}")
+        rec = record_rollout(policy, args.envs, args.steps, key, probe)
+        source = f"{args.run_dir} (checkpoint {policy.chunk})"
     causes, lengths, returns = episodes(rec)
     adjacent = rec["zombie"] <= 1
     deaths = sum(v for k, v in causes.items() if k != "time limit")
     result = dict(
-        run_dir=args.run_dir, env=policy.env.spec.name, seed=args.seed,
+        run_dir=args.run_dir, env=env.spec.name, seed=args.seed,
         checkpoint=None if args.random else policy.chunk, episodes=len(lengths),
         mean_return=float(np.mean(returns)) if returns else None,
         mean_length=float(np.mean(lengths)) if lengths else None,

@@ -13,6 +13,7 @@ import pytest
 
 import wmjax
 from wmjax.cli import main
+from wmjax.policy import record_steps
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,22 @@ def test_load_policy_acts_and_beats_random(run_dir):
     assert again.act.func is policy.act.func
     np.testing.assert_array_equal(wmjax.evaluate(again, episodes=8, key=jax.random.key(1)), returns)
     assert len(_ROLLOUTS) == cached
+
+
+def test_record_rollout_layout_and_record_steps_with_any_act(run_dir):
+    policy = wmjax.load_policy(run_dir, mode="train")
+    key = jax.random.key(3)
+    rec = wmjax.record_rollout(policy, 4, 300, key)
+    assert rec["obs"].shape == (300, 4, 4) and rec["action"].shape == (300, 4)
+    # Auto-reset: the record after an ending step is the reset, acted on one step later.
+    assert rec["is_first"][0].all() and not rec["is_first"][1].any()
+    np.testing.assert_array_equal(rec["is_first"][2:], rec["ended"][:-2])
+    # The same recorder under random actions and no carry: CartPole's ~22-step episodes.
+    rand = record_steps(policy.env, lambda c, o, f, k: (jax.random.randint(k, f.shape, 0, 2), c),
+                        None, 4, 300, key)
+    assert set(np.unique(rand["action"]).tolist()) == {0, 1}
+    assert rand["ended"].sum() > 1.5 * max(int(rec["ended"].sum()), 10), (rand["ended"].sum(),
+                                                                       rec["ended"].sum())
 
 
 def test_cli_eval_and_plot(run_dir, tmp_path, capsys):

@@ -224,23 +224,30 @@ def record_rollout(policy: Policy, envs: int, steps: int, key: jax.Array,
     (steps, envs, ...) numpy arrays, for diagnostics: `obs` acted on, its `is_first`, `action`,
     and of the step it led to `reward`, `ended` (is_last) and `terminal`. `probe(inner)` adds
     fields read from the wrapped env's state before each step (e.g. a Craftax player's health)."""
-    env = policy.env
+    return record_steps(policy.env, policy.act, policy.initial_carry(envs), envs, steps, key,
+                        probe)
 
-    def run(key):
+
+def record_steps(env: EnvAdapter, act: Callable, carry, envs: int, steps: int, key: jax.Array,
+                 probe: Callable[[object], dict] | None = None) -> dict[str, np.ndarray]:
+    """`record_rollout` for any `act(carry, obs, is_first, key) -> (action, carry)` and its
+    initial `carry` for `envs` envs, as `play_episodes` takes them: a baseline, or random
+    actions (`carry` may then be None)."""
+
+    def run(key, carry):
         k_reset, key = jax.random.split(key)
         env_state, ts = env.reset_batch(k_reset, envs)
 
-        def step(carry, k):
-            env_state, ts, agent_carry = carry
+        def step(c, k):
+            env_state, ts, act_carry = c
             k_act, k_env = jax.random.split(k)
-            action, agent_carry = policy.act(agent_carry, ts.obs, ts.is_first, k_act)
+            action, act_carry = act(act_carry, ts.obs, ts.is_first, k_act)
             seen = probe(env_state.inner) if probe is not None else {}
             env_state, nxt = env.step_batch(k_env, env_state, action)
             out = dict(seen, obs=ts.obs, is_first=ts.is_first, action=action, reward=nxt.reward,
                        ended=nxt.is_last, terminal=nxt.is_terminal)
-            return (env_state, nxt, agent_carry), out
+            return (env_state, nxt, act_carry), out
 
-        carry = (env_state, ts, policy.initial_carry(envs))
-        return jax.lax.scan(step, carry, jax.random.split(key, steps))[1]
+        return jax.lax.scan(step, (env_state, ts, carry), jax.random.split(key, steps))[1]
 
-    return jax.tree.map(np.asarray, jax.device_get(jax.jit(run)(key)))
+    return jax.tree.map(np.asarray, jax.device_get(jax.jit(run)(key, carry)))
