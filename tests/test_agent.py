@@ -250,6 +250,38 @@ def test_cont_terminal_weight_scales_only_terminal_records():
         DreamerConfig.preset("tiny", cont_terminal_weight=0.0)
 
 
+def test_replay_policy_loss_trains_only_the_actor_towards_better_than_expected_actions():
+    """replay_policy_scale adds REINFORCE on the replayed actions: it reaches the actor and
+    nothing else, raises the probability of an action whose returns beat the critic, and is
+    absent (zero gradient, zero metric) at its default 0."""
+    spec = make_env("CartPole-v1").spec
+    agent = Dreamer(DreamerConfig.preset("tiny", replay_policy_scale=1.0), spec)
+    state = agent.init(jax.random.key(0))
+    c = agent.config
+    batch = _batch(spec, c.batch_size, c.batch_length, jax.random.key(1))
+    # Every replayed step took action 0 and was rewarded; the critic starts at zero, so every
+    # advantage is positive.
+    batch = batch._replace(action=jax.nn.one_hot(jnp.zeros_like(batch.reward, jnp.int32), 2),
+                           reward=jnp.ones_like(batch.reward))
+    grads = _grads_of_loss_subset(agent, state, batch)  # every tunable loss scale at zero
+    for group in WORLD_MODEL + ("critic",):
+        assert _max_abs(grads[group]) == 0.0, f"the replay actor loss reached {group}"
+    assert _max_abs(grads["actor"]) > 0.0
+    feat = agent.observe(state.params, batch.obs, batch.action, batch.is_first,
+                         jax.random.key(5))[3]
+    prob0 = lambda actor: float(jnp.exp(agent._policy(actor, feat).log_prob(
+        jnp.zeros(feat.shape[:-1], jnp.int32))).mean())
+    stepped = jax.tree.map(lambda p, g: p - 1e-2 * g, state.params["actor"], grads["actor"])
+    assert prob0(stepped) > prob0(state.params["actor"]) + 1e-4
+    default = Dreamer(DreamerConfig.preset("tiny"), spec)
+    assert _max_abs(_grads_of_loss_subset(default, state, batch)["actor"]) == 0.0
+    metrics = default.loss(state.params, state.slow_critic, state.retnorm, state.hyper, batch,
+                           jax.random.key(2))[1][0]
+    assert float(metrics["loss/replay_policy"]) == 0.0
+    with pytest.raises(ValueError, match="replay_policy_scale"):
+        DreamerConfig.preset("tiny", replay_policy_scale=-1.0)
+
+
 def test_bce_vector_loss_is_cross_entropy_on_unit_range_features():
     """vector_loss="bce": the vector decoder outputs logits, trained with binary cross-entropy
     against obs clipped to [0, 1], and `to_obs` is the sigmoid. A one-hot cell predicted at 1%

@@ -103,6 +103,12 @@ class DreamerConfig:
     policy_scale: float = 1.0
     value_scale: float = 1.0
     repval_scale: float = 0.3
+    # Weight of an actor loss on the replayed sequences, beside imagination's: REINFORCE on the
+    # actions taken there, with the replay value loss's lambda-returns as targets (a Dyna-style
+    # term that DreamerV3 does not have; 0 is DreamerV3's loss). Replayed actions come from
+    # older policies, so it is off-policy and uncorrected. A static field, like
+    # cont_terminal_weight, so checkpoints keep their layout.
+    replay_policy_scale: float = 0.0
     # imagination and returns
     imag_horizon: int = 15
     imag_starts: int = 0  # 0 = every posterior state of the batch (DreamerV3's default)
@@ -174,6 +180,8 @@ class DreamerConfig:
             _check(v >= 0.0, name, v, ">= 0")
         _check(self.cont_terminal_weight > 0.0, "cont_terminal_weight", self.cont_terminal_weight,
                "> 0")
+        _check(self.replay_policy_scale >= 0.0, "replay_policy_scale", self.replay_policy_scale,
+               ">= 0 (0: DreamerV3's imagination-only actor)")
         starts = self.batch_size * self.batch_length
         _check(self.imag_starts <= starts, "imag_starts", self.imag_starts,
                f"0 (all) or at most batch_size*batch_length={starts}")

@@ -59,7 +59,8 @@ class AgentState(NamedTuple):
 
 # The scalar metrics `update` returns, known without tracing it (the fused loop sums them).
 METRICS = ("loss/total", "loss/world_model", "loss/rec", "loss/reward", "loss/cont", "loss/dyn",
-           "loss/rep", "loss/policy", "loss/value", "loss/repval", "imag/return", "imag/reward",
+           "loss/rep", "loss/policy", "loss/value", "loss/repval", "loss/replay_policy",
+           "imag/return", "imag/reward",
            "imag/cont", "imag/entropy", "imag/retnorm_scale", "grad_norm", "update_norm",
            "cont/terminal_sum", "cont/terminals", "cont/nonterminal_sum", "cont/nonterminals")
 
@@ -223,6 +224,16 @@ class Dreamer:
         `lse`: the logits' logsumexp, if the value readout computed it already."""
         target = self.twohot.target(ret) + hyper["slowreg"] * self.twohot.target(slow)
         return softmax_xent(logits, target, lse)
+
+    def _replay_policy_loss(self, actor_params: Any, feat: jax.Array, action: jax.Array,
+                            adv: jax.Array, weight: jax.Array, hyper: dict) -> jax.Array:
+        """REINFORCE on replayed steps (B, T - 1): the log-probability of the action taken at
+        each posterior state, times its normalised advantage over the critic, plus the entropy
+        bonus; `weight` leaves out the last record of an episode, whose action is never taken.
+        The features carry no gradient, so the world model is trained only by its own losses."""
+        dist = self._policy(actor_params, feat)
+        taken = jnp.argmax(action, -1) if self.spec.discrete else action
+        return (weight * -(dist.log_prob(taken) * adv + hyper["actent"] * dist.entropy())).mean()
 
     def _imagined_value_loss(self, logits: jax.Array, lse: jax.Array, ret: jax.Array,
                              slow: jax.Array, weight: jax.Array, hyper: dict) -> jax.Array:
@@ -470,6 +481,12 @@ class Dreamer:
 
         total = wm_loss + h["policy_scale"] * policy_loss + h["value_scale"] * value_loss \
             + h["repval_scale"] * repval_loss
+        replay_policy_loss = jnp.zeros((), jnp.float32)
+        if c.replay_policy_scale > 0.0:  # static: DreamerV3's program is unchanged by default
+            replay_policy_loss = self._replay_policy_loss(
+                params["actor"], sg(feat[:, :-1]), batch.action[:, :-1],
+                sg((rep_ret - self.twohot.mean(sg(rep_logits[:, :-1]))) / scale), rep_weight, h)
+            total = total + c.replay_policy_scale * replay_policy_loss
         metrics = {
             "loss/total": total,
             "loss/world_model": wm_loss,
@@ -481,6 +498,7 @@ class Dreamer:
             "loss/policy": policy_loss,
             "loss/value": value_loss,
             "loss/repval": repval_loss,
+            "loss/replay_policy": replay_policy_loss,
             "imag/return": ret.mean(),
             "imag/reward": img_rew[1:].mean(),
             "imag/cont": img_con.mean(),
