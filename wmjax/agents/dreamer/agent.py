@@ -470,10 +470,8 @@ class Dreamer:
         # ---- replay value loss: lambda-returns on the real sequence, bootstrapped from imagination
         rep_logits = self._apply(params, "critic", feat)  # gradient reaches the world model
         rep_slow = self._slow_value(slow_critic, sg(feat))
-        if c.imag_starts:
-            boot = sg(self.twohot.mean(rep_logits))
-        else:
-            boot = ret[0].reshape(B, T)
+        rep_value = sg(self.twohot.mean(rep_logits))  # the critic on replay, no gradient
+        boot = rep_value if c.imag_starts else ret[0].reshape(B, T)
         rep_ret = sg(lambda_return(batch.is_last, batch.is_terminal, batch.reward, boot, c.gamma, c.lam))
         rep_weight = 1.0 - batch.is_last[:, :-1].astype(jnp.float32)
         repval_loss = (rep_weight * self._value_xent(rep_logits[:, :-1], rep_ret,
@@ -485,7 +483,7 @@ class Dreamer:
         if c.replay_policy_scale > 0.0:  # static: DreamerV3's program is unchanged by default
             replay_policy_loss = self._replay_policy_loss(
                 params["actor"], sg(feat[:, :-1]), batch.action[:, :-1],
-                sg((rep_ret - self.twohot.mean(sg(rep_logits[:, :-1]))) / scale), rep_weight, h)
+                sg((rep_ret - rep_value[:, :-1]) / scale), rep_weight, h)
             total = total + c.replay_policy_scale * replay_policy_loss
         metrics = {
             "loss/total": total,
