@@ -225,15 +225,15 @@ class Dreamer:
         target = self.twohot.target(ret) + hyper["slowreg"] * self.twohot.target(slow)
         return softmax_xent(logits, target, lse)
 
-    def _replay_policy_loss(self, actor_params: Any, feat: jax.Array, action: jax.Array,
-                            adv: jax.Array, weight: jax.Array, hyper: dict) -> jax.Array:
-        """REINFORCE on replayed steps (B, T - 1): the log-probability of the action taken at
-        each posterior state, times its normalised advantage over the critic, plus the entropy
-        bonus; `weight` leaves out the last record of an episode, whose action is never taken.
-        The features carry no gradient, so the world model is trained only by its own losses."""
-        dist = self._policy(actor_params, feat)
+    def _reinforce(self, dist: Any, action: jax.Array, adv: jax.Array, weight: jax.Array,
+                   hyper: dict) -> tuple[jax.Array, jax.Array]:
+        """DreamerV3's actor loss: the log-probability of each `action` taken (one-hot for
+        discrete actions) times its normalised advantage, plus the entropy bonus, weighted and
+        averaged. Returns (loss, entropy). Imagination's loss and the replayed one share it."""
         taken = jnp.argmax(action, -1) if self.spec.discrete else action
-        return (weight * -(dist.log_prob(taken) * adv + hyper["actent"] * dist.entropy())).mean()
+        entropy = dist.entropy()
+        loss = (weight * -(dist.log_prob(sg(taken)) * adv + hyper["actent"] * entropy)).mean()
+        return loss, entropy
 
     def _imagined_value_loss(self, logits: jax.Array, lse: jax.Array, ret: jax.Array,
                              slow: jax.Array, weight: jax.Array, hyper: dict) -> jax.Array:
@@ -457,13 +457,7 @@ class Dreamer:
         # The actor reads every state and its output is sliced: slicing the (H + 1, N, feat)
         # input instead copies it (the update measured 2% slower).
         dist = jax.tree.map(lambda x: x[:-1], self._policy(params["actor"], img_feat, actor_first))
-        if self.spec.discrete:
-            taken = jnp.argmax(img_action[:-1], -1)
-        else:
-            taken = img_action[:-1]
-        logpi = dist.log_prob(sg(taken))
-        entropy = dist.entropy()
-        policy_loss = (weight * -(logpi * adv + h["actent"] * entropy)).mean()
+        policy_loss, entropy = self._reinforce(dist, img_action[:-1], adv, weight, h)
         value_loss = self._imagined_value_loss(critic_logits, critic_lse, ret, slow_value,
                                                weight, h)
 
@@ -481,9 +475,11 @@ class Dreamer:
             + h["repval_scale"] * repval_loss
         replay_policy_loss = jnp.zeros((), jnp.float32)
         if c.replay_policy_scale > 0.0:  # static: DreamerV3's program is unchanged by default
-            replay_policy_loss = self._replay_policy_loss(
-                params["actor"], sg(feat[:, :-1]), batch.action[:, :-1],
-                sg((rep_ret - rep_value[:, :-1]) / scale), rep_weight, h)
+            # REINFORCE on the replayed actions (B, T - 1); `rep_weight` leaves out an episode's
+            # last record, whose action is never taken. No gradient reaches the world model.
+            replay_policy_loss = self._reinforce(
+                self._policy(params["actor"], sg(feat[:, :-1])), batch.action[:, :-1],
+                sg((rep_ret - rep_value[:, :-1]) / scale), rep_weight, h)[0]
             total = total + c.replay_policy_scale * replay_policy_loss
         metrics = {
             "loss/total": total,
