@@ -1,5 +1,6 @@
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -280,6 +281,36 @@ def test_replay_policy_loss_trains_only_the_actor_towards_better_than_expected_a
     assert float(metrics["loss/replay_policy"]) == 0.0
     with pytest.raises(ValueError, match="replay_policy_scale"):
         DreamerConfig.preset("tiny", replay_policy_scale=-1.0)
+
+
+def test_positive_replay_policy_loss_only_raises_actions_that_beat_the_critic():
+    """replay_policy_positive keeps the replay actor loss's positive advantages only: where
+    every replayed return beats the critic it is the signed loss exactly, and where every one
+    falls short the signed loss lowers the taken action while the positive one leaves it."""
+    spec = make_env("CartPole-v1").spec
+    signed = Dreamer(DreamerConfig.preset("tiny", replay_policy_scale=1.0), spec)
+    positive = Dreamer(DreamerConfig.preset("tiny", replay_policy_scale=1.0,
+                                            replay_policy_positive=True), spec)
+    state = signed.init(jax.random.key(0))
+    c = signed.config
+    batch = _batch(spec, c.batch_size, c.batch_length, jax.random.key(1))
+    batch = batch._replace(action=jax.nn.one_hot(jnp.zeros_like(batch.reward, jnp.int32), 2))
+    feat = signed.observe(state.params, batch.obs, batch.action, batch.is_first,
+                          jax.random.key(5))[3]
+    prob0 = lambda actor: float(jnp.exp(signed._policy(actor, feat).log_prob(
+        jnp.zeros(feat.shape[:-1], jnp.int32))).mean())
+    step = lambda grads: jax.tree.map(lambda p, g: p - 1e-2 * g, state.params["actor"],
+                                      grads["actor"])
+    better = batch._replace(reward=jnp.ones_like(batch.reward))  # the critic starts at zero
+    chex.assert_trees_all_close(_grads_of_loss_subset(positive, state, better),
+                                _grads_of_loss_subset(signed, state, better))
+    worse = batch._replace(reward=-jnp.ones_like(batch.reward))
+    before = prob0(state.params["actor"])
+    lowered = before - prob0(step(_grads_of_loss_subset(signed, state, worse)))
+    assert lowered > 1e-4
+    assert abs(before - prob0(step(_grads_of_loss_subset(positive, state, worse)))) < 0.05 * lowered
+    with pytest.raises(ValueError, match="replay_policy_positive"):
+        DreamerConfig.preset("tiny", replay_policy_positive=True)
 
 
 def test_bce_vector_loss_is_cross_entropy_on_unit_range_features():

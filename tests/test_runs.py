@@ -454,7 +454,8 @@ def test_fork_refusals_name_the_problem_and_write_nothing(reference, tmp_path, c
     before = _snapshot(ref_dir)
     dst = str(tmp_path / "never")
     cases = [
-        (["--set", "units=48"], "a fork changes tunables and matmul_precision only; ['units']"),
+        (["--set", "units=48"], "a fork changes tunables and matmul_precision, "
+                                "replay_policy_scale, replay_policy_positive only; ['units']"),
         (["--env", "Acrobot-v1"], "env: 'CartPole-v1' != 'Acrobot-v1'"),
         (["--fork-chunk", "8"], "no checkpoint 8 in .*saved: [12, 16]"),
         (["--resume", ref_dir], "give one of them"),

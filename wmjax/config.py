@@ -109,6 +109,11 @@ class DreamerConfig:
     # older policies, so it is off-policy and uncorrected. A static field, like
     # cont_terminal_weight, so checkpoints keep their layout.
     replay_policy_scale: float = 0.0
+    # Self-imitation (Oh et al. 2018): the replay actor loss keeps only positive advantages, so
+    # it raises replayed actions that beat the critic and never pushes down the ones an older
+    # policy took that fell short (which, uncorrected off-policy, collapsed Freeway's policy).
+    # Static, like replay_policy_scale, which it needs.
+    replay_policy_positive: bool = False
     # imagination and returns
     imag_horizon: int = 15
     imag_starts: int = 0  # 0 = every posterior state of the batch (DreamerV3's default)
@@ -182,6 +187,9 @@ class DreamerConfig:
                "> 0")
         _check(self.replay_policy_scale >= 0.0, "replay_policy_scale", self.replay_policy_scale,
                ">= 0 (0: DreamerV3's imagination-only actor)")
+        _check(not self.replay_policy_positive or self.replay_policy_scale > 0.0,
+               "replay_policy_positive", self.replay_policy_positive,
+               "True only with replay_policy_scale > 0 (it shapes that loss)")
         starts = self.batch_size * self.batch_length
         _check(self.imag_starts <= starts, "imag_starts", self.imag_starts,
                f"0 (all) or at most batch_size*batch_length={starts}")

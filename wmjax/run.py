@@ -278,7 +278,7 @@ def set_tunables(state: Any, values: dict[str, float]) -> Any:
 
 # Static agent settings a fork may change besides the tunables: they change the compiled
 # program, not the state's layout, so a checkpoint restores into the new program.
-FORKABLE_SETTINGS = ("matmul_precision",)
+FORKABLE_SETTINGS = ("matmul_precision", "replay_policy_scale", "replay_policy_positive")
 
 
 def fork(src: str, dst: str, tunables: dict[str, Any], chunk: int | None = None,

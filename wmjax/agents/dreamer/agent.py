@@ -477,9 +477,12 @@ class Dreamer:
         if c.replay_policy_scale > 0.0:  # static: DreamerV3's program is unchanged by default
             # REINFORCE on the replayed actions (B, T - 1); `rep_weight` leaves out an episode's
             # last record, whose action is never taken. No gradient reaches the world model.
+            rep_adv = sg((rep_ret - rep_value[:, :-1]) / scale)
+            if c.replay_policy_positive:
+                rep_adv = jnp.maximum(rep_adv, 0.0)
             replay_policy_loss = self._reinforce(
                 self._policy(params["actor"], sg(feat[:, :-1])), batch.action[:, :-1],
-                sg((rep_ret - rep_value[:, :-1]) / scale), rep_weight, h)[0]
+                rep_adv, rep_weight, h)[0]
             total = total + c.replay_policy_scale * replay_policy_loss
         metrics = {
             "loss/total": total,
