@@ -372,6 +372,11 @@ def main(argv=None) -> dict:
         schedule = tuple(parse_schedule_entry(s) for s in args.set_from)
     except ValueError as e:
         ap.error(str(e))
+    # --set replaces the rung's settings as a whole; say so, so a run's log shows what it ran.
+    source = ("the rung's" if args.set is None else
+              f"given with --set, in place of the rung's {' '.join(RUNG_SETS[args.rung])}")
+    print(f"ladder: {args.rung}: agent overrides {' '.join(sets) or '(none)'} ({source})",
+          flush=True)
     try:
         ppo = PPOConfig.preset(args.ppo_preset or PPO_RUNG_PRESETS[args.rung],
                                **({} if args.ppo_envs is None else {"num_envs": args.ppo_envs}))

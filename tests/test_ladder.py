@@ -92,7 +92,7 @@ def test_tiny_rung_writes_json_and_png(tmp_path, monkeypatch):
         main(argv + ["--resume", "--seed", "1"])
 
 
-def test_ppo_baseline_takes_the_base_seed_and_caches_per_seed(tmp_path, monkeypatch):
+def test_ppo_baseline_takes_the_base_seed_and_caches_per_seed(tmp_path, monkeypatch, capsys):
     """--seed reaches PPO too, and a saved PPO result is reused only for its own base seed;
     files saved before --seed existed hold seed 0's."""
     seeds_trained = []
@@ -123,6 +123,12 @@ def test_ppo_baseline_takes_the_base_seed_and_caches_per_seed(tmp_path, monkeypa
     assert main(["--rung", "cartpole", "--seed", "2"])[:2] == (
         "runs/ladder_seed2", "benchmarks/results/ladder_seed2")
     assert main(["--rung", "cartpole", "--seed", "2", "--out", "o"])[1] == "o"
+    # The log names the agent overrides, and says when --set has replaced the rung's.
+    assert "agent overrides " + " ".join(RUNG_SETS["cartpole"]) + " (the rung's)" \
+        in capsys.readouterr().out
+    main(["--rung", "cartpole", "--set", "lr=1e-3"])
+    assert "agent overrides lr=1e-3 (given with --set, in place of the rung's imag_starts=256" \
+        in capsys.readouterr().out
 
 
 def test_ppo_baseline_learns_cartpole():
