@@ -67,6 +67,18 @@ def _max_abs(tree):
     return max(float(jnp.abs(g).max()) for g in jax.tree.leaves(tree))
 
 
+def _action0_prob(agent, state, batch, grads=None):
+    """The mean probability of action 0 on `batch`'s posterior features under the actor,
+    after a small gradient step along grads["actor"] if given."""
+    actor = state.params["actor"]
+    if grads is not None:
+        actor = jax.tree.map(lambda p, g: p - 1e-2 * g, actor, grads["actor"])
+    feat = agent.observe(state.params, batch.obs, batch.action, batch.is_first,
+                         jax.random.key(5))[3]
+    return float(jnp.exp(agent._policy(actor, feat).log_prob(
+        jnp.zeros(feat.shape[:-1], jnp.int32))).mean())
+
+
 def test_continue_metrics_sum_the_head_at_terminal_records(setup):
     """The update's continue-head sums and counts (logged as cont/terminal, the mean prediction
     at terminal records) equal the head applied to the loss's own posterior features."""
@@ -268,12 +280,7 @@ def test_replay_policy_loss_trains_only_the_actor_towards_better_than_expected_a
     for group in WORLD_MODEL + ("critic",):
         assert _max_abs(grads[group]) == 0.0, f"the replay actor loss reached {group}"
     assert _max_abs(grads["actor"]) > 0.0
-    feat = agent.observe(state.params, batch.obs, batch.action, batch.is_first,
-                         jax.random.key(5))[3]
-    prob0 = lambda actor: float(jnp.exp(agent._policy(actor, feat).log_prob(
-        jnp.zeros(feat.shape[:-1], jnp.int32))).mean())
-    stepped = jax.tree.map(lambda p, g: p - 1e-2 * g, state.params["actor"], grads["actor"])
-    assert prob0(stepped) > prob0(state.params["actor"]) + 1e-4
+    assert _action0_prob(agent, state, batch, grads) > _action0_prob(agent, state, batch) + 1e-4
     default = Dreamer(DreamerConfig.preset("tiny"), spec)
     assert _max_abs(_grads_of_loss_subset(default, state, batch)["actor"]) == 0.0
     metrics = default.loss(state.params, state.slow_critic, state.retnorm, state.hyper, batch,
@@ -295,20 +302,16 @@ def test_positive_replay_policy_loss_only_raises_actions_that_beat_the_critic():
     c = signed.config
     batch = _batch(spec, c.batch_size, c.batch_length, jax.random.key(1))
     batch = batch._replace(action=jax.nn.one_hot(jnp.zeros_like(batch.reward, jnp.int32), 2))
-    feat = signed.observe(state.params, batch.obs, batch.action, batch.is_first,
-                          jax.random.key(5))[3]
-    prob0 = lambda actor: float(jnp.exp(signed._policy(actor, feat).log_prob(
-        jnp.zeros(feat.shape[:-1], jnp.int32))).mean())
-    step = lambda grads: jax.tree.map(lambda p, g: p - 1e-2 * g, state.params["actor"],
-                                      grads["actor"])
     better = batch._replace(reward=jnp.ones_like(batch.reward))  # the critic starts at zero
     chex.assert_trees_all_close(_grads_of_loss_subset(positive, state, better),
                                 _grads_of_loss_subset(signed, state, better))
     worse = batch._replace(reward=-jnp.ones_like(batch.reward))
-    before = prob0(state.params["actor"])
-    lowered = before - prob0(step(_grads_of_loss_subset(signed, state, worse)))
+    before = _action0_prob(signed, state, worse)
+    moved = lambda agent: before - _action0_prob(
+        signed, state, worse, _grads_of_loss_subset(agent, state, worse))
+    lowered = moved(signed)
     assert lowered > 1e-4
-    assert abs(before - prob0(step(_grads_of_loss_subset(positive, state, worse)))) < 0.05 * lowered
+    assert abs(moved(positive)) < 0.05 * lowered
     with pytest.raises(ValueError, match="replay_policy_positive"):
         DreamerConfig.preset("tiny", replay_policy_positive=True)
 
