@@ -162,10 +162,14 @@ def test_every_rung_has_default_settings_that_make_a_valid_config():
     assert configs["craftax"].lr == 6e-4 and configs["craftax"].cont_terminal_weight == 1
     assert configs["craftax"] == configs["breakout"].replace(lr=6e-4, reward_scale=10.0)
     assert configs["breakout"].lr == 3e-4 and configs["breakout"].image_loss == "mse"
-    # Asterix: Breakout's settings and the bce image loss; SpaceInvaders and Freeway change the bonus.
+    # Asterix: Breakout's settings and the bce image loss; SpaceInvaders and Freeway change the
+    # bonus, and Freeway adds the self-imitation actor loss on replayed actions.
     assert configs["asterix"] == configs["breakout"].replace(image_loss="bce")
     assert configs["spaceinvaders"] == configs["asterix"].replace(actent=1e-3)
-    assert configs["freeway"] == configs["asterix"].replace(actent=DreamerConfig().actent)
+    assert configs["freeway"] == configs["asterix"].replace(
+        actent=DreamerConfig().actent, replay_policy_scale=1.0, replay_policy_positive=True)
+    others = [c for rung, c in configs.items() if rung != "freeway"]
+    assert all(c.replay_policy_scale == 0 and not c.replay_policy_positive for c in others)
 
 
 def test_the_flat_freeway_rung_is_the_freeway_rung_read_as_a_vector():
@@ -180,6 +184,8 @@ def test_the_flat_freeway_rung_is_the_freeway_rung_read_as_a_vector():
     assert PPO_RUNG_PRESETS["freeway_flat"] == PPO_RUNG_PRESETS["freeway"] == "minatar"
     sets = [dict(map(parse_override, RUNG_SETS[r])) for r in ("freeway_flat", "freeway")]
     assert sets[0].pop("vector_loss") == "bce" and sets[1].pop("image_loss") == "bce"
+    # Its runs predate the replay actor loss, so it keeps the imagination-only settings.
+    assert sets[1].pop("replay_policy_scale") == 1.0 and sets[1].pop("replay_policy_positive")
     assert sets[0] == sets[1]
 
 
