@@ -92,7 +92,7 @@ PPO_RUNG_PRESETS = {rung: "minatar" if "-MinAtar" in env else "classic"
 # Freeway takes bce with DreamerV3's bonus: under Breakout's its policy stayed uniform for 199k
 # steps (the reward head had seen 34 rewards). It also takes the self-imitation actor loss on
 # replayed actions: imagining only, its policy settled on always "up" (16.8 at 1M); with the loss it
-# held 26-29 from 100k on (27.5 at 1M, 28.9 played frozen; seed 0, session 66). Freeway-Flat keeps
+# held 26-29 per 100k from 100k on (27.5 at 1M, 28.9 frozen; seed 0, session 66). Freeway-Flat keeps
 # the imagination-only settings its runs used. Every rung imagines from 256 of the 1024 replayed
 # states, which halves the update's time.
 _EVERY = ("imag_starts=256",)
