@@ -174,8 +174,9 @@ def test_every_rung_has_default_settings_that_make_a_valid_config():
 
 def test_the_flat_freeway_rung_is_the_freeway_rung_read_as_a_vector():
     """freeway_flat trains DreamerV3 on Freeway's frames as one vector, with the freeway rung's
-    budget and settings but the bce loss on the vector decoder; PPO (the MinAtar recipe, which
-    flattens frames itself) trains on the game as it is and is compared with the same numbers."""
+    budget and settings but the bce loss on the vector decoder and without the replay actor loss
+    (its runs predate it); PPO (the MinAtar recipe, which flattens frames itself) trains on the
+    game as it is and is compared with the same numbers."""
     from benchmarks.ladder import PPO_ENVS, PPO_RUNG_PRESETS
 
     flat, freeway = RUNGS["freeway_flat"], RUNGS["freeway"]
@@ -184,7 +185,6 @@ def test_the_flat_freeway_rung_is_the_freeway_rung_read_as_a_vector():
     assert PPO_RUNG_PRESETS["freeway_flat"] == PPO_RUNG_PRESETS["freeway"] == "minatar"
     sets = [dict(map(parse_override, RUNG_SETS[r])) for r in ("freeway_flat", "freeway")]
     assert sets[0].pop("vector_loss") == "bce" and sets[1].pop("image_loss") == "bce"
-    # Its runs predate the replay actor loss, so it keeps the imagination-only settings.
     assert sets[1].pop("replay_policy_scale") == 1.0 and sets[1].pop("replay_policy_positive")
     assert sets[0] == sets[1]
 
