@@ -50,10 +50,11 @@ def setup(request):
 
 
 def _grads_of_loss_subset(agent, state, batch, **scales):
-    """Gradients of the loss with the named loss scales only (all others zero), jitted."""
+    """Gradients of the loss with the named loss scales only (DreamerV3's others zero; the
+    replay actor loss's as configured unless given), jitted."""
     names = ("rec_scale", "reward_scale", "cont_scale", "dyn_scale", "rep_scale", "policy_scale",
              "value_scale", "repval_scale")
-    hyper = agent.hyper({n: scales.get(n, 0.0) for n in names})  # traced: one compile per agent
+    hyper = agent.hyper({**{n: 0.0 for n in names}, **scales})  # traced: one compile per agent
     return _loss_grad(agent)(state.params, state.slow_critic, state.retnorm, hyper, batch)
 
 
@@ -281,6 +282,8 @@ def test_replay_policy_loss_trains_only_the_actor_towards_better_than_expected_a
         assert _max_abs(grads[group]) == 0.0, f"the replay actor loss reached {group}"
     assert _max_abs(grads["actor"]) > 0.0
     assert _action0_prob(agent, state, batch, grads) > _action0_prob(agent, state, batch) + 1e-4
+    # A tunable: at 0 in `hyper` (e.g. scheduled off late in a run) the compiled loss adds nothing.
+    assert _max_abs(_grads_of_loss_subset(agent, state, batch, replay_policy_scale=0.0)) == 0.0
     default = Dreamer(DreamerConfig.preset("tiny"), spec)
     assert _max_abs(_grads_of_loss_subset(default, state, batch)["actor"]) == 0.0
     metrics = default.loss(state.params, state.slow_critic, state.retnorm, state.hyper, batch,
@@ -288,6 +291,8 @@ def test_replay_policy_loss_trains_only_the_actor_towards_better_than_expected_a
     assert float(metrics["loss/replay_policy"]) == 0.0
     with pytest.raises(ValueError, match="replay_policy_scale"):
         DreamerConfig.preset("tiny", replay_policy_scale=-1.0)
+    with pytest.raises(ValueError, match="needs a config with replay_policy_scale > 0"):
+        default.hyper({"replay_policy_scale": 1.0})  # the default program has no such loss
 
 
 def test_positive_replay_policy_loss_only_raises_actions_that_beat_the_critic():

@@ -127,6 +127,8 @@ def test_cli_flags_reach_the_train_config():
     (((100, "lr"),), "tunable_schedule entry"),
     (((1.5, "lr", 1e-3),), "tunable_schedule entry"),
     (((100, "reward_scale", -1.0),), "reward_scale"),  # DreamerConfig's own check of the value
+    # The default agent compiles no replay actor loss for a schedule to switch on.
+    (((100, "replay_policy_scale", 1.0),), "replay_policy_scale > 0 only in a run whose agent"),
     ("lr", "tunable_schedule"),
 ])
 def test_bad_tunable_schedule_names_the_entry(schedule, match):
@@ -144,6 +146,10 @@ def test_tunable_schedule_sorts_round_trips_and_reads_by_step():
     assert config.tunables_at(100) == {"actent": 1e-3}
     assert config.tunables_at(500) == {"actent": 1e-3, "reward_scale": 10.0}
     assert config.tunables_at(10**6) == {"actent": 1e-3, "reward_scale": 1.0}
+    # A run with the replay actor loss compiled in may schedule it off (not on, above).
+    off = TrainConfig(agent=DreamerConfig(replay_policy_scale=1.0),
+                      tunable_schedule=[(200_000, "replay_policy_scale", 0)])
+    assert off.tunables_at(200_000) == {"replay_policy_scale": 0.0}
     # A config.json from before the field existed reads as an empty schedule.
     data = TrainConfig().to_dict()
     del data["tunable_schedule"]

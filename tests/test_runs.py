@@ -277,6 +277,33 @@ def test_checkpoint_of_another_shape_names_the_array(reference, tmp_path):
     assert _snapshot(logdir) == before
 
 
+def test_a_checkpoint_from_before_a_tunable_existed_resumes_exactly(reference, tmp_path):
+    """A run saved by a wmjax without `replay_policy_scale` among its tunables (its checkpoint
+    has no agent.hyper entry for it) resumes: the tunable takes the config's value, and the
+    run ends exactly where the uninterrupted reference does."""
+    from wmjax.run import abstract_state, cached_trainer
+
+    ref_dir, ref_state = reference
+    src = Checkpointer(ref_dir, read_only=True)
+    _, state = src.restore(abstract_state(cached_trainer(CONFIG), jax.random.key(0), None), 12)
+    src.close()
+    older = {k: v for k, v in state.agent.hyper.items() if k != "replay_policy_scale"}
+    logdir = str(tmp_path / "older")
+    writer = Checkpointer(logdir)
+    writer.save(12, state._replace(agent=state.agent._replace(hyper=older)))
+    writer.close()
+    assert "agent.hyper.replay_policy_scale" not in Checkpointer(logdir).saved_names()
+    for name in ("config.json", "metrics.jsonl"):
+        lines = open(os.path.join(ref_dir, name)).read().splitlines(keepends=True)
+        if name == "metrics.jsonl":
+            lines = [line for line in lines if json.loads(line)["env_step"] <= 12 * 128]
+        open(os.path.join(logdir, name), "w").writelines(lines)
+    state, _ = train(None, logdir, resume=True, verbose=False)
+    np.testing.assert_array_equal(np.asarray(state.agent.hyper["replay_policy_scale"]), [0.0, 0.0])
+    _leaves_equal(state, ref_state)
+    assert _rows(logdir) == _rows(ref_dir)
+
+
 def test_cli_resume_errors_exit_2(reference, capsys):
     from wmjax.cli import main
 
@@ -455,7 +482,7 @@ def test_fork_refusals_name_the_problem_and_write_nothing(reference, tmp_path, c
     dst = str(tmp_path / "never")
     cases = [
         (["--set", "units=48"], "a fork changes tunables and matmul_precision, "
-                                "replay_policy_scale, replay_policy_positive only; ['units']"),
+                                "replay_policy_positive only; ['units']"),
         (["--env", "Acrobot-v1"], "env: 'CartPole-v1' != 'Acrobot-v1'"),
         (["--fork-chunk", "8"], "no checkpoint 8 in .*saved: [12, 16]"),
         (["--resume", ref_dir], "give one of them"),

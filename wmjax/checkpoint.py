@@ -72,6 +72,15 @@ class Checkpointer:
         _check_shapes(abstract, restored, chunk)
         return chunk, restored
 
+    def saved_names(self, chunk: int | None = None) -> set[str] | None:
+        """Dotted names of the arrays in checkpoint `chunk` (default: the newest), read from its
+        metadata; None if there is no such checkpoint or its metadata cannot be read."""
+        chunk = self.latest() if chunk is None else chunk
+        if chunk is None or chunk not in self._manager.all_steps():
+            return None
+        saved = self._saved_arrays(chunk)
+        return None if saved is None else set(saved)
+
     def _saved_arrays(self, chunk: int) -> dict[str, tuple] | None:
         """{name: (shape, dtype)} of the arrays in checkpoint `chunk`, read from its metadata
         without restoring anything; None if the metadata cannot be read."""

@@ -34,7 +34,7 @@ VECTOR_LOSSES = ("mse", "bce")  # the vector decoder's loss (see models.heads.Ve
 # a grid over them is a vmap over states of one compiled program (see experiments/lr_entropy.py)
 # and a run may change them between chunks (TrainConfig.tunable_schedule) without recompiling.
 TUNABLES = ("lr", "actent", "rec_scale", "reward_scale", "cont_scale", "dyn_scale", "rep_scale",
-            "policy_scale", "value_scale", "repval_scale", "slowreg")
+            "policy_scale", "value_scale", "repval_scale", "slowreg", "replay_policy_scale")
 
 
 def _check(cond: bool, name: str, value: Any, allowed: str) -> None:
@@ -106,13 +106,14 @@ class DreamerConfig:
     # Weight of an actor loss on the replayed sequences, beside imagination's: REINFORCE on the
     # actions taken there, with the replay value loss's lambda-returns as targets (a Dyna-style
     # term that DreamerV3 does not have; 0 is DreamerV3's loss). Replayed actions come from
-    # older policies, so it is off-policy and uncorrected. A static field, like
-    # cont_terminal_weight, so checkpoints keep their layout.
+    # older policies, so it is off-policy and uncorrected. A tunable, but the loss is compiled
+    # in only when the config's value is above 0 (DreamerV3's program is unchanged by default):
+    # a run may schedule it down to 0, not up from 0.
     replay_policy_scale: float = 0.0
     # Self-imitation (Oh et al. 2018): the replay actor loss keeps only positive advantages, so
     # it raises replayed actions that beat the critic and never pushes down the ones an older
     # policy took that fell short (which, uncorrected off-policy, collapsed Freeway's policy).
-    # Static, like replay_policy_scale, which it needs.
+    # Static: it shapes the loss that replay_policy_scale > 0 compiles in.
     replay_policy_positive: bool = False
     # imagination and returns
     imag_horizon: int = 15
@@ -314,6 +315,9 @@ class TrainConfig:
             ok = ok and name in TUNABLES and isinstance(value, (int, float))
             _check(ok and not isinstance(value, bool), "tunable_schedule entry", entry, allowed)
             self.agent.replace(**{name: float(value)})  # the agent's own check of the value
+            _check(name != "replay_policy_scale" or value == 0 or self.agent.replay_policy_scale,
+                   "tunable_schedule entry", entry, "replay_policy_scale > 0 only in a run whose "
+                   "agent has replay_policy_scale > 0 (that compiles the loss in)")
             entries.append((step, name, float(value)))
         return tuple(sorted(entries, key=lambda e: e[0]))  # stable: same steps keep their order
 

@@ -22,7 +22,7 @@ from wmjax.config import TrainConfig
 from wmjax.envs.core import EnvAdapter
 from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env
 from wmjax.loop import TrainState
-from wmjax.run import abstract_state, cached_trainer, load_config, load_hyper
+from wmjax.run import cached_trainer, load_config, load_hyper, restore_state
 
 
 class Policy(NamedTuple):
@@ -45,10 +45,9 @@ def load_train_state(run_dir: str, chunk: int | None = None) -> tuple[TrainConfi
     if not os.path.isdir(checkpoint_dir(run_dir)):
         raise CheckpointError(f"{run_dir} has no checkpoints/ folder")
     trainer = cached_trainer(config)
-    like = abstract_state(trainer, jax.random.key(config.seed), hyper)
     ckpt = Checkpointer(run_dir, read_only=True)
     try:
-        chunk, state = ckpt.restore(like, chunk)
+        chunk, state = restore_state(ckpt, trainer, jax.random.key(config.seed), hyper, chunk)
     finally:
         ckpt.close()
     return config, chunk, state

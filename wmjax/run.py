@@ -28,7 +28,7 @@ from wmjax.config import TrainConfig
 from wmjax.distributed import is_main_process
 from wmjax.envs.gymnasium import is_gymnasium_name
 from wmjax.logging import JsonlWriter, Progress, WandbLogger
-from wmjax.loop import host_metrics, make_train, num_chunks
+from wmjax.loop import host_metrics, make_train, num_chunks, seed_hyper
 from wmjax.machine import describe as describe_machine
 
 CONFIG_FILE = "config.json"
@@ -166,7 +166,7 @@ def train(
     ckpt = None
     if resume:
         ckpt = Checkpointer(logdir)
-        done, state = ckpt.restore(abstract_state(trainer, key, hyper))
+        done, state = restore_state(ckpt, trainer, key, hyper)
         log(f"wmjax: resuming {logdir} after chunk {done}")
     else:
         state = trainer.init(key, hyper, config.seed_ids)
@@ -278,7 +278,7 @@ def set_tunables(state: Any, values: dict[str, float]) -> Any:
 
 # Static agent settings a fork may change besides the tunables: they change the compiled
 # program, not the state's layout, so a checkpoint restores into the new program.
-FORKABLE_SETTINGS = ("matmul_precision", "replay_policy_scale", "replay_policy_positive")
+FORKABLE_SETTINGS = ("matmul_precision", "replay_policy_positive")
 
 
 def fork(src: str, dst: str, tunables: dict[str, Any], chunk: int | None = None,
@@ -314,8 +314,7 @@ def fork(src: str, dst: str, tunables: dict[str, Any], chunk: int | None = None,
     trainer = cached_trainer(config)
     reader = Checkpointer(src, read_only=True)
     try:
-        done, state = reader.restore(abstract_state(trainer, jax.random.key(config.seed), None),
-                                     chunk)
+        done, state = restore_state(reader, trainer, jax.random.key(config.seed), None, chunk)
     finally:
         reader.close()
     state = set_tunables(state, tunables)
@@ -400,6 +399,25 @@ def _trainer(config: TrainConfig, devices: int | None):
 
         return make_host_train(config)
     return make_train(config, devices=devices)
+
+
+def restore_state(ckpt: Checkpointer, trainer, key: jax.Array, hyper: dict | None,
+                  chunk: int | None = None) -> tuple[int, Any]:
+    """Checkpoint `chunk` (default: the newest) of `trainer`'s run, restored. A tunable added
+    to the library after the checkpoint was written (e.g. `replay_policy_scale`) is not in it:
+    it restores without that tunable, which then takes its value from `hyper` or the config,
+    so runs saved by an older wmjax resume. Anything else missing is a CheckpointError."""
+    like = abstract_state(trainer, key, hyper)
+    saved = ckpt.saved_names(chunk)
+    added = [k for k in like.agent.hyper if saved is not None and f"agent.hyper.{k}" not in saved]
+    if not added:
+        return ckpt.restore(like, chunk)
+    kept = {k: v for k, v in like.agent.hyper.items() if k not in added}
+    done, state = ckpt.restore(like._replace(agent=like.agent._replace(hyper=kept)), chunk)
+    values = seed_hyper(trainer.agent, hyper, trainer.config.seeds)
+    filled = {k: jax.device_put(values[k], like.agent.hyper[k].sharding)
+              if like.agent.hyper[k].sharding is not None else values[k] for k in added}
+    return done, state._replace(agent=state.agent._replace(hyper={**state.agent.hyper, **filled}))
 
 
 def abstract_state(trainer, key: jax.Array, hyper: dict | None) -> Any:

@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from wmjax.agents.dreamer.losses import (
@@ -191,6 +192,11 @@ class Dreamer:
         unknown = sorted(set(overrides) - set(TUNABLES))
         if unknown:
             raise ValueError(f"unknown tunable(s) {unknown}; tunables are: {', '.join(TUNABLES)}")
+        scale = overrides.get("replay_policy_scale", 0.0)
+        if not self.config.replay_policy_scale and not isinstance(scale, jax.core.Tracer) \
+                and np.any(np.asarray(scale) != 0.0):
+            raise ValueError("hyper['replay_policy_scale'] > 0 needs a config with "
+                             "replay_policy_scale > 0: only then is the replay actor loss compiled in")
         return {name: jnp.asarray(overrides.get(name, getattr(self.config, name)), jnp.float32)
                 for name in TUNABLES}
 
@@ -483,7 +489,7 @@ class Dreamer:
             replay_policy_loss = self._reinforce(
                 self._policy(params["actor"], sg(feat[:, :-1])), batch.action[:, :-1],
                 rep_adv, rep_weight, h)[0]
-            total = total + c.replay_policy_scale * replay_policy_loss
+            total = total + h["replay_policy_scale"] * replay_policy_loss
         metrics = {
             "loss/total": total,
             "loss/world_model": wm_loss,
