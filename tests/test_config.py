@@ -147,7 +147,7 @@ def test_tunable_schedule_sorts_round_trips_and_reads_by_step():
     assert config.tunables_at(500) == {"actent": 1e-3, "reward_scale": 10.0}
     assert config.tunables_at(10**6) == {"actent": 1e-3, "reward_scale": 1.0}
     # A run with the replay actor loss compiled in may schedule it off (not on, above).
-    off = TrainConfig(agent=DreamerConfig(replay_policy_scale=1.0),
+    off = TrainConfig(agent=DreamerConfig(replay_policy_scale=1.0, replay_policy_positive=True),
                       tunable_schedule=[(200_000, "replay_policy_scale", 0)])
     assert off.tunables_at(200_000) == {"replay_policy_scale": 0.0}
     # A config.json from before the field existed reads as an empty schedule.

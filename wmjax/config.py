@@ -314,7 +314,10 @@ class TrainConfig:
             ok = ok and isinstance(step, int) and not isinstance(step, bool) and step >= 0
             ok = ok and name in TUNABLES and isinstance(value, (int, float))
             _check(ok and not isinstance(value, bool), "tunable_schedule entry", entry, allowed)
-            self.agent.replace(**{name: float(value)})  # the agent's own check of the value
+            # The agent's own check of the value. A scheduled 0 leaves the replay actor loss
+            # compiled in, so the flag that shapes it is not checked against the 0.
+            plain = dict(replay_policy_positive=False) if name == "replay_policy_scale" else {}
+            self.agent.replace(**{name: float(value)}, **plain)
             _check(name != "replay_policy_scale" or value == 0 or self.agent.replay_policy_scale,
                    "tunable_schedule entry", entry, "replay_policy_scale > 0 only in a run whose "
                    "agent has replay_policy_scale > 0 (that compiles the loss in)")
