@@ -292,7 +292,9 @@ def test_a_checkpoint_from_before_a_tunable_existed_resumes_exactly(reference, t
     writer = Checkpointer(logdir)
     writer.save(12, state._replace(agent=state.agent._replace(hyper=older)))
     writer.close()
-    assert "agent.hyper.replay_policy_scale" not in Checkpointer(logdir).saved_names()
+    reader = Checkpointer(logdir, read_only=True)
+    assert "agent.hyper.replay_policy_scale" not in reader.saved_names()
+    reader.close()
     for name in ("config.json", "metrics.jsonl"):
         lines = open(os.path.join(ref_dir, name)).read().splitlines(keepends=True)
         if name == "metrics.jsonl":

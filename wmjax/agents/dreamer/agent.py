@@ -196,7 +196,8 @@ class Dreamer:
         if not self.config.replay_policy_scale and not isinstance(scale, jax.core.Tracer) \
                 and np.any(np.asarray(scale) != 0.0):
             raise ValueError("hyper['replay_policy_scale'] > 0 needs a config with "
-                             "replay_policy_scale > 0: only then is the replay actor loss compiled in")
+                             "replay_policy_scale > 0: only then is the replay actor loss "
+                             "compiled in")
         return {name: jnp.asarray(overrides.get(name, getattr(self.config, name)), jnp.float32)
                 for name in TUNABLES}
 
