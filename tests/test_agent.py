@@ -291,8 +291,10 @@ def test_replay_policy_loss_trains_only_the_actor_towards_better_than_expected_a
     assert float(metrics["loss/replay_policy"]) == 0.0
     with pytest.raises(ValueError, match="replay_policy_scale"):
         DreamerConfig.preset("tiny", replay_policy_scale=-1.0)
-    with pytest.raises(ValueError, match="needs a config with replay_policy_scale > 0"):
+    with pytest.raises(ValueError, match="in a run whose agent config has replay_policy_scale > 0"):
         default.hyper({"replay_policy_scale": 1.0})  # the default program has no such loss
+    with pytest.raises(ValueError, match="reward_scale=-1.0"):  # each of a grid's values
+        default.hyper({"reward_scale": np.array([1.0, -1.0])})
 
 
 def test_positive_replay_policy_loss_only_raises_actions_that_beat_the_critic():

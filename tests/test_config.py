@@ -128,7 +128,8 @@ def test_cli_flags_reach_the_train_config():
     (((1.5, "lr", 1e-3),), "tunable_schedule entry"),
     (((100, "reward_scale", -1.0),), "reward_scale"),  # DreamerConfig's own check of the value
     # The default agent compiles no replay actor loss for a schedule to switch on.
-    (((100, "replay_policy_scale", 1.0),), "replay_policy_scale > 0 only in a run whose agent"),
+    (((100, "replay_policy_scale", 1.0),),
+     "entry.*in a run whose agent config has replay_policy_scale > 0"),
     ("lr", "tunable_schedule"),
 ])
 def test_bad_tunable_schedule_names_the_entry(schedule, match):

@@ -205,6 +205,18 @@ class DreamerConfig:
     def replace(self, **changes: Any) -> "DreamerConfig":
         return dataclasses.replace(self, **changes)
 
+    def check_tunable(self, name: str, value: float) -> None:
+        """Raises ValueError unless `value` may be tunable `name`'s value in a program compiled
+        from this config (a grid's, an override's or a schedule's): the field's own range, and
+        replay_policy_scale > 0 only where this config's value compiles that loss in."""
+        _check(name in TUNABLES, "tunable", name, f"one of {', '.join(TUNABLES)}")
+        if name != "replay_policy_scale":
+            self.replace(**{name: float(value)})  # __post_init__ checks the range
+            return
+        _check(value == 0 or (value > 0 and self.replay_policy_scale > 0), name, value,
+               "0, or > 0 in a run whose agent config has replay_policy_scale > 0 (only that "
+               "compiles the replay actor loss in)")
+
     def resolved_dtype(self, backend: str | None = None) -> str:
         """The compute dtype to use on `backend` (default: JAX's default backend)."""
         if self.compute_dtype != "auto":
@@ -314,13 +326,10 @@ class TrainConfig:
             ok = ok and isinstance(step, int) and not isinstance(step, bool) and step >= 0
             ok = ok and name in TUNABLES and isinstance(value, (int, float))
             _check(ok and not isinstance(value, bool), "tunable_schedule entry", entry, allowed)
-            # The agent's own check of the value. A scheduled 0 leaves the replay actor loss
-            # compiled in, so the flag that shapes it is not checked against the 0.
-            plain = dict(replay_policy_positive=False) if name == "replay_policy_scale" else {}
-            self.agent.replace(**{name: float(value)}, **plain)
-            _check(name != "replay_policy_scale" or value == 0 or self.agent.replay_policy_scale,
-                   "tunable_schedule entry", entry, "replay_policy_scale > 0 only in a run whose "
-                   "agent has replay_policy_scale > 0 (that compiles the loss in)")
+            try:
+                self.agent.check_tunable(name, value)
+            except ValueError as error:
+                raise ValueError(f"tunable_schedule entry {entry!r}: {error}") from None
             entries.append((step, name, float(value)))
         return tuple(sorted(entries, key=lambda e: e[0]))  # stable: same steps keep their order
 

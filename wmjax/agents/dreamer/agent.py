@@ -192,12 +192,10 @@ class Dreamer:
         unknown = sorted(set(overrides) - set(TUNABLES))
         if unknown:
             raise ValueError(f"unknown tunable(s) {unknown}; tunables are: {', '.join(TUNABLES)}")
-        scale = overrides.get("replay_policy_scale", 0.0)
-        if not self.config.replay_policy_scale and not isinstance(scale, jax.core.Tracer) \
-                and np.any(np.asarray(scale) != 0.0):
-            raise ValueError("hyper['replay_policy_scale'] > 0 needs a config with "
-                             "replay_policy_scale > 0: only then is the replay actor loss "
-                             "compiled in")
+        for name, value in overrides.items():  # traced (a vmapped init): checked before
+            if not isinstance(value, jax.core.Tracer):
+                for v in np.unique(np.asarray(value, np.float64)):
+                    self.config.check_tunable(name, float(v))
         return {name: jnp.asarray(overrides.get(name, getattr(self.config, name)), jnp.float32)
                 for name in TUNABLES}
 
