@@ -3,6 +3,7 @@ and wandb logging that never stops training."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -499,6 +500,13 @@ def test_fork_refusals_name_the_problem_and_write_nothing(reference, tmp_path, c
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--fork-chunk", "12", "--logdir", dst]) == 2
     assert "give --fork too" in capsys.readouterr().err
+    bare = str(tmp_path / "bare")  # a run folder whose checkpoints are gone
+    os.makedirs(bare)
+    shutil.copy(os.path.join(ref_dir, "config.json"), bare)
+    for command in (["train", "--fork", bare, "--logdir", dst, "--quiet"], ["eval", bare]):
+        assert main(command) == 2
+        assert f"{bare} has no checkpoints/ folder" in capsys.readouterr().err
+    assert not os.path.exists(dst)
     assert _snapshot(ref_dir) == before
 
 

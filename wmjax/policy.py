@@ -17,12 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from wmjax.agents.dreamer.agent import AgentState, Carry, Dreamer
-from wmjax.checkpoint import Checkpointer, CheckpointError, checkpoint_dir
 from wmjax.config import TrainConfig
 from wmjax.envs.core import EnvAdapter
 from wmjax.envs.gymnasium import GymnasiumEnv, make_vector_env
 from wmjax.loop import TrainState
-from wmjax.run import cached_trainer, load_config, load_hyper, restore_state
+from wmjax.run import cached_trainer, load_config, load_hyper, read_state
 
 
 class Policy(NamedTuple):
@@ -41,15 +40,7 @@ class Policy(NamedTuple):
 def load_train_state(run_dir: str, chunk: int | None = None) -> tuple[TrainConfig, int, TrainState]:
     """The whole batched TrainState of a run folder's checkpoint (default: the newest)."""
     config = load_config(run_dir)
-    hyper = load_hyper(run_dir)
-    if not os.path.isdir(checkpoint_dir(run_dir)):
-        raise CheckpointError(f"{run_dir} has no checkpoints/ folder")
-    trainer = cached_trainer(config)
-    ckpt = Checkpointer(run_dir, read_only=True)
-    try:
-        chunk, state = restore_state(ckpt, trainer, jax.random.key(config.seed), hyper, chunk)
-    finally:
-        ckpt.close()
+    chunk, state = read_state(run_dir, config, load_hyper(run_dir), chunk)
     return config, chunk, state
 
 

@@ -309,14 +309,7 @@ def fork(src: str, dst: str, tunables: dict[str, Any], chunk: int | None = None,
                             agent=config.agent.replace(**tunables, **settings),
                             tunable_schedule=tuple(e for e in config.tunable_schedule
                                                    if e[1] not in tunables))
-    if not os.path.isdir(checkpoint_dir(src)):
-        raise CheckpointError(f"cannot fork {src}: it has no checkpoint")
-    trainer = cached_trainer(config)
-    reader = Checkpointer(src, read_only=True)
-    try:
-        done, state = restore_state(reader, trainer, jax.random.key(config.seed), None, chunk)
-    finally:
-        reader.close()
+    done, state = read_state(src, config, None, chunk)
     state = set_tunables(state, tunables)
 
     env_steps = done * config.env_steps_per_chunk
@@ -399,6 +392,21 @@ def _trainer(config: TrainConfig, devices: int | None):
 
         return make_host_train(config)
     return make_train(config, devices=devices)
+
+
+def read_state(run_dir: str, config: TrainConfig, hyper: dict | None = None,
+               chunk: int | None = None) -> tuple[int, Any]:
+    """Checkpoint `chunk` (default: the newest) of the run in `run_dir`, read without writing
+    anything, into the state of `config`'s trainer (the run's own config, or one that changes
+    only tunables or FORKABLE_SETTINGS, as a fork's does)."""
+    if not os.path.isdir(checkpoint_dir(run_dir)):
+        raise CheckpointError(f"{run_dir} has no checkpoints/ folder: nothing to restore")
+    reader = Checkpointer(run_dir, read_only=True)
+    try:
+        return restore_state(reader, cached_trainer(config), jax.random.key(config.seed),
+                             hyper, chunk)
+    finally:
+        reader.close()
 
 
 def restore_state(ckpt: Checkpointer, trainer, key: jax.Array, hyper: dict | None,
