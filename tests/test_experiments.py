@@ -116,7 +116,9 @@ def test_tunables_grid_sweeps_any_tunable_in_one_program(tmp_path, capsys):
             for n in results}
     assert rows["rec_scale=0.5"][-1]["loss/total"] != rows["rec_scale=2"][-1]["loss/total"]
     for bad, says in (("free_nats=1,2", "not a tunable"), ("rec_scale", "NAME=V1,V2"),
-                      ("rec_scale=a,b", "must be numbers")):
+                      ("rec_scale=a,b", "must be numbers"), ("rec_scale=1,-1", "rec_scale=-1.0"),
+                      ("replay_policy_scale=0,1", "replay_policy_scale > 0 (only that")):
         with pytest.raises(SystemExit):
             _load("tunables").main(["--grid", bad, "--logdir", str(tmp_path / "bad")])
         assert says in capsys.readouterr().err
+        assert not os.path.exists(tmp_path / "bad")

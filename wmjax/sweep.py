@@ -118,6 +118,9 @@ def train_tunables_grid(ap, args, axes: dict[str, Sequence[float]]) -> dict[str,
     program from `sweep_parser` flags (a bad setting exits through `ap.error`), then reported."""
     try:
         base = base_config(args)
+        for name, values in axes.items():  # before anything is compiled or written
+            for value in values:
+                base.agent.check_tunable(name, value)
     except ValueError as e:
         ap.error(str(e))
     points = grid(**axes)
