@@ -118,7 +118,7 @@ def train_tunables_grid(ap, args, axes: dict[str, Sequence[float]]) -> dict[str,
     program from `sweep_parser` flags (a bad setting exits through `ap.error`), then reported."""
     try:
         base = base_config(args)
-        for name, values in axes.items():  # before anything is compiled or written
+        for name, values in axes.items():  # a flag error here, not a traceback from train
             for value in values:
                 base.agent.check_tunable(name, value)
     except ValueError as e:
