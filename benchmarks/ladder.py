@@ -92,8 +92,8 @@ PPO_RUNG_PRESETS = {rung: "minatar" if "-MinAtar" in env else "classic"
 # Freeway takes bce with DreamerV3's bonus: under Breakout's its policy stayed uniform for 199k
 # steps (the reward head had seen 34 rewards). It also takes the self-imitation actor loss on
 # replayed actions: imagining only, its policy settled on always "up" (16.8 at 1M); with the
-# loss the mean of three seeds held 26-29 per 100k from 100k on (28.7 at 1M and 28.9 frozen,
-# PPO 27.9 / 29.5). Freeway-Flat keeps the imagination-only settings its runs used. Every rung
+# loss the mean of four seeds held 26-29 per 100k from 100k on (28.4 at 1M and 28.4 frozen,
+# PPO 27.9 / 28.8). Freeway-Flat keeps the imagination-only settings its runs used. Every rung
 # imagines from 256 of the 1024 replayed states, which halves the update's time.
 _EVERY = ("imag_starts=256",)
 _CLASSIC = _EVERY + ("lr=3e-4", "warmup=200")
