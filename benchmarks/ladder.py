@@ -87,10 +87,10 @@ PPO_RUNG_PRESETS = {rung: "minatar" if "-MinAtar" in env else "classic"
 # Breakout takes the bonus and lr 3e-4: at DreamerV3's lr and bonus it plateaued at PPO's 5.5,
 # with them it went past gymnax's published PPO. Since session 75 it also takes the binary
 # cross-entropy image loss: with DreamerV3's loss two seeds scored 11.1 and 20.0 at 1M, with bce
-# 77.4 and 67.8. Asterix takes Breakout's settings: with DreamerV3's loss it stayed at random for
-# 471k steps, with bce it reached 9.0. SpaceInvaders takes the same with a bonus of 1e-3: with
-# DreamerV3's loss it flattened at 24, with bce it reached 41.6 at Breakout's bonus and 70.8 at
-# 1e-3 (2 seeds).
+# 77.4 and 67.8 (a third seed 71.2). Asterix takes Breakout's settings: with DreamerV3's loss it
+# stayed at random for 471k steps, with bce it reached 9.0. SpaceInvaders takes the same with a
+# bonus of 1e-3: with DreamerV3's loss it flattened at 24, with bce it reached 41.6 at Breakout's
+# bonus and 70.8 at 1e-3 (2 seeds).
 # Freeway takes bce with DreamerV3's bonus: under Breakout's its policy stayed uniform for 199k
 # steps (the reward head had seen 34 rewards). It also takes the self-imitation actor loss on
 # replayed actions: imagining only, its policy settled on always "up" (16.8 at 1M); with the
