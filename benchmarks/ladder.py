@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from benchmarks.ppo import PPO_PRESETS, PPOConfig, train_ppo  # noqa: E402
 from wmjax.cli import parse_override, parse_schedule_entry  # noqa: E402
-from wmjax.config import DreamerConfig, TrainConfig  # noqa: E402
+from wmjax.config import REPLAY_PRIORITIES, DreamerConfig, TrainConfig  # noqa: E402
 from wmjax.envs.core import FLAT_SUFFIX, REGISTRY  # noqa: E402
 from wmjax.plots import achievements_table, binned, binned_table, curve  # noqa: E402
 from wmjax.policy import seed_returns  # noqa: E402
@@ -149,14 +149,16 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
              overrides: dict, logdir: str, out: str, resume: bool,
              ppo_config: PPOConfig | None = None, envs: int = 16, chunk_steps: int | None = None,
              replay_size: int | None = None, eval_episodes: int = 32, seed: int = 0,
-             schedule: tuple = (), only: str | None = None, replay_online: bool = False) -> dict:
+             schedule: tuple = (), only: str | None = None, replay_online: bool = False,
+             replay_priority: str = "uniform") -> dict:
     """Train DreamerV3 and the PPO baseline (`ppo_config`, default the rung's preset) on one
     rung; write RUNG.json and RUNG.png to `out`; return the JSON's contents. `only` ("dreamer"
     or "ppo") trains that learner alone and returns its summary without writing results.
     `seed` is both learners' base seed (TrainConfig.seed, train_ppo's seed), so a rung can add
     seeds one run at a time: `seeds=1, seed=1` is a second seed, not a repeat of the first.
     `schedule`: DreamerV3's TrainConfig.tunable_schedule, (env_step, name, value) entries.
-    `replay_online`: TrainConfig.replay_online (DreamerV3's online queue)."""
+    `replay_online`: TrainConfig.replay_online (DreamerV3's online queue); `replay_priority`:
+    TrainConfig.replay_priority ("curious": Curious Replay)."""
     env, budget, default_ratio = RUNGS[rung]
     steps = steps or budget
     ratio = ratio or default_ratio
@@ -165,7 +167,7 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
                          train_ratio=ratio,
                          replay_size=replay_size or max(steps, envs * (agent.batch_length + 1)),
                          chunk_steps=chunk_steps or min(2048 if steps <= 100_000 else 16_384, steps),
-                         replay_online=replay_online, agent=agent,
+                         replay_online=replay_online, replay_priority=replay_priority, agent=agent,
                          tunable_schedule=tuple(schedule))
     run_dir = os.path.join(logdir, rung, "dreamer")
     ppo_env = PPO_ENVS.get(env, env)
@@ -199,6 +201,8 @@ def run_rung(rung: str, seeds: int, steps: int | None, preset: str, ratio: float
     result = head | dict(
         preset=preset, train_ratio=ratio, replay_online=replay_online,
         overrides=overrides, reduced_budget=reduced,
+        # Absent for uniform windows, as in the files written before the option existed.
+        **({} if replay_priority == "uniform" else {"replay_priority": replay_priority}),
         dreamer=dict(final=final_value(d_steps, d_mean), wall_s=dreamer_wall,
                      curve=[[int(s), float(m)] for s, m in zip(d_steps, d_mean)], run_dir=run_dir,
                      final_policy=frozen_record(frozen, eval_episodes),
@@ -348,6 +352,9 @@ def main(argv=None) -> dict:
                     help="replay capacity per seed (default: the whole run)")
     ap.add_argument("--replay-online", action="store_true",
                     help="DreamerV3's online replay queue (TrainConfig.replay_online)")
+    ap.add_argument("--replay-priority", choices=REPLAY_PRIORITIES, default="uniform",
+                    help="how replay windows are drawn (TrainConfig.replay_priority): uniform, "
+                         "or curious (Curious Replay)")
     ap.add_argument("--ppo-preset", default=None, choices=sorted(PPO_PRESETS),
                     help="PPO's settings (default: the rung's: " + ", ".join(
                         f"{r} {p}" for r, p in PPO_RUNG_PRESETS.items()) + ")")
@@ -392,7 +399,7 @@ def main(argv=None) -> dict:
     return run_rung(args.rung, args.seeds, args.steps, args.preset, args.train_ratio, overrides,
                     logdir, out, args.resume, ppo, args.envs, args.chunk_steps,
                     args.replay_size, args.eval_episodes, args.seed, schedule, args.only,
-                    args.replay_online)
+                    args.replay_online, args.replay_priority)
 
 
 if __name__ == "__main__":

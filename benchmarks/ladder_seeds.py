@@ -25,10 +25,10 @@ from benchmarks.ladder import frozen_record, plot_rung  # noqa: E402
 from wmjax.plots import achievements_table, bins_table  # noqa: E402
 
 # Fields that must agree for results to be seeds of one experiment.
-SAME = ("rung", "env", "steps", "preset", "train_ratio", "replay_online", "overrides",
-        "tunable_schedule")
+SAME = ("rung", "env", "steps", "preset", "train_ratio", "replay_online", "replay_priority",
+        "overrides", "tunable_schedule")
 # What a field means when a result lacks it (written before the field existed).
-ABSENT = {"replay_online": False}
+ABSENT = {"replay_online": False, "replay_priority": "uniform"}
 LEARNERS = {"dreamer": "DreamerV3", "ppo": "PPO"}
 
 

@@ -97,6 +97,13 @@ def test_config_round_trips_through_dict_and_names_unknown_fields():
     assert TrainConfig.from_dict(data).replay_online is False
     with pytest.raises(ValueError, match="replay_online.*True or False"):
         config.replace(replay_online="yes")
+    # So did a run saved before replay_priority existed: it draws windows uniformly.
+    assert "replay_priority" not in data or data.pop("replay_priority") == "uniform"
+    assert TrainConfig.from_dict(data).replay_priority == "uniform"
+    with pytest.raises(ValueError, match="replay_priority='rank'.*uniform, curious"):
+        config.replace(replay_priority="rank")
+    with pytest.raises(ValueError, match="replay_priority.*do not combine"):
+        config.replace(replay_online=True, replay_priority="curious")
     other = config.replace(train_ratio=64.0, agent=config.agent.replace(lr=2e-3))
     assert config.differences(other) == ["agent.lr: 0.001 != 0.002", "train_ratio: 32.0 != 64.0"]
 
@@ -117,6 +124,9 @@ def test_cli_flags_reach_the_train_config():
             config.replay_online) == ("Acrobot-v1", "bfloat16", 4096, 1e-4, True)
     default = build_config(build_parser().parse_args(["train"]))
     assert (default.replay_obs_dtype, default.replay_online) == ("float32", False)
+    assert default.replay_priority == "uniform"
+    curious = build_config(build_parser().parse_args(["train", "--replay-priority", "curious"]))
+    assert curious.replay_priority == "curious"
     with pytest.raises(SystemExit):  # argparse names the allowed choices
         build_parser().parse_args(["train", "--replay-obs-dtype", "int8"])
 

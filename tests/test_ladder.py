@@ -117,9 +117,14 @@ def test_ppo_baseline_takes_the_base_seed_and_caches_per_seed(tmp_path, monkeypa
         main(["--rung", "cartpole", "--seed", "-1", "--logdir", str(tmp_path / "none")])
     assert not os.path.exists(tmp_path / "none")
     # Another base seed gets folders of its own by default, so seed 0's results stay.
-    monkeypatch.setattr(ladder, "run_rung", lambda *args: args[6:8] + args[-1:])
+    monkeypatch.setattr(ladder, "run_rung", lambda *args: args[6:8] + args[-2:-1])
     assert main(["--rung", "cartpole"]) == ("runs/ladder", "benchmarks/results/ladder", False)
     assert main(["--rung", "cartpole", "--replay-online"])[2] is True
+    assert main(["--rung", "cartpole", "--replay-priority", "curious"])[2] is False
+    monkeypatch.setattr(ladder, "run_rung", lambda *args: args[-1])
+    assert main(["--rung", "cartpole"]) == "uniform"
+    assert main(["--rung", "cartpole", "--replay-priority", "curious"]) == "curious"
+    monkeypatch.setattr(ladder, "run_rung", lambda *args: args[6:8] + args[-2:-1])
     assert main(["--rung", "cartpole", "--seed", "2"])[:2] == (
         "runs/ladder_seed2", "benchmarks/results/ladder_seed2")
     assert main(["--rung", "cartpole", "--seed", "2", "--out", "o"])[1] == "o"
@@ -280,11 +285,13 @@ def test_ladder_seeds_combines_runs_of_one_rung(tmp_path, capsys):
     for bad, match in ((dict(seed=0), "seed 0 is in both"), (dict(steps=200), "steps=200"),
                        (dict(overrides={}), "overrides="),
                        (dict(tunable_schedule=[[500, "reward_scale", 10.0]]), "tunable_schedule="),
-                       (dict(replay_online=True), "replay_online=True")):
+                       (dict(replay_online=True), "replay_online=True"),
+                       (dict(replay_priority="curious"), "replay_priority='curious'")):
         with pytest.raises(ValueError, match=match):
             combine([one, {**two, **bad}])
     # A result written before replay_online existed ran without the online queue.
     assert combine([one, {**two, "replay_online": False}])["replay_online"] is False
+    assert combine([one, {**two, "replay_priority": "uniform"}])["replay_priority"] == "uniform"
     with pytest.raises(ValueError, match="allowed: 2 or more"):
         combine([one])
     paths = []

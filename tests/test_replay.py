@@ -133,3 +133,104 @@ def test_the_loop_serves_the_online_queue_when_configured():
     # Updates start at 32 records per env (one batch); from then on every window completed
     # before the last vector step's updates has been served, and none twice.
     assert np.all(served >= complete - E) and np.all(served <= complete) and np.all(served > 0)
+
+
+def _curious(num_envs, capacity, steps):
+    state = rb.init({"x": jnp.int32(0), "is_first": jnp.bool_(False)}, num_envs, capacity,
+                    curious=True)
+    return _fill(state, 0, steps, num_envs)
+
+
+def test_curious_replay_draws_windows_by_priority():
+    """Windows start at valid starts in proportion to the records' priorities; a record not yet
+    trained on has the priority `initial`."""
+    state = _curious(num_envs=2, capacity=10, steps=27)  # wrapped: holds steps 17..26
+    assert isinstance(state, rb.CuriousReplayState)
+    np.testing.assert_array_equal(rb.priorities(state), 1e5)  # nothing trained on yet
+    # Steps 17..23 are valid starts (length 4): priorities 1, 1, 1, 1, 1, 1, 30 in env 0 and 1
+    # everywhere in env 1.
+    priority = jnp.ones((2, 10)).at[0, 23 % 10].set(30.0)
+    state = state._replace(priority=priority)
+    batch, env, idx = rb.sample_curious(state, jax.random.key(0), batch=4000, length=4)
+    x = np.asarray(batch["x"])
+    np.testing.assert_array_equal(np.diff(x, axis=1), 1)  # consecutive, never across the head
+    assert (x % 1000).min() >= 17 and (x % 1000).max() <= 26
+    np.testing.assert_array_equal(x[:, 0] // 1000, np.asarray(env))
+    np.testing.assert_array_equal(np.asarray(idx), (x % 1000) % 10)
+    starts = x[:, 0]
+    # Env 0 holds 36 of the 43 units of weight; its step 23 holds 30 of them.
+    assert abs((starts < 1000).mean() - 36 / 43) < 0.03
+    assert abs((starts == 23).mean() - 30 / 43) < 0.03
+    assert set(starts[starts >= 1000] % 1000) == set(range(17, 24))  # env 1: every valid start
+    # Records past the last valid start (24..26), untrained and so the heaviest, never start one.
+    state = state._replace(priority=priority.at[:, 4:7].set(jnp.nan))
+    starts = np.asarray(rb.sample_curious(state, jax.random.key(1), 512, 4)[0]["x"])[:, 0]
+    assert (starts % 1000).max() <= 23
+
+
+def test_curious_replay_keeps_what_training_saw_and_resets_overwritten_records():
+    """A trained record's priority is c * beta**visits + (loss + eps)**alpha."""
+    state = _curious(num_envs=2, capacity=8, steps=8)
+    env = jnp.array([0, 0, 1])
+    idx = jnp.array([[0, 1, 2], [1, 2, 3], [5, 6, 7]])
+    loss = jnp.arange(9, dtype=jnp.float32).reshape(3, 3)
+    state = rb.mark_trained(state, env, idx, loss)
+    visits = np.asarray(state.visits)
+    np.testing.assert_array_equal(visits[0], [1, 2, 2, 1, 0, 0, 0, 0])  # overlaps count twice
+    np.testing.assert_array_equal(visits[1], [0, 0, 0, 0, 0, 1, 1, 1])
+    priority = np.asarray(rb.priorities(state))
+    k = rb.Curiosity()
+    assert priority[0, 0] == pytest.approx(k.c * k.beta + k.eps ** k.alpha)
+    assert priority[0, 3] == pytest.approx(k.c * k.beta + (5 + k.eps) ** k.alpha)
+    assert priority[1, 7] == pytest.approx(k.c * k.beta + (8 + k.eps) ** k.alpha)
+    assert priority[0, 1] in [pytest.approx(k.c * k.beta ** 2 + (x + k.eps) ** k.alpha)
+                              for x in (1, 3)]  # either window's loss
+    assert priority[0, 4] == k.initial
+    weak = rb.mark_trained(state, env, idx, loss, rb.Curiosity(c=0.0, alpha=1.0, eps=0.0))
+    assert np.asarray(weak.priority)[1, 6] == 7.0  # the loss alone
+    state = _fill(state, 8, 2, 2)  # overwrites slots 0 and 1: new records, untrained
+    assert np.asarray(state.visits)[0, :2].tolist() == [0, 0]
+    np.testing.assert_array_equal(np.asarray(rb.priorities(state))[0, :2], k.initial)
+    assert np.asarray(state.visits)[0, 2] == 2
+
+
+def test_curious_replay_needs_its_own_state():
+    plain = rb.init({"x": jnp.int32(0)}, num_envs=2, capacity=8)
+    with pytest.raises(TypeError, match="curious=True"):
+        rb.sample_curious(plain, jax.random.key(0), batch=2, length=2)
+    with pytest.raises(ValueError, match="do not combine"):
+        rb.init({"x": jnp.int32(0)}, num_envs=2, capacity=8, online=True, curious=True)
+
+
+def test_the_loop_draws_by_curious_replay_when_configured():
+    """TrainConfig.replay_priority="curious": every update's windows gain a visit and a priority
+    from the world model's loss there, so the visits add up to the replayed steps; and the draws
+    follow the priorities: records given priority 0 are never replayed again."""
+    from programs import TINY
+    from wmjax.loop import host_metrics
+    from wmjax.run import cached_trainer
+
+    config = TINY.replace(replay_priority="curious")
+    trainer = cached_trainer(config)
+    state = trainer.init(jax.random.key(0))
+    for _ in range(2):  # updates start in the second chunk
+        state, _ = trainer.train_chunk(state)
+    visits, priority = np.asarray(state.replay.visits), np.asarray(state.replay.priority)
+    B, T = config.agent.batch_size, config.agent.batch_length
+    assert np.all(np.asarray(state.updates) > 0)
+    np.testing.assert_array_equal(visits.sum(axis=(1, 2)), np.asarray(state.updates) * B * T)
+    # Trained records: below a first visit's count term alone (c * beta = 7000), above the
+    # loss term's floor; the others untrained.
+    trained = priority[visits > 0]
+    assert np.all(np.isfinite(trained)) and np.all((trained > 0.04) & (trained < 7000 + 100))
+    assert np.all(np.isnan(priority[visits == 0]))
+    # Env 0's records so far get priority 0: no window starts there, and windows only run forward
+    # from their start, so none of them is visited again; env 1's records still are.
+    written = int(np.asarray(state.replay.count)[0])
+    zeroed = state.replay.priority.at[:, 0, :written].set(0.0)
+    replay = state.replay._replace(priority=zeroed)
+    state, metrics = trainer.train_chunk(state._replace(replay=replay))
+    after = np.asarray(state.replay.visits)
+    np.testing.assert_array_equal(after[:, 0, :written], visits[:, 0, :written])
+    assert np.all(after[:, 1, :written].sum(-1) > visits[:, 1, :written].sum(-1))
+    assert all(np.isfinite(row["loss/world_model"]) for row in host_metrics(metrics))

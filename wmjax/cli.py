@@ -17,14 +17,15 @@ import sys
 import time
 import typing
 
-from wmjax.config import PRESETS, REPLAY_OBS_DTYPES, TUNABLES, DreamerConfig, TrainConfig
+from wmjax.config import (PRESETS, REPLAY_OBS_DTYPES, REPLAY_PRIORITIES, TUNABLES, DreamerConfig,
+                          TrainConfig)
 from wmjax.envs import REGISTRY, check_env_name
 
 # TrainConfig flags and their defaults. They parse to None so that with --resume we can tell
 # which ones were given (and must then match the saved run).
 TRAIN_DEFAULTS = dict(env="CartPole-v1", preset="size1m", steps=50_000, seeds=1, seed=0,
                       envs=16, train_ratio=32.0, replay_size=1_000_000, chunk_steps=2048,
-                      replay_obs_dtype="float32", replay_online=False)
+                      replay_obs_dtype="float32", replay_online=False, replay_priority="uniform")
 
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -79,7 +80,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(env=get("env"), num_envs=envs, seeds=get("seeds"), seed=get("seed"),
                        steps=steps, train_ratio=get("train_ratio"), replay_size=replay_size,
                        chunk_steps=get("chunk_steps"), replay_obs_dtype=get("replay_obs_dtype"),
-                       replay_online=get("replay_online"), agent=agent,
+                       replay_online=get("replay_online"),
+                       replay_priority=get("replay_priority"), agent=agent,
                        tunable_schedule=_schedule(args) or ())
 
 
@@ -108,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--replay-online", action="store_true", default=None,
                    help="DreamerV3's online queue: serve every new replay window once, first in "
                         "a batch, before uniform sampling (default off)")
+    t.add_argument("--replay-priority", choices=REPLAY_PRIORITIES,
+                   help="how replay windows are drawn: uniform (DreamerV3's, the default) or "
+                        "curious (Curious Replay: new records and those the world model predicts "
+                        "badly first)")
     t.add_argument("--chunk-steps", type=int,
                    help="env steps per seed between log points (default 2048)")
     t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -271,6 +277,7 @@ def _resume_config(args: argparse.Namespace, run_dir: str | None = None) -> Trai
         chunk_steps=flag("chunk_steps", saved.chunk_steps),
         replay_obs_dtype=flag("replay_obs_dtype", saved.replay_obs_dtype),
         replay_online=flag("replay_online", saved.replay_online),
+        replay_priority=flag("replay_priority", saved.replay_priority),
         agent=saved.agent.replace(**agent),
         tunable_schedule=saved.tunable_schedule if args.set_from is None else _schedule(args),
     )

@@ -249,6 +249,7 @@ class DreamerConfig:
 
 
 REPLAY_OBS_DTYPES = ("float32", "float16", "bfloat16")
+REPLAY_PRIORITIES = ("uniform", "curious")
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,10 @@ class TrainConfig:
     # rest (wmjax.replay.sample_online). Off by default here: every published wmjax figure was
     # measured without it, and runs saved before it existed resume without it.
     replay_online: bool = False
+    # How windows are drawn: "uniform" (DreamerV3's), or "curious", Curious Replay (Kauvar et al.
+    # 2023): by priority, favouring records not yet trained on and those the world model still
+    # predicts badly (wmjax.replay.sample_curious). Not with replay_online.
+    replay_priority: str = "uniform"
     agent: DreamerConfig = field(default_factory=DreamerConfig)
     # Tunables changed during the run: (env_step, name, value) entries, each applied for every
     # seed from the first chunk that starts at or after env_step (chunk boundaries are
@@ -300,6 +305,10 @@ class TrainConfig:
         _check(self.train_ratio > 0, "train_ratio", self.train_ratio, "> 0")
         _check(isinstance(self.replay_online, bool), "replay_online", self.replay_online,
                "True or False")
+        _check(self.replay_priority in REPLAY_PRIORITIES, "replay_priority", self.replay_priority,
+               f"one of {', '.join(REPLAY_PRIORITIES)}")
+        _check(not (self.replay_online and self.replay_priority != "uniform"), "replay_priority",
+               self.replay_priority, "'uniform' when replay_online is True (they do not combine)")
         _check(self.replay_obs_dtype in REPLAY_OBS_DTYPES, "replay_obs_dtype",
                self.replay_obs_dtype, f"one of {', '.join(REPLAY_OBS_DTYPES)}")
         _check(isinstance(self.agent, DreamerConfig), "agent", type(self.agent).__name__,

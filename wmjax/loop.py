@@ -32,7 +32,7 @@ class TrainState(NamedTuple):
     env_state: EnvState  # batched over envs
     timestep: Timestep  # the newest record of every env, acted on next
     carry: Carry
-    replay: rb.ReplayState | rb.OnlineReplayState  # the latter with TrainConfig.replay_online
+    replay: rb.AnyReplayState  # Online with TrainConfig.replay_online, Curious with replay_priority
     key: jax.Array
     env_steps: jax.Array  # env steps taken by this seed, over all its envs
     updates: jax.Array
@@ -208,7 +208,8 @@ def initial_state(config: TrainConfig, agent: Dreamer, k_agent: jax.Array, k_loo
         example["obs"])
     zero = jnp.zeros((), jnp.int32)
     return TrainState(agent.init(k_agent, hyper), env_state, timestep, carry,
-                      rb.init(example, E, config.replay_size // E, config.replay_online),
+                      rb.init(example, E, config.replay_size // E, config.replay_online,
+                              curious=config.replay_priority == "curious"),
                       k_loop, zero, zero, zero)
 
 
@@ -222,7 +223,9 @@ def make_agent_step(config: TrainConfig, agent: Dreamer,
 
     Updates start once replay holds one batch of windows. The ratio is kept with an integer
     credit of replayed steps (units of 1/denominator), so any ratio and env count are exact.
-    With `config.replay_online` each batch first takes the online queue's unserved windows.
+    With `config.replay_online` each batch first takes the online queue's unserved windows; with
+    `config.replay_priority == "curious"` batches are drawn by Curious Replay's priorities, which
+    each update's world-model losses then refresh.
     """
     c = config.agent
     E, B, T = config.num_envs, c.batch_size, c.batch_length
@@ -231,25 +234,36 @@ def make_agent_step(config: TrainConfig, agent: Dreamer,
     credit_per_update = ratio.denominator * B * T
     place_batch = place_batch or (lambda batch: batch)
 
+    curious = config.replay_priority == "curious"
+
     def update_many(agent_state, replay, key, n):
-        """Run n updates (n traced), returning the agent state, metric sums and the online
-        queue's served count (None without the queue). Only that count is carried through the
-        loop, not the replay's arrays."""
+        """Run n updates (n traced), returning the agent state, metric sums and what the
+        updates change in replay: the online queue's served count, or Curious Replay's
+        (visits, priority); None for plain replay. Only those are carried through the loop, not
+        the records."""
         zeros = {k: jnp.zeros((), jnp.float32) for k in agent.metric_names}
-        served = replay.served if config.replay_online else None
+        changed = (replay.served if config.replay_online else
+                   (replay.visits, replay.priority) if curious else None)
 
         def body(i, carry):
-            state, sums, served = carry
+            state, sums, changed = carry
             k_sample, k_update = jax.random.split(jax.random.fold_in(key, i))
             if config.replay_online:
-                data, queue = rb.sample_online(replay._replace(served=served), k_sample, B, T)
-                served = queue.served
+                data, queue = rb.sample_online(replay._replace(served=changed), k_sample, B, T)
+                changed = queue.served
+            elif curious:
+                stats = replay._replace(visits=changed[0], priority=changed[1])
+                data, env, idx = rb.sample_curious(stats, k_sample, B, T)
             else:
                 data = rb.sample(replay, k_sample, B, T)
-            state, metrics = agent.update(state, place_batch(Batch(**data)), k_update)
-            return state, jax.tree.map(jnp.add, sums, metrics), served
+            state, metrics, model_loss = agent.update_with_model_loss(
+                state, place_batch(Batch(**data)), k_update)
+            if curious:
+                stats = rb.mark_trained(stats, env, idx, model_loss)
+                changed = (stats.visits, stats.priority)
+            return state, jax.tree.map(jnp.add, sums, metrics), changed
 
-        return jax.lax.fori_loop(0, n, body, (agent_state, zeros, served))
+        return jax.lax.fori_loop(0, n, body, (agent_state, zeros, changed))
 
     def agent_step(state: TrainState, k_act: jax.Array, k_update: jax.Array):
         ts = state.timestep
@@ -258,9 +272,11 @@ def make_agent_step(config: TrainConfig, agent: Dreamer,
         ready = jnp.logical_and(rb.can_sample(replay, T), replay.count * E >= B * T)
         credit = state.credit + jnp.where(ready, credit_per_step, 0)
         n = credit // credit_per_update
-        agent_state, sums, served = update_many(state.agent, replay, k_update, n)
+        agent_state, sums, changed = update_many(state.agent, replay, k_update, n)
         if config.replay_online:
-            replay = replay._replace(served=served)
+            replay = replay._replace(served=changed)
+        elif curious:
+            replay = replay._replace(visits=changed[0], priority=changed[1])
         state = state._replace(agent=agent_state, carry=carry, replay=replay,
                                env_steps=state.env_steps + E, updates=state.updates + n,
                                credit=credit - n * credit_per_update)

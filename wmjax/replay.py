@@ -15,6 +15,14 @@ cut into consecutive non-overlapping windows as it is written, and each such win
 once, oldest first, in the first rows of a batch before the rest of the batch is drawn
 uniformly; so fresh data is trained on soon after it is collected, not only by chance. The queue
 is two counters (records written per env, windows served), with no copy of the data.
+
+Curious Replay (Kauvar et al. 2023, `init(..., curious=True)`, then `sample_curious` and
+`mark_trained`): windows start at a record with probability proportional to its priority,
+c * beta**visits + (loss + eps)**alpha, where visits counts the trained windows it was in and
+loss is the world model's loss there when last trained on; a record not yet trained on has the
+priority `initial`. So new records are replayed soon, and records the model still predicts
+badly more often than ones it has learned. It took DreamerV3's Crafter score from 14.5% to
+19.4% in that paper. Sampling is one cumulative sum per env row and a binary search per window.
 """
 from __future__ import annotations
 
@@ -41,26 +49,56 @@ class OnlineReplayState(NamedTuple):
     served: jax.Array  # online windows served so far; window w is env w % E's (w // E)-th
 
 
-def init(example: Any, num_envs: int, capacity: int, online: bool = False
-         ) -> ReplayState | OnlineReplayState:
+class CuriousReplayState(NamedTuple):
+    """A ReplayState with Curious Replay's per-record statistics (see the module docstring)."""
+    data: Any
+    pos: jax.Array
+    count: jax.Array
+    visits: jax.Array  # (num_envs, capacity) int32: trained windows each record was in
+    priority: jax.Array  # (num_envs, capacity) float32, set when trained on; NaN: not yet
+
+
+class Curiosity(NamedTuple):
+    """Curious Replay's priority constants; the defaults are the paper's (its DreamerV3 code)."""
+    c: float = 1e4
+    beta: float = 0.7
+    alpha: float = 0.7
+    eps: float = 0.01
+    initial: float = 1e5
+
+
+AnyReplayState = ReplayState | OnlineReplayState | CuriousReplayState
+
+
+def init(example: Any, num_envs: int, capacity: int, online: bool = False, curious: bool = False
+         ) -> AnyReplayState:
     """Empty buffer shaped after `example`, a pytree of one env's record; with `online`, with
-    DreamerV3's online queue (sample it with `sample_online`)."""
+    DreamerV3's online queue (sample it with `sample_online`); with `curious`, with Curious
+    Replay's statistics (sample it with `sample_curious`, then call `mark_trained`)."""
+    if online and curious:
+        raise ValueError("replay: online=True and curious=True do not combine; choose one")
     data = jax.tree.map(
         lambda x: jnp.zeros((num_envs, capacity) + jnp.shape(x), jnp.asarray(x).dtype), example
     )
     zero = jnp.zeros((), jnp.int32)
+    if curious:
+        return CuriousReplayState(data, zero, zero, jnp.zeros((num_envs, capacity), jnp.int32),
+                                  jnp.full((num_envs, capacity), jnp.nan, jnp.float32))
     return OnlineReplayState(data, zero, zero, zero, zero) if online else ReplayState(data, zero, zero)
 
 
-def capacity(state: ReplayState | OnlineReplayState) -> int:
+def capacity(state: AnyReplayState) -> int:
     return jax.tree.leaves(state.data)[0].shape[1]
 
 
-def add(state: ReplayState | OnlineReplayState, record: Any) -> ReplayState | OnlineReplayState:
+def add(state: AnyReplayState, record: Any) -> AnyReplayState:
     """Write one record per env (leaves shaped (num_envs, ...)) at the write index."""
     chex.assert_trees_all_equal_structs(state.data, record)
     cap = capacity(state)
     data = jax.tree.map(lambda buf, x: buf.at[:, state.pos].set(x.astype(buf.dtype)), state.data, record)
+    if isinstance(state, CuriousReplayState):  # the slot's statistics restart with its record
+        state = state._replace(visits=state.visits.at[:, state.pos].set(0),
+                               priority=state.priority.at[:, state.pos].set(jnp.nan))
     state = state._replace(data=data, pos=(state.pos + 1) % cap,
                            count=jnp.minimum(state.count + 1, cap))
     if isinstance(state, OnlineReplayState):
@@ -68,11 +106,11 @@ def add(state: ReplayState | OnlineReplayState, record: Any) -> ReplayState | On
     return state
 
 
-def can_sample(state: ReplayState | OnlineReplayState, length: int) -> jax.Array:
+def can_sample(state: AnyReplayState, length: int) -> jax.Array:
     return state.count >= length
 
 
-def sample(state: ReplayState | OnlineReplayState, key: jax.Array, batch: int, length: int) -> Any:
+def sample(state: AnyReplayState, key: jax.Array, batch: int, length: int) -> Any:
     """`batch` windows of `length` consecutive records, uniform over envs and valid starts.
 
     Valid starts are those whose window lies inside the written data and does not pass the
@@ -106,7 +144,48 @@ def sample_online(state: OnlineReplayState, key: jax.Array, batch: int, length: 
     return _gather(state, env, idx), state._replace(served=served + n)
 
 
-def _num_envs(state: ReplayState | OnlineReplayState) -> int:
+def priorities(state: CuriousReplayState, curiosity: Curiosity = Curiosity()) -> jax.Array:
+    """Every record's Curious Replay priority, (num_envs, capacity). Kept per record when it is
+    trained on (`mark_trained`), so a draw need not recompute a million powers."""
+    return jnp.where(jnp.isnan(state.priority), curiosity.initial, state.priority)
+
+
+def sample_curious(state: CuriousReplayState, key: jax.Array, batch: int, length: int,
+                   curiosity: Curiosity = Curiosity()) -> tuple[Any, jax.Array, jax.Array]:
+    """`batch` windows of `length` records, each starting at a valid start (as `sample`'s) with
+    probability proportional to that record's priority. Returns the windows and where they
+    came from, env (batch,) and ring index (batch, length), for `mark_trained`."""
+    if not isinstance(state, CuriousReplayState):
+        raise TypeError("sample_curious needs a replay made with init(..., curious=True)")
+    cap = capacity(state)
+    offset = (jnp.arange(cap) - (state.pos - state.count)) % cap  # age order, oldest 0
+    weight = jnp.where(offset <= state.count - length, priorities(state, curiosity), 0.0)
+    cumulative = jnp.cumsum(weight, axis=1)  # one row per env: float32 sums stay close enough
+    key_env, key_start = jax.random.split(key)
+    env = jax.random.categorical(key_env, jnp.log(cumulative[:, -1]), shape=(batch,))
+    target = jax.random.uniform(key_start, (batch,)) * cumulative[env, -1]
+    # The first record whose running sum passes the target: zero weights are never chosen.
+    start = jax.vmap(lambda row, x: jnp.searchsorted(row, x, side="right"))(cumulative[env], target)
+    # A target rounded up to the row's total finds no record: take the newest valid start.
+    start = jnp.where(start < cap, start, (state.pos - length) % cap)
+    idx = (start[:, None] + jnp.arange(length)[None, :]) % cap
+    return _gather(state, env, idx), env, idx
+
+
+def mark_trained(state: CuriousReplayState, env: jax.Array, idx: jax.Array, loss: jax.Array,
+                 curiosity: Curiosity = Curiosity()) -> CuriousReplayState:
+    """Record one trained batch from `sample_curious`: each of its records gains a visit and
+    gets the priority c * beta**visits + (loss + eps)**alpha, with `loss` (batch, length) the
+    world model's loss there. A record in two windows of the batch gains two visits."""
+    chex.assert_shape(loss, idx.shape)
+    k, rows = curiosity, env[:, None]
+    visits = state.visits.at[rows, idx].add(1)
+    priority = k.c * k.beta ** visits[rows, idx].astype(jnp.float32) \
+        + (jnp.maximum(loss.astype(jnp.float32), 0.0) + k.eps) ** k.alpha
+    return state._replace(visits=visits, priority=state.priority.at[rows, idx].set(priority))
+
+
+def _num_envs(state: AnyReplayState) -> int:
     return jax.tree.leaves(state.data)[0].shape[0]
 
 

@@ -289,15 +289,21 @@ class Dreamer:
 
     # ------------------------------------------------------------------ update
 
-    @_at_matmul_precision
     def update(self, state: AgentState, batch: Batch, key: jax.Array) -> tuple[AgentState, dict]:
         """One gradient step on a replayed batch; returns the new state and scalar metrics."""
+        return self.update_with_model_loss(state, batch, key)[:2]
+
+    @_at_matmul_precision
+    def update_with_model_loss(self, state: AgentState, batch: Batch, key: jax.Array
+                               ) -> tuple[AgentState, dict, jax.Array]:
+        """`update`, also returning the world model's loss at every replayed step, (B, T) and
+        before the step, which a prioritised replay (`wmjax.replay`'s Curious Replay) reads."""
         c = self.config
         chex.assert_rank(batch.is_first, 2)
         self.spec.check_obs(batch.obs, batch.is_first.shape)
         chex.assert_shape(batch.action, batch.is_first.shape + (self.spec.action_size,))
         grad_fn = jax.value_and_grad(self.loss, has_aux=True)
-        (_, (metrics, retnorm)), grads = grad_fn(
+        (_, (metrics, retnorm, model_loss)), grads = grad_fn(
             state.params, state.slow_critic, state.retnorm, state.hyper, batch, key
         )
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
@@ -310,7 +316,8 @@ class Dreamer:
         metrics["update_norm"] = _global_norm(updates)
         if set(metrics) != set(METRICS):  # checked at trace time
             raise AssertionError(f"update's metrics {sorted(metrics)} differ from METRICS")
-        return AgentState(params, slow, opt_state, retnorm, state.step + 1, state.hyper), metrics
+        new_state = AgentState(params, slow, opt_state, retnorm, state.step + 1, state.hyper)
+        return new_state, metrics, model_loss
 
     @_at_matmul_precision
     def imagine(self, params: dict, starts: RSSMState, key: jax.Array,
@@ -396,8 +403,9 @@ class Dreamer:
     def loss(
         self, params: dict, slow_critic: Any, retnorm: RetNormState, hyper: dict, batch: Batch,
         key: jax.Array,
-    ) -> tuple[jax.Array, tuple[dict, RetNormState]]:
-        """DreamerV3's total loss on one batch; aux is (metrics, updated return-norm stats).
+    ) -> tuple[jax.Array, tuple[dict, RetNormState, jax.Array]]:
+        """DreamerV3's total loss on one batch; aux is (metrics, updated return-norm stats, the
+        world model's loss at every step, (B, T)).
         Loss scales and the entropy bonus come from `hyper` (see TUNABLES)."""
         c, h = self.config, hyper
         key_obs, key_img = jax.random.split(key)
@@ -414,10 +422,11 @@ class Dreamer:
         con_loss = optax.sigmoid_binary_cross_entropy(con_logit, con_target)
         if c.cont_terminal_weight != 1.0:  # static: DreamerV3's loss is unchanged by default
             con_loss = con_loss * jnp.where(batch.is_terminal, c.cont_terminal_weight, 1.0)
-        wm_loss = (
+        wm_step_loss = (
             h["rec_scale"] * rec + h["reward_scale"] * rew_loss + h["cont_scale"] * con_loss
             + h["dyn_scale"] * dyn + h["rep_scale"] * rep
-        ).mean()
+        )
+        wm_loss = wm_step_loss.mean()
 
         # ---- imagination (forward only: stop-gradient starts and parameters)
         frozen = sg(params)
@@ -508,4 +517,4 @@ class Dreamer:
             "imag/retnorm_scale": scale,
             **_continue_stats(sg(jax.nn.sigmoid(con_logit)), batch.is_terminal),
         }
-        return total, (metrics, retnorm)
+        return total, (metrics, retnorm, sg(wm_step_loss))
