@@ -123,7 +123,8 @@ def test_the_loop_serves_the_online_queue_when_configured():
     from programs import TINY, run_chunks
     from wmjax.run import cached_trainer
 
-    plain = jax.eval_shape(lambda k: cached_trainer(TINY).init(k), jax.random.key(0))
+    trainer = cached_trainer(TINY)  # built outside the trace: its cached arrays stay concrete
+    plain = jax.eval_shape(trainer.init, jax.random.key(0))
     assert type(plain.replay) is rb.ReplayState  # without the option: no new state, no new arrays
     state, _ = run_chunks(cached_trainer(TINY.replace(replay_online=True)), 2)
     written, served = np.asarray(state.replay.written), np.asarray(state.replay.served)
